@@ -1,0 +1,33 @@
+"""SliceScope analyst app: ``streamlit run app/main.py``.
+
+Opens on the built-in demo (built on the first run). The System Menu in the
+sidebar is shared by every page; the pages live in ``pages/``.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# `streamlit run app/main.py` puts app/ on sys.path, not the project root that
+# holds the `core` and `app` packages.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.ui import ensure_demo, system_menu  # noqa: E402
+
+
+def main() -> None:
+    st.set_page_config(page_title="SliceScope", page_icon="🔎", layout="wide")
+    pages = [
+        st.Page(ROOT / "pages" / "slices.py", title="Slices", icon="🧩", default=True),
+        st.Page(ROOT / "pages" / "report.py", title="Workspace report", icon="📋"),
+    ]
+    navigation = st.navigation(pages)
+    ensure_demo()
+    st.session_state["selection"] = system_menu()
+    navigation.run()
+
+
+main()

@@ -1,0 +1,163 @@
+"""What the analyst pages share: the System Menu, cached loaders, progress, errors.
+
+Pages call :func:`system_menu` for the user's choices and the ``load_*``
+functions for data; every load is cached, so a click re-renders from memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.demo import build_demo, default_demo_dir, is_demo_built
+from core.errors import SliceScopeError
+from core.progress import ProgressFn
+from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
+from core.workspace import REPRESENTATIONS, Workspace, is_workspace
+
+REPRESENTATION_LABELS = {
+    "attribution": "Attribution space (F_W)",
+    "features": "Original feature space (F)",
+}
+COLOUR_LABELS = {
+    "slice": "Slice",
+    "accuracy": "Slice accuracy",
+    "confidence": "Confidence",
+    "correct": "Correct / misclassified",
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The System Menu's choices, as plain values."""
+
+    workspace: Path
+    representation: str
+    colour: str
+    k: int
+
+
+def streamlit_progress(container) -> ProgressFn:
+    """A core progress callback drawing one bar per step inside ``container``."""
+    bars: dict[str, object] = {}
+
+    def report(step: str, done: int, total: int) -> None:
+        if step not in bars:
+            bars[step] = container.progress(0.0, text=step)
+        fraction = 1.0 if total <= 0 else min(1.0, done / total)
+        bars[step].progress(fraction, text=f"{step} — {done}/{total}")
+
+    return report
+
+
+def ensure_demo() -> None:
+    """Build the demo on the first run, with visible progress; instant afterwards."""
+    demo_dir = default_demo_dir()
+    if is_demo_built(demo_dir):
+        return
+    st.title("SliceScope")
+    st.info(
+        "Building the built-in demo (first run only): generating a benchmark with injected problems, "
+        "training a biased and a balanced CNN and scanning the held-out images. This takes a few minutes; "
+        f"it is stored in {demo_dir} and reused from then on."
+    )
+    with st.status("Building the demo…", expanded=True) as status:
+        try:
+            build_demo(demo_dir, progress=streamlit_progress(st))
+        except SliceScopeError as error:
+            status.update(label="The demo could not be built", state="error")
+            st.error(str(error))
+            st.stop()
+        status.update(label="Demo ready", state="complete")
+    st.rerun()
+
+
+def discover_workspaces() -> list[Path]:
+    """The demo's workspaces plus any under the folders in ``$SLICESCOPE_WORKSPACES``."""
+    roots = [default_demo_dir()]
+    roots += [Path(p).expanduser() for p in os.environ.get("SLICESCOPE_WORKSPACES", "").split(os.pathsep) if p]
+    found: list[Path] = []
+    for root in roots:
+        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
+        found += [p.resolve() for p in candidates if is_workspace(p)]
+    return list(dict.fromkeys(found))
+
+
+@st.cache_resource(show_spinner=False)
+def load_workspace(path: str) -> Workspace:
+    return Workspace(path)
+
+
+@st.cache_data(show_spinner=False)
+def workspace_summary(path: str) -> dict:
+    """Name, dataset and model of a workspace, for the System Menu."""
+    workspace = load_workspace(path)
+    return {
+        "name": workspace.name,
+        "dataset": workspace.dataset_fingerprint,
+        "dataset_label": f"{Path(workspace.manifest['dataset']['source']).name}"
+        + (f" · {workspace.manifest['dataset']['split']}" if workspace.manifest["dataset"].get("split") else ""),
+        "model_label": workspace.name,
+    }
+
+
+@st.cache_data(show_spinner=False)
+def load_slices(path: str, representation: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Slice id per image and the Slice Table; computed once, then read from disk."""
+    workspace = load_workspace(path)
+    with st.spinner(f"Finding {k} slices in the {REPRESENTATION_LABELS[representation].lower()}…"):
+        slice_ids = find_slices(workspace, representation, SliceParams(k=k))
+    return slice_ids, slice_table(workspace.images, slice_ids)
+
+
+@st.cache_data(show_spinner=False)
+def load_layout(path: str, representation: str) -> np.ndarray:
+    workspace = load_workspace(path)
+    with st.spinner(f"Laying out the {REPRESENTATION_LABELS[representation].lower()} with UMAP (first time only)…"):
+        return project(workspace, representation, ProjectionParams())
+
+
+def _choose(label: str, options: list, format_func, query_key: str, key: str, **kwargs):
+    """A selectbox whose value is mirrored in the URL, so a view can be shared as a link."""
+    wanted = st.query_params.get(query_key)
+    index = next((i for i, option in enumerate(options) if str(option) == wanted), 0)
+    value = st.sidebar.selectbox(label, options, index=index, format_func=format_func, key=key, **kwargs)
+    st.query_params[query_key] = str(value)
+    return value
+
+
+def system_menu() -> Selection | None:
+    """Draw the System Menu in the sidebar and return the user's choices."""
+    st.sidebar.header("System Menu")
+    workspaces = [str(p) for p in discover_workspaces()]
+    if not workspaces:
+        st.sidebar.warning("No workspace found. Build one with `python -m core scan ...` and list its folder in SLICESCOPE_WORKSPACES.")
+        return None
+    summaries = {path: workspace_summary(path) for path in workspaces}
+    datasets = list(dict.fromkeys(s["dataset"] for s in summaries.values()))
+    dataset_labels = {s["dataset"]: s["dataset_label"] for s in summaries.values()}
+    current = st.query_params.get("workspace")
+    if current in summaries:
+        st.query_params["dataset"] = summaries[current]["dataset"]
+    dataset = _choose("Dataset", datasets, lambda d: dataset_labels[d], "dataset", key="menu_dataset")
+    versions = [path for path in workspaces if summaries[path]["dataset"] == dataset]
+    workspace = _choose("Model version", versions, lambda p: summaries[p]["model_label"], "workspace", key="menu_workspace")
+    representation = _choose("Representation", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "representation", key="menu_representation")
+    colour = _choose("Colour encoding", list(COLOUR_LABELS), COLOUR_LABELS.get, "colour", key="menu_colour")
+    n_images = len(load_workspace(workspace).images)
+    with st.sidebar.expander("Slicing settings"):
+        k = st.number_input(
+            "Number of slices (K-Means k)", min_value=2, max_value=max(2, min(500, n_images)),
+            value=default_k(n_images), step=5, key="menu_k",
+            help="Over-clustering (the paper uses 50) keeps rare failure modes in slices of their own.",
+        )
+    return Selection(Path(workspace), representation, colour, int(k))
+
+
+def show_error(error: SliceScopeError) -> None:
+    st.error(str(error), icon="⚠️")

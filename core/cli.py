@@ -1,0 +1,112 @@
+"""Command line: ``python -m core demo | scan | slices``.
+
+Errors caused by input are printed as one ``error: ...`` line (exit status 2);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.errors import SliceScopeError
+from core.progress import tqdm_progress
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="SliceScope: find where an image classifier fails, without metadata.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="build the built-in demo: data, two trained models and a workspace")
+    demo.add_argument("--out", type=Path, required=True, help="folder to build the demo in (data/, models/, workspace/)")
+    demo.add_argument("--preset", default="full", help="size of the demo: full (default) or tiny (for tests)")
+
+    scan = commands.add_parser("scan", help="extract predictions, features and GradCAM for a dataset and model into a workspace")
+    scan.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label (paths relative to the CSV)")
+    scan.add_argument("--model", type=Path, help="checkpoint: a state_dict (with --arch or --factory) or a TorchScript file")
+    scan.add_argument("--arch", help="torchvision architecture name, e.g. resnet50")
+    scan.add_argument("--num-classes", type=int, help="number of model outputs (with --arch or --factory)")
+    scan.add_argument("--factory", help="module:function that returns the untrained nn.Module")
+    scan.add_argument("--target-layer", help="layer for GradCAM (found automatically for common architectures)")
+    scan.add_argument("--image-size", type=int, default=224, help="images are resized to S×S pixels (default 224)")
+    scan.add_argument("--normalize", default="imagenet", choices=["imagenet", "none"], help="input normalisation (default imagenet)")
+    scan.add_argument("--classes", help="the model's class names in output order, comma-separated (default: the dataset's classes, sorted)")
+    scan.add_argument("--split", help="keep only manifest rows whose split column equals this")
+    scan.add_argument("--batch-size", type=int, default=64)
+    scan.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    scan.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects (runs their code: only for files you trust)")
+    scan.add_argument("--overwrite", action="store_true", help="replace a workspace built from other inputs")
+    scan.add_argument("--out", type=Path, required=True, help="workspace folder to create (or resume)")
+
+    slices = commands.add_parser("slices", help="cluster a workspace into slices and write one row per image")
+    slices.add_argument("workspace", type=Path)
+    slices.add_argument("--method", default="attribution", help="attribution (F_W, the attribution space) or features (plain pooled features F)")
+    slices.add_argument("--k", type=int, default=50, help="number of K-Means slices (default 50)")
+    slices.add_argument("--seed", type=int, default=0)
+    slices.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
+    slices.add_argument("--min-dist", type=float, default=0.05, help="UMAP min_dist")
+    slices.add_argument("--metric", default="euclidean", help="UMAP metric")
+    slices.add_argument("--out", type=Path, required=True, help="CSV to write: path,label,prediction,confidence,slice,x,y")
+    return parser
+
+
+def _run_demo(args) -> None:
+    from core.demo import build_demo
+
+    result = build_demo(args.out, preset=args.preset, progress=tqdm_progress())
+    print(f"demo ready: {result.workspace}")
+    print(result.summary())
+
+
+def _run_scan(args) -> None:
+    from core.extract import ScanConfig, scan
+    from core.models import ModelSpec
+
+    if args.batch_size < 1:
+        raise SliceScopeError("--batch-size must be at least 1", "e.g. --batch-size 64")
+    spec = ModelSpec(checkpoint=args.model, arch=args.arch, num_classes=args.num_classes, factory=args.factory, trust_checkpoint=args.trust_checkpoint)
+    classes = tuple(name.strip() for name in args.classes.split(",")) if args.classes else None
+    config = ScanConfig(
+        data=args.data, model=spec, out=args.out, image_size=args.image_size, normalize=args.normalize,
+        target_layer=args.target_layer, classes=classes, split=args.split, batch_size=args.batch_size,
+        device=args.device, overwrite=args.overwrite,
+    )
+    workspace = scan(config, progress=tqdm_progress())
+    report = workspace.report
+    print(f"workspace ready: {workspace.path}")
+    print(f"{report['num_images']} images, accuracy {report['accuracy']:.1%}, {report['num_skipped']} skipped (listed in report.json)")
+
+
+def _run_slices(args) -> None:
+    from core.slicing import ProjectionParams, SliceParams, slice_table, slices_frame
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    frame = slices_frame(
+        workspace, args.method, SliceParams(k=args.k, seed=args.seed),
+        ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, seed=args.seed),
+        progress=tqdm_progress(),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    worst = slice_table(workspace.images, frame["slice"].to_numpy()).nsmallest(5, "accuracy")
+    print(f"wrote {len(frame)} rows to {args.out}; lowest-accuracy slices:")
+    for row in worst.itertuples():
+        print(f"  slice {row.slice}: {row.size} images, accuracy {row.accuracy:.0%}, mostly {row.dominant_label} → {row.dominant_prediction}")
+
+
+COMMANDS = {"demo": _run_demo, "scan": _run_scan, "slices": _run_slices}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except SliceScopeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,351 @@
+"""One-pass extraction: logits, features F, GradCAM and F_W for every image.
+
+For each batch the model runs forward once. The target layer's activation A
+(B × K × h × w) is captured as an autograd leaf; one backward pass from the
+predicted-class logits to A gives GradCAM (Selvaraju et al.), and from the same
+A come the pooled features F and the attribution-weighted features F_W of
+AttributionScanner §3.4.1:
+
+    F_W = Σ_ij A_ij W_ij / Σ_ij W_ij
+
+where W is the GradCAM map. The paper upsamples the map to the image and
+interpolates it back down to the latent grid; since the map is born on that
+grid, that round trip is (up to interpolation blur) the map itself, so W is the
+latent GradCAM map, normalised to a peak of 1.
+
+:func:`scan` runs this over a dataset in chunks written to disk, so a crash
+loses at most one chunk and a re-run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as functional
+from torch.utils.data import DataLoader, Dataset
+
+from core import __version__
+from core.data import ImageIndex, Preprocess, load_index, read_image
+from core.errors import SliceScopeError
+from core.models import AttributionModel, ModelSpec, file_sha256, load_module
+from core.progress import ProgressFn, silent
+from core.workspace import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Workspace,
+    atomic_write,
+    save_array,
+    save_json,
+    save_manifest,
+    save_table,
+    stable_hash,
+)
+
+ARRAY_NAMES = ("logits", "features", "attribution_features", "gradcam")
+
+
+@dataclass
+class BatchAttribution:
+    logits: torch.Tensor  # B × C
+    features: torch.Tensor  # B × K, F: the activation averaged over the grid
+    attribution_features: torch.Tensor  # B × K, F_W
+    gradcam: torch.Tensor  # B × h × w, peak-normalised to [0, 1]
+
+
+def attribute_batch(model: AttributionModel, images: torch.Tensor) -> BatchAttribution:
+    """Run the one-pass extraction on a batch of preprocessed images."""
+    logits, activation = model.forward_with_activation(images)
+    predicted = logits.argmax(dim=1, keepdim=True)
+    # The batch's samples are independent in eval mode, so the gradient of the
+    # summed scores gives every sample's own gradient in one backward pass.
+    (gradient,) = torch.autograd.grad(logits.gather(1, predicted).sum(), activation)
+    with torch.no_grad():
+        activation = activation.detach()
+        channel_weights = gradient.mean(dim=(2, 3), keepdim=True)
+        cam = functional.relu((channel_weights * activation).sum(dim=1))
+        peak = cam.amax(dim=(1, 2), keepdim=True)
+        cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
+        features = activation.mean(dim=(2, 3))
+        mass = cam.sum(dim=(1, 2))
+        weighted = torch.einsum("bkhw,bhw->bk", activation, cam) / mass.clamp_min(1e-12)[:, None]
+        # A map with no positive evidence carries no attribution; weigh the grid evenly.
+        attribution_features = torch.where(mass[:, None] > 0, weighted, features)
+    return BatchAttribution(logits.detach(), features, attribution_features, cam)
+
+
+@dataclass
+class ScanConfig:
+    """Everything a scan depends on, as the user gave it."""
+
+    data: Path
+    model: ModelSpec
+    out: Path
+    image_size: int = 224
+    normalize: str = "imagenet"
+    target_layer: str | None = None
+    classes: tuple[str, ...] | None = None
+    split: str | None = None
+    batch_size: int = 64
+    chunk_size: int = 1024
+    device: str = "auto"
+    workers: int = field(default_factory=lambda: min(4, max(0, (os.cpu_count() or 1) - 1)))
+    overwrite: bool = False
+    name: str | None = None
+
+
+class _ImageReader(Dataset):
+    def __init__(self, index: ImageIndex, preprocess: Preprocess):
+        self.paths = [index.absolute_path(p) for p in index.table["path"]]
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int):
+        try:
+            image, sha1 = read_image(self.paths[position])
+            return position, self.preprocess.to_array(image), sha1, ""
+        except (OSError, ValueError) as error:
+            return position, None, "", str(error) or type(error).__name__
+
+
+def _collate(items):
+    readable = [item for item in items if item[1] is not None]
+    skipped = [(position, reason) for position, array, _, reason in items if array is None]
+    positions = [item[0] for item in readable]
+    arrays = torch.from_numpy(np.stack([item[1] for item in readable])) if readable else None
+    sha1s = [item[2] for item in readable]
+    return positions, arrays, sha1s, skipped
+
+
+def _resolve_classes(index: ImageIndex, model_classes: tuple[str, ...] | None, num_outputs: int) -> tuple[str, ...]:
+    classes = tuple(model_classes) if model_classes else index.classes
+    if len(classes) != num_outputs:
+        if model_classes:
+            raise SliceScopeError(f"--classes names {len(classes)} classes but the model outputs {num_outputs}", "list exactly one name per model output, in output order")
+        raise SliceScopeError(
+            f"the model outputs {num_outputs} classes but the dataset has {len(classes)} ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})",
+            "pass --classes with the model's class names in output order",
+        )
+    missing = sorted(set(index.classes) - set(classes))
+    if missing:
+        raise SliceScopeError(f"dataset class '{missing[0]}' is missing from the model's classes", "pass --classes with the model's class names in output order, or remove that class's images")
+    return classes
+
+
+def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
+    """Build (or resume building) the workspace for ``config``; return it."""
+    report = progress or silent
+    started = time.perf_counter()
+    index = load_index(config.data, config.split)
+    preprocess = Preprocess(config.image_size, config.normalize)
+    module = load_module(config.model)
+    model = AttributionModel(module, config.image_size, config.target_layer, config.device)
+    classes = _resolve_classes(index, config.classes, model.num_classes)
+    model_hash = file_sha256(Path(config.model.checkpoint).expanduser()) if config.model.checkpoint else ""
+    dataset_fingerprint = index.fingerprint()
+    fingerprint = stable_hash({
+        "format": FORMAT_VERSION,
+        "dataset": dataset_fingerprint,
+        "model": model_hash,
+        "model_spec": config.model.describe(),
+        "preprocess": preprocess.as_dict(),
+        "target_layer": model.target_layer,
+        "classes": classes,
+    })
+
+    out = Path(config.out).expanduser().resolve()
+    state_path = out / "scan-state.json"
+    if (out / MANIFEST).is_file():
+        existing = Workspace(out)
+        if existing.fingerprint == fingerprint:
+            report("extracting", 1, 1)
+            return existing
+        if not config.overwrite:
+            raise SliceScopeError(f"{out} already holds a workspace built from other inputs", "choose another --out folder or pass --overwrite")
+        shutil.rmtree(out)
+    elif state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") != fingerprint:
+        if not config.overwrite:
+            raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another --out folder or pass --overwrite to start over")
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not state_path.is_file():
+        raise SliceScopeError(f"{out} exists and is not empty", "choose a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(state_path, {"fingerprint": fingerprint})
+
+    chunks_dir = out / "chunks"
+    n_images = len(index.table)
+    chunk_starts = list(range(0, n_images, config.chunk_size))
+    pending = [i for i, _ in enumerate(chunk_starts) if not (chunks_dir / f"chunk-{i:05d}.npz").is_file()]
+    batches, batch_chunk = [], []
+    for chunk in pending:
+        stop = min(chunk_starts[chunk] + config.chunk_size, n_images)
+        for start in range(chunk_starts[chunk], stop, config.batch_size):
+            batches.append(list(range(start, min(start + config.batch_size, stop))))
+            batch_chunk.append(chunk)
+
+    loader = DataLoader(
+        _ImageReader(index, preprocess),
+        batch_sampler=batches,
+        collate_fn=_collate,
+        num_workers=config.workers if len(batches) > 1 else 0,
+    )
+    done_images = n_images - sum(len(b) for b in batches)
+    report("extracting", done_images, n_images)
+    buffer: dict[str, list] = _empty_buffer()
+    for batch_number, (positions, arrays, sha1s, skipped) in enumerate(loader):
+        if arrays is not None:
+            result = attribute_batch(model, arrays.to(model.device))
+            buffer["positions"].extend(positions)
+            buffer["sha1"].extend(sha1s)
+            buffer["logits"].append(result.logits.float().cpu().numpy())
+            buffer["features"].append(result.features.float().cpu().numpy())
+            buffer["attribution_features"].append(result.attribution_features.float().cpu().numpy())
+            buffer["gradcam"].append(result.gradcam.cpu().numpy().astype(np.float16))
+        for position, reason in skipped:
+            buffer["skipped_positions"].append(position)
+            buffer["skipped_reasons"].append(reason)
+        done_images += len(positions) + len(skipped)
+        last_of_chunk = batch_number + 1 == len(batches) or batch_chunk[batch_number + 1] != batch_chunk[batch_number]
+        if last_of_chunk:
+            _write_chunk(chunks_dir / f"chunk-{batch_chunk[batch_number]:05d}.npz", buffer, model)
+            buffer = _empty_buffer()
+        report("extracting", done_images, n_images)
+
+    plan = _ScanPlan(out, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
+    return _consolidate(plan, len(chunk_starts))
+
+
+def _empty_buffer() -> dict[str, list]:
+    return {key: [] for key in ("positions", "sha1", *ARRAY_NAMES, "skipped_positions", "skipped_reasons")}
+
+
+def _write_chunk(path: Path, buffer: dict[str, list], model: AttributionModel) -> None:
+    def stacked(name: str, width: tuple[int, ...], dtype) -> np.ndarray:
+        return np.concatenate(buffer[name]) if buffer[name] else np.zeros((0, *width), dtype)
+
+    arrays = {
+        "positions": np.asarray(buffer["positions"], dtype=np.int64),
+        "sha1": np.asarray(buffer["sha1"], dtype="U40"),
+        "logits": stacked("logits", (model.num_classes,), np.float32),
+        "features": stacked("features", (model.feature_dim,), np.float32),
+        "attribution_features": stacked("attribution_features", (model.feature_dim,), np.float32),
+        "gradcam": stacked("gradcam", model.latent_shape, np.float16),
+        "skipped_positions": np.asarray(buffer["skipped_positions"], dtype=np.int64),
+        "skipped_reasons": np.asarray(buffer["skipped_reasons"], dtype=str),
+    }
+    atomic_write(path, lambda target: np.savez(target, **arrays))
+
+
+@dataclass
+class _ScanPlan:
+    """What a finished scan records about its inputs."""
+
+    out: Path
+    config: ScanConfig
+    index: ImageIndex
+    preprocess: Preprocess
+    model: AttributionModel
+    classes: tuple[str, ...]
+    fingerprint: str
+    dataset_fingerprint: str
+    model_hash: str
+    started: float
+
+
+def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
+    """Merge the chunks into the workspace's final tables and arrays."""
+    out, config, index, model, classes = plan.out, plan.config, plan.index, plan.model, plan.classes
+    chunks = []
+    for i in range(n_chunks):
+        with np.load(out / "chunks" / f"chunk-{i:05d}.npz") as chunk:
+            chunks.append({key: chunk[key] for key in chunk.files})
+    positions = np.concatenate([c["positions"] for c in chunks])
+    skipped_positions = np.concatenate([c["skipped_positions"] for c in chunks])
+    skipped_reasons = np.concatenate([c["skipped_reasons"] for c in chunks])
+    skipped = [
+        {"path": index.table["path"].iat[int(p)], "reason": str(r)}
+        for p, r in sorted(zip(skipped_positions, skipped_reasons), key=lambda pr: pr[0])
+    ]
+    if positions.size == 0:
+        example = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise SliceScopeError(f"none of the {len(index.table)} images could be read{example}", "check that the dataset's files are images")
+    arrays = {name: np.concatenate([c[name] for c in chunks]) for name in ARRAY_NAMES}
+    logits = torch.from_numpy(arrays["logits"])
+    probabilities = torch.softmax(logits, dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+
+    table = index.table.iloc[positions].reset_index(drop=True)
+    class_position = {name: i for i, name in enumerate(classes)}
+    label_index = table["label"].map(class_position).to_numpy(dtype=np.int64)
+    loss = functional.cross_entropy(logits, torch.tensor(label_index), reduction="none")
+    table.insert(3, "label_index", label_index)
+    table.insert(4, "prediction", [classes[i] for i in predicted.tolist()])
+    table.insert(5, "prediction_index", predicted.numpy())
+    table.insert(6, "confidence", confidence.numpy())
+    table.insert(7, "loss", loss.numpy())
+    table.insert(8, "correct", label_index == predicted.numpy())
+    table.insert(9, "sha1", np.concatenate([c["sha1"] for c in chunks]))
+
+    for name, array in arrays.items():
+        save_array(out / "arrays" / f"{name}.npy", array)
+    save_table(out / "images.parquet", table)
+    save_json(out / "report.json", build_report(table, skipped, classes, arrays["gradcam"], len(index.table)))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": config.name or out.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "dataset": {
+            "source": str(Path(config.data).expanduser().resolve()),
+            "root": str(index.root.resolve()),
+            "kind": index.kind,
+            "split": config.split or "",
+            "num_indexed": len(index.table),
+            "num_images": len(table),
+            "fingerprint": plan.dataset_fingerprint,
+        },
+        "model": {**config.model.describe(), "sha256": plan.model_hash, "classes": list(classes), "target_layer": model.target_layer},
+        "transforms": plan.preprocess.as_dict(),
+        "extraction": {
+            "fingerprint": plan.fingerprint,
+            "seconds": round(time.perf_counter() - plan.started, 2),
+            "latent_shape": list(model.latent_shape),
+            "feature_dim": model.feature_dim,
+            "batch_size": config.batch_size,
+            "device": str(model.device),
+            "attribution": "GradCAM of the predicted class at the target layer",
+        },
+    }
+    save_manifest(out / MANIFEST, manifest)
+    shutil.rmtree(out / "chunks", ignore_errors=True)
+    (out / "scan-state.json").unlink(missing_ok=True)
+    return Workspace(out)
+
+
+def build_report(table: pd.DataFrame, skipped: list[dict], classes, gradcam: np.ndarray, num_indexed: int) -> dict:
+    """Counts, accuracies and problems found during the scan, for people to read."""
+    per_class = table.groupby("label")["correct"].agg(["size", "mean"])
+    report = {
+        "num_indexed": num_indexed,
+        "num_images": len(table),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "accuracy": float(table["correct"].mean()),
+        "class_accuracy": {label: {"n": int(row["size"]), "accuracy": float(row["mean"])} for label, row in per_class.iterrows()},
+        "classes_without_images": sorted(set(classes) - set(table["label"])),
+        "empty_attribution_maps": int((gradcam.reshape(len(gradcam), -1).max(axis=1) == 0).sum()),
+    }
+    if "group" in table.columns:
+        groups = table.groupby("group")["correct"].agg(["size", "mean"])
+        report["group_accuracy"] = {str(g): {"n": int(row["size"]), "accuracy": float(row["mean"])} for g, row in groups.iterrows()}
+    return report

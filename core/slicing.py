@@ -1,0 +1,166 @@
+"""Slice finding (AttributionScanner §3.4.2): UMAP layout, K-Means slices, metrics.
+
+Slices are K-Means clusters of a representation (F_W gives the attribution
+space, F the original feature space), over-clustered (k = 50 by default) so rare
+failure modes get their own slice. The 2-D layout is UMAP of the same
+representation. Both are cached in the workspace under their parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.errors import SliceScopeError
+from core.progress import ProgressFn, silent
+from core.workspace import REPRESENTATIONS, Workspace
+
+UMAP_METRICS = ("euclidean", "cosine", "manhattan", "correlation")
+
+
+@dataclass(frozen=True)
+class ProjectionParams:
+    """UMAP settings; the paper used n_neighbors 5–20 and min_dist 0.01–0.05."""
+
+    n_neighbors: int = 15
+    min_dist: float = 0.05
+    metric: str = "euclidean"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.metric not in UMAP_METRICS:
+            raise SliceScopeError(f"unknown UMAP metric '{self.metric}'", f"use one of: {', '.join(UMAP_METRICS)}")
+        if self.n_neighbors < 2:
+            raise SliceScopeError("UMAP n_neighbors must be at least 2", "pass --n-neighbors 2 or more")
+        if not 0.0 <= self.min_dist <= 1.0:
+            raise SliceScopeError("UMAP min_dist must lie in [0, 1]", "pass e.g. --min-dist 0.05")
+
+
+@dataclass(frozen=True)
+class SliceParams:
+    k: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise SliceScopeError(f"k = {self.k} slices is not possible", "pass --k 1 or more (50 is the paper's choice)")
+
+
+def default_k(n_images: int) -> int:
+    """The paper's k = 50, lowered for small datasets so slices keep ~10 images."""
+    return min(SliceParams().k, max(2, n_images // 10))
+
+
+def _check_representation(representation: str) -> None:
+    if representation not in REPRESENTATIONS:
+        raise SliceScopeError(f"unknown slicing method '{representation}'", f"use one of: {', '.join(REPRESENTATIONS)}")
+
+
+def project(workspace: Workspace, representation: str, params: ProjectionParams = ProjectionParams(), progress: ProgressFn | None = None) -> np.ndarray:
+    """The 2-D UMAP layout (N × 2) of a representation, computed once."""
+    _check_representation(representation)
+    report = progress or silent
+
+    def compute() -> np.ndarray:
+        report(f"projecting {representation} (UMAP)", 0, 1)
+        vectors = np.asarray(workspace.representation(representation), dtype=np.float32)
+        if len(vectors) < 4:
+            raise SliceScopeError(f"a 2-D layout needs at least 4 images, the workspace has {len(vectors)}", "scan more images")
+        # umap-learn is imported here: its numba start-up costs seconds that a
+        # page showing cached results should not pay.
+        import umap
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(params.n_neighbors, len(vectors) - 1),
+            min_dist=params.min_dist,
+            metric=params.metric,
+            random_state=params.seed,
+            n_jobs=1,
+        )
+        layout = reducer.fit_transform(vectors).astype(np.float32)
+        report(f"projecting {representation} (UMAP)", 1, 1)
+        return layout
+
+    return workspace.cached_array(f"projection-{representation}", asdict(params), compute)
+
+
+def find_slices(workspace: Workspace, representation: str, params: SliceParams = SliceParams(), progress: ProgressFn | None = None) -> np.ndarray:
+    """Slice id per image: K-Means on the representation, ids ordered by slice size."""
+    _check_representation(representation)
+    report = progress or silent
+
+    def compute() -> np.ndarray:
+        from sklearn.cluster import KMeans
+
+        vectors = np.asarray(workspace.representation(representation), dtype=np.float32)
+        if params.k > len(vectors):
+            raise SliceScopeError(f"k = {params.k} slices is more than the {len(vectors)} images", f"pass --k {max(1, len(vectors) // 10)} or less")
+        report(f"slicing {representation} (K-Means, k={params.k})", 0, 1)
+        clusters = KMeans(n_clusters=params.k, n_init=4, random_state=params.seed).fit_predict(vectors)
+        report(f"slicing {representation} (K-Means, k={params.k})", 1, 1)
+        # Renumber so that slice 0 is the largest: ids then mean the same thing
+        # across runs with the same parameters and read naturally in the table.
+        sizes = np.bincount(clusters, minlength=params.k)
+        order = np.lexsort((np.arange(params.k), -sizes))
+        renumber = np.empty(params.k, dtype=np.int64)
+        renumber[order] = np.arange(params.k)
+        return renumber[clusters]
+
+    return workspace.cached_array(f"slices-{representation}", asdict(params), compute)
+
+
+def slice_table(images: pd.DataFrame, slice_ids: np.ndarray) -> pd.DataFrame:
+    """One row per slice: size, accuracy, confidence, errors, dominant label → prediction."""
+    frame = images[["label", "prediction", "confidence", "correct"]].assign(slice=np.asarray(slice_ids))
+    grouped = frame.groupby("slice")
+    table = pd.DataFrame({
+        "size": grouped.size(),
+        "accuracy": grouped["correct"].mean(),
+        "mean_confidence": grouped["confidence"].mean(),
+        "errors": grouped["correct"].size() - grouped["correct"].sum(),
+    })
+    for column in ("label", "prediction"):
+        counts = frame.groupby(["slice", column]).size().rename("n").reset_index()
+        top = counts.sort_values(["slice", "n", column], ascending=[True, False, True]).drop_duplicates("slice").set_index("slice")
+        table[f"dominant_{column}"] = top[column]
+        table[f"dominant_{column}_share"] = top["n"] / table["size"]
+    cells = confusion_counts(images, slice_ids)
+    table["confusion"] = cells.groupby("slice").apply(
+        lambda rows: " · ".join(f"{l}→{p}: {n}" for l, p, n in zip(rows["label"], rows["prediction"], rows["count"])),
+        include_groups=False,
+    )
+    table = table.reset_index()
+    table["errors"] = table["errors"].astype(int)
+    return table
+
+
+def confusion_counts(images: pd.DataFrame, slice_ids: np.ndarray) -> pd.DataFrame:
+    """Images per (slice, label, prediction) cell, largest cells first within a slice."""
+    frame = images[["label", "prediction"]].assign(slice=np.asarray(slice_ids))
+    counts = frame.groupby(["slice", "label", "prediction"]).size().rename("count").reset_index()
+    return counts.sort_values(["slice", "count"], ascending=[True, False]).reset_index(drop=True)
+
+
+def slices_frame(
+    workspace: Workspace,
+    representation: str,
+    slice_params: SliceParams = SliceParams(),
+    projection_params: ProjectionParams = ProjectionParams(),
+    progress: ProgressFn | None = None,
+) -> pd.DataFrame:
+    """Per image: ``path,label,prediction,confidence,slice,x,y`` (the CLI's CSV)."""
+    slice_ids = find_slices(workspace, representation, slice_params, progress)
+    layout = project(workspace, representation, projection_params, progress)
+    images = workspace.images
+    return pd.DataFrame({
+        "path": images["path"],
+        "label": images["label"],
+        "prediction": images["prediction"],
+        "confidence": images["confidence"],
+        "slice": slice_ids,
+        "x": layout[:, 0],
+        "y": layout[:, 1],
+    })

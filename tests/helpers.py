@@ -1,0 +1,49 @@
+"""Tiny datasets and models for tests, made on the spot (nothing downloaded).
+
+Importable as ``tests.helpers`` so that the factory path
+``tests.helpers:build_small_net`` works like a user's own ``module:function``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+CLASS_COLOURS = {"apple": (200, 40, 40), "leaf": (40, 170, 60), "sky": (50, 90, 210)}
+
+
+def write_image_folder(root: Path, per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """An ImageFolder with one colour-tinted class per folder and noisy pixels."""
+    rng = np.random.default_rng(seed)
+    for name, colour in CLASS_COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+class SmallNet(nn.Module):
+    """A conv trunk + linear head, like most classifiers SliceScope meets."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build_small_net(num_classes: int = 3) -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet(num_classes)

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import importlib
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,11 @@ def _last_weight_key(state: dict) -> str:
 
 def _load_torchscript(checkpoint: Path, trust: bool) -> nn.Module:
     try:
-        return torch.jit.load(str(checkpoint), map_location="cpu")
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but is what many users export;
+            # the warning is noise to someone loading their own file.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(checkpoint), map_location="cpu")
     except RuntimeError:
         pass
     # Not TorchScript: tell a state_dict (needs an architecture) from a pickled model.

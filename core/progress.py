@@ -31,10 +31,10 @@ def tqdm_progress() -> ProgressFn:
         if bar is None:
             bar = bars[step] = tqdm(total=total, desc=step, unit="it", dynamic_ncols=True)
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # tqdm rate-limits redraws itself
         if done >= total:
             bar.close()
+            del bars[step]
 
     return report
 

@@ -23,10 +23,15 @@ def small_net_checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> Path:
-    """The demo at its tiny preset, built once for the whole test session."""
+def demo_home(tmp_path_factory) -> Path:
+    """A SliceScope home whose demo is built at the tiny preset, once per session."""
     from core.demo import build_demo
 
-    out = tmp_path_factory.mktemp("demo")
-    build_demo(out, preset="tiny")
-    return out
+    home = tmp_path_factory.mktemp("slicescope-home")
+    build_demo(home / "demo", preset="tiny")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(demo_home) -> Path:
+    return demo_home / "demo"

@@ -1,0 +1,52 @@
+"""The analyst app, driven headless with Streamlit's AppTest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.demo import workspace_dir
+from core.workspace import Workspace
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+@pytest.fixture
+def app(demo_home, monkeypatch):
+    monkeypatch.setenv("SLICESCOPE_HOME", str(demo_home))
+    monkeypatch.delenv("SLICESCOPE_WORKSPACES", raising=False)
+    return AppTest.from_file(str(MAIN), default_timeout=120)
+
+
+def test_main_page_opens_on_the_demo_with_a_slice_table(app, tiny_demo):
+    app.run()
+    assert not app.exception, app.exception
+    assert app.title[0].value.startswith("Slices · demo · biased model")
+    table = app.dataframe[0].value
+    workspace = Workspace(workspace_dir(tiny_demo, "biased"))
+    assert {"slice", "size", "accuracy", "dominant_label", "dominant_prediction"} <= set(table.columns)
+    assert table["size"].sum() == len(workspace.images)
+    assert table["accuracy"].is_monotonic_increasing  # worst slices first
+    assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Colour encoding"]
+
+
+def test_switching_model_version_and_representation(app, tiny_demo):
+    app.run()
+    app.sidebar.selectbox(key="menu_workspace").select(str(workspace_dir(tiny_demo, "balanced"))).run()
+    assert not app.exception
+    assert app.title[0].value == "Slices · demo · balanced model"
+    app.sidebar.selectbox(key="menu_representation").select("features").run()
+    assert not app.exception
+    assert app.query_params["representation"] == ["features"] or app.query_params["representation"] == "features"
+    assert "Original feature space" in [h.value for h in app.subheader][1]
+
+
+def test_report_page_lists_group_accuracy(app):
+    app.run()
+    app.switch_page(str(MAIN.parent.parent / "pages" / "report.py")).run()
+    assert not app.exception
+    assert app.title[0].value.startswith("Workspace report")
+    groups = app.dataframe[0].value
+    assert set(groups["group"]) == {"none", "background", "colour", "watermark", "flipped_label"}

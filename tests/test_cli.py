@@ -1,0 +1,89 @@
+"""The command line, end to end, as a user runs it (real subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_demo_then_slices(tmp_path):
+    demo = run_cli("demo", "--out", str(tmp_path / "demo"), "--preset", "tiny")
+    assert demo.returncode == 0, demo.stderr
+    data = tmp_path / "demo" / "data"
+    metadata = pd.read_csv(data / "metadata.csv")
+    assert {"path", "split", "label", "colour", "background", "watermark", "label_flipped", "group"} <= set(metadata.columns)
+    assert (tmp_path / "demo" / "models" / "biased.pt").is_file() and (tmp_path / "demo" / "models" / "balanced.pt").is_file()
+    workspace = Workspace(tmp_path / "demo" / "workspace")
+    assert len(workspace.images) == (metadata["split"] == "test").sum()
+
+    for method in ("attribution", "features"):
+        out = tmp_path / f"slices-{method}.csv"
+        result = run_cli("slices", str(workspace.path), "--method", method, "--k", "5", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        slices = pd.read_csv(out)
+        assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "x", "y"]
+        assert len(slices) == len(workspace.images)
+        assert set(slices["slice"]) == set(range(5))
+        assert slices["confidence"].between(0, 1).all()
+        assert set(slices["path"]) == set(workspace.images["path"])
+        assert "lowest-accuracy slices" in result.stdout
+
+
+def test_scan_cli_on_a_manifest_split_reproduces_the_demo_workspace(tiny_demo, tmp_path):
+    out = tmp_path / "ws"
+    result = run_cli(
+        "scan", "--data", str(tiny_demo / "data" / "metadata.csv"), "--split", "test",
+        "--model", str(tiny_demo / "models" / "biased.pt"), "--factory", "core.demo.model:build_demo_cnn",
+        "--num-classes", "4", "--classes", "circle,square,triangle,star",
+        "--image-size", "64", "--normalize", "none", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "workspace ready" in result.stdout
+    ours, demo = Workspace(out), Workspace(tiny_demo / "workspace")
+    pd.testing.assert_series_equal(ours.images["prediction"], demo.images["prediction"])
+    np.testing.assert_allclose(ours.array("attribution_features"), demo.array("attribution_features"), rtol=1e-4, atol=1e-5)
+
+
+def test_scan_cli_accepts_torchscript(tiny_demo, tmp_path):
+    from core.demo.model import build_demo_cnn
+
+    model = build_demo_cnn()
+    model.load_state_dict(torch.load(tiny_demo / "models" / "biased.pt", weights_only=True))
+    torch.jit.save(torch.jit.script(model.eval()), str(tmp_path / "biased.ts"))
+    result = run_cli(
+        "scan", "--data", str(tiny_demo / "data" / "metadata.csv"), "--split", "test", "--model", str(tmp_path / "biased.ts"),
+        "--classes", "circle,square,triangle,star", "--image-size", "64", "--normalize", "none", "--out", str(tmp_path / "ws"),
+    )
+    assert result.returncode == 0, result.stderr
+    demo = Workspace(tiny_demo / "workspace")
+    np.testing.assert_allclose(Workspace(tmp_path / "ws").array("gradcam"), demo.array("gradcam"), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "resnet18", "--num-classes", "3"], "does not fit resnet18"),
+        (["--arch", "resnet18"], "needs --num-classes"),
+        ([], "is a state_dict, not a TorchScript model"),
+    ],
+)
+def test_scan_cli_errors_are_one_line_without_traceback(image_folder, small_net_checkpoint, tmp_path, args, message):
+    result = run_cli("scan", "--data", str(image_folder), "--model", str(small_net_checkpoint), *args, "--out", str(tmp_path / "ws"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line and "warnings.warn" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

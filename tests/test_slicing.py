@@ -1,0 +1,67 @@
+"""Slices, layouts and their parameter-keyed cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import SliceScopeError
+from core.extract import ScanConfig, scan
+from core.models import ModelSpec
+from core.slicing import ProjectionParams, SliceParams, find_slices, project, slice_table, slices_frame
+
+
+@pytest.fixture
+def workspace(image_folder, small_net_checkpoint, tmp_path):
+    spec = ModelSpec(checkpoint=small_net_checkpoint, factory="tests.helpers:build_small_net", num_classes=3)
+    return scan(ScanConfig(data=image_folder, model=spec, out=tmp_path / "ws", image_size=32, normalize="none", workers=0))
+
+
+def test_slice_table_metrics_match_a_hand_count():
+    images = pd.DataFrame({
+        "label": ["a", "a", "b", "b", "b"],
+        "prediction": ["a", "b", "b", "b", "a"],
+        "confidence": [0.9, 0.6, 0.8, 0.7, 0.5],
+        "correct": [True, False, True, True, False],
+    })
+    table = slice_table(images, np.array([0, 0, 1, 1, 1])).set_index("slice")
+    assert table.loc[0, "size"] == 2 and table.loc[0, "errors"] == 1
+    assert table.loc[1, "accuracy"] == pytest.approx(2 / 3)
+    assert table.loc[1, "mean_confidence"] == pytest.approx(2.0 / 3)
+    assert table.loc[1, "dominant_label"] == "b" and table.loc[1, "dominant_prediction"] == "b"
+    assert table.loc[1, "dominant_prediction_share"] == pytest.approx(2 / 3)
+    assert table.loc[1, "confusion"] == "b→b: 2 · b→a: 1"
+
+
+def test_slices_are_cached_per_parameters(workspace):
+    first = find_slices(workspace, "attribution", SliceParams(k=3))
+    assert sorted(np.unique(first)) == [0, 1, 2]
+    sizes = np.bincount(first)
+    assert list(sizes) == sorted(sizes, reverse=True), "slice 0 should be the largest"
+    cached = workspace.derived_path("slices-attribution", {"k": 3, "seed": 0}, ".npy")
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    np.testing.assert_array_equal(find_slices(workspace, "attribution", SliceParams(k=3)), first)
+    assert cached.stat().st_mtime_ns == stamp, "an unchanged request recomputed"
+    find_slices(workspace, "attribution", SliceParams(k=4))
+    assert cached.stat().st_mtime_ns == stamp, "another k overwrote the k=3 result"
+    assert workspace.has_cached("slices-attribution", {"k": 4, "seed": 0})
+    assert not workspace.has_cached("projection-attribution", {"n_neighbors": 15, "min_dist": 0.05, "metric": "euclidean", "seed": 0})
+
+
+def test_slices_frame_has_the_cli_columns_and_layouts_differ_per_representation(workspace):
+    frame = slices_frame(workspace, "attribution", SliceParams(k=3), ProjectionParams(n_neighbors=5))
+    assert list(frame.columns) == ["path", "label", "prediction", "confidence", "slice", "x", "y"]
+    assert len(frame) == len(workspace.images) and np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    plain = project(workspace, "features", ProjectionParams(n_neighbors=5))
+    assert not np.allclose(plain, frame[["x", "y"]].to_numpy())
+
+
+def test_bad_slicing_requests_are_explained(workspace):
+    with pytest.raises(SliceScopeError, match="more than the 18 images"):
+        find_slices(workspace, "attribution", SliceParams(k=50))
+    with pytest.raises(SliceScopeError, match="unknown slicing method 'pixels'"):
+        find_slices(workspace, "pixels", SliceParams(k=3))
+    with pytest.raises(SliceScopeError, match="unknown UMAP metric"):
+        ProjectionParams(metric="hamming-ish")

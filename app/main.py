@@ -19,10 +19,10 @@ from app.ui import ensure_demo, system_menu  # noqa: E402
 
 
 def main() -> None:
-    st.set_page_config(page_title="SliceScope", page_icon="🔎", layout="wide")
+    st.set_page_config(page_title="SliceScope", page_icon=":material/search:", layout="wide")
     pages = [
-        st.Page(ROOT / "pages" / "slices.py", title="Slices", icon="🧩", default=True),
-        st.Page(ROOT / "pages" / "report.py", title="Workspace report", icon="📋"),
+        st.Page(ROOT / "pages" / "slices.py", title="Slices", icon=":material/scatter_plot:", default=True),
+        st.Page(ROOT / "pages" / "report.py", title="Workspace report", icon=":material/description:"),
     ]
     navigation = st.navigation(pages)
     ensure_demo()

@@ -100,7 +100,7 @@ def workspace_summary(path: str) -> dict:
     return {
         "name": workspace.name,
         "dataset": workspace.dataset_fingerprint,
-        "dataset_label": f"{Path(workspace.manifest['dataset']['source']).name}"
+        "dataset_label": "/".join(Path(workspace.manifest["dataset"]["source"]).parts[-2:])
         + (f" · {workspace.manifest['dataset']['split']}" if workspace.manifest["dataset"].get("split") else ""),
         "model_label": workspace.name,
     }
@@ -160,4 +160,4 @@ def system_menu() -> Selection | None:
 
 
 def show_error(error: SliceScopeError) -> None:
-    st.error(str(error), icon="⚠️")
+    st.error(str(error), icon=":material/error:")

@@ -82,7 +82,7 @@ def main() -> None:
         event = st.dataframe(
             shown.sort_values("accuracy"),
             hide_index=True,
-            height=560,
+            height=min(560, 35 * (len(shown) + 1) + 3),
             on_select="rerun",
             selection_mode="multi-row",
             key="slice_table",

@@ -1,0 +1,34 @@
+"""Sizes and training settings of the built-in demo benchmark.
+
+The demo must be rebuilt locally (nothing is downloaded), so its cost is part of
+the design: "full" is the real demo, tuned so that generation and each of the two
+trainings take about a minute on a 2-core CPU; "tiny" runs the same code paths in
+a few seconds for tests, without any promise about model quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """How much data to draw and how long to train on it.
+
+    ``n_train`` sizes both ``train`` and ``balanced_train``; ``image_size`` is
+    fixed at 64 because the CNN's 8×8 feature map and the drawing scales assume it.
+    """
+
+    n_train: int
+    n_val: int
+    n_test: int
+    image_size: int = 64
+    epochs: int = 8
+    batch_size: int = 64
+    seed: int = 0
+
+
+PRESETS: dict[str, DemoConfig] = {
+    "full": DemoConfig(n_train=5000, n_val=800, n_test=2000, epochs=14, batch_size=64, seed=0),
+    "tiny": DemoConfig(n_train=96, n_val=32, n_test=64, epochs=1, batch_size=32, seed=0),
+}

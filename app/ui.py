@@ -17,6 +17,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.progress import ProgressFn
+from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
 from core.workspace import REPRESENTATIONS, Workspace, is_workspace
 
@@ -28,7 +29,12 @@ COLOUR_LABELS = {
     "slice": "Slice",
     "accuracy": "Slice accuracy",
     "confidence": "Confidence",
+    "classes": "Label (fill) · prediction (border)",
     "correct": "Correct / misclassified",
+}
+LAYOUT_LABELS = {
+    "combined": "Combined",
+    "confusion": "Split by confusion-matrix cell",
 }
 
 
@@ -37,9 +43,16 @@ class Selection:
     """The System Menu's choices, as plain values."""
 
     workspace: Path
-    representation: str
+    representation: str  # the 2-D layout shown
+    slice_on: str  # the representation K-Means runs on; kept when the layout changes
+    layout: str
     colour: str
     k: int
+
+    @property
+    def slicing_key(self) -> tuple:
+        """What slice ids depend on: a change here makes old slice ids meaningless."""
+        return (str(self.workspace), self.slice_on, self.k)
 
 
 def streamlit_progress(container) -> ProgressFn:
@@ -122,11 +135,11 @@ def load_layout(path: str, representation: str) -> np.ndarray:
         return project(workspace, representation, ProjectionParams())
 
 
-def _choose(label: str, options: list, format_func, query_key: str, key: str, **kwargs):
+def _choose(label: str, options: list, format_func, query_key: str, key: str, container=st.sidebar, **kwargs):
     """A selectbox whose value is mirrored in the URL, so a view can be shared as a link."""
     wanted = st.query_params.get(query_key)
     index = next((i for i, option in enumerate(options) if str(option) == wanted), 0)
-    value = st.sidebar.selectbox(label, options, index=index, format_func=format_func, key=key, **kwargs)
+    value = container.selectbox(label, options, index=index, format_func=format_func, key=key, **kwargs)
     st.query_params[query_key] = str(value)
     return value
 
@@ -147,16 +160,34 @@ def system_menu() -> Selection | None:
     dataset = _choose("Dataset", datasets, lambda d: dataset_labels[d], "dataset", key="menu_dataset")
     versions = [path for path in workspaces if summaries[path]["dataset"] == dataset]
     workspace = _choose("Model version", versions, lambda p: summaries[p]["model_label"], "workspace", key="menu_workspace")
-    representation = _choose("Representation", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "representation", key="menu_representation")
+    representation = _choose(
+        "Representation", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "representation", key="menu_representation",
+        help="The 2-D layout. Switching keeps the selected slices and points, so you can see whether neighbours in one space are neighbours in the other.",
+    )
+    layout = _choose("Layout", list(LAYOUT_LABELS), LAYOUT_LABELS.get, "layout", key="menu_layout")
     colour = _choose("Colour encoding", list(COLOUR_LABELS), COLOUR_LABELS.get, "colour", key="menu_colour")
     n_images = len(load_workspace(workspace).images)
     with st.sidebar.expander("Slicing settings"):
+        slice_on = _choose(
+            "Slice on", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "slice_on", key="menu_slice_on", container=st,
+            help="AttributionScanner clusters the attribution-weighted features F_W; plain features are there for comparison.",
+        )
+        largest_k = max(2, min(500, n_images))
+        if "menu_k" not in st.session_state:
+            wanted = st.query_params.get("k", "")
+            st.session_state["menu_k"] = min(largest_k, max(2, int(wanted))) if wanted.isdigit() else default_k(n_images)
         k = st.number_input(
-            "Number of slices (K-Means k)", min_value=2, max_value=max(2, min(500, n_images)),
-            value=default_k(n_images), step=5, key="menu_k",
+            "Number of slices (K-Means k)", min_value=2, max_value=largest_k, step=5, key="menu_k",
             help="Over-clustering (the paper uses 50) keeps rare failure modes in slices of their own.",
         )
-    return Selection(Path(workspace), representation, colour, int(k))
+        st.query_params["k"] = str(k)
+    return Selection(Path(workspace), representation, slice_on, layout, colour, int(k))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_images(path: str, rows: tuple[int, ...], size: int, overlay: bool) -> list[np.ndarray]:
+    """Thumbnails (or GradCAM overlays) of one page of images; only that page is read."""
+    return render_images(load_workspace(path), list(rows), size=size, overlay=overlay)
 
 
 def show_error(error: SliceScopeError) -> None:

@@ -137,6 +137,8 @@ def read_image(path: Path) -> tuple[Image.Image, str]:
             rgb = image.convert("RGB")
     except UnidentifiedImageError:
         raise ValueError("not a recognised image format (corrupt or not an image)") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"damaged image data ({error})") from None
     if min(rgb.size) < 1:

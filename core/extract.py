@@ -14,16 +14,17 @@ grid, that round trip is (up to interpolation blur) the map itself, so W is the
 latent GradCAM map, normalised to a peak of 1.
 
 :func:`scan` runs this over a dataset in chunks written to disk, so a crash
-loses at most one chunk and a re-run resumes where it stopped.
+loses at most one chunk and a re-run resumes where it stopped. The scan's inputs
+are recorded in the workspace, so :func:`rebuild_workspace` can finish or redo
+it without the user giving them again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,18 +40,25 @@ from core.errors import SliceScopeError
 from core.models import AttributionModel, ModelSpec, file_sha256, load_module
 from core.progress import ProgressFn, silent
 from core.workspace import (
+    ARRAY_NAMES,
     FORMAT_VERSION,
     MANIFEST,
+    SCAN_STATE,
     Workspace,
     atomic_write,
+    read_scan_state,
+    recorded_scan_inputs,
     save_array,
     save_json,
     save_manifest,
     save_table,
+    scan_command,
     stable_hash,
+    workspace_status,
 )
 
-ARRAY_NAMES = ("logits", "features", "attribution_features", "gradcam")
+# Where and how a scan runs, not what it computes: not part of its recorded inputs.
+_RUN_OPTIONS = ("out", "workers", "overwrite")
 
 
 @dataclass
@@ -100,6 +108,36 @@ class ScanConfig:
     workers: int = field(default_factory=lambda: min(4, max(0, (os.cpu_count() or 1) - 1)))
     overwrite: bool = False
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        # Absolute paths, so that the recorded inputs rebuild the workspace from any
+        # working directory and the fingerprint does not depend on how a path was spelled.
+        self.data = Path(self.data).expanduser().resolve()
+        self.out = Path(self.out).expanduser().resolve()
+        if self.model.checkpoint is not None:
+            self.model = replace(self.model, checkpoint=Path(self.model.checkpoint).expanduser().resolve())
+        if self.classes is not None:
+            self.classes = tuple(self.classes)
+
+    def to_dict(self) -> dict:
+        """The scan's inputs as JSON and TOML can store them (everything but the run options)."""
+        inputs = {name: value for name, value in asdict(self).items() if name not in _RUN_OPTIONS}
+        inputs["model"] = _storable(inputs["model"])
+        return _storable(inputs)
+
+    @classmethod
+    def from_dict(cls, inputs: dict, out: Path, **run_options) -> ScanConfig:
+        """The config :meth:`to_dict` recorded, scanning into ``out``; ``run_options`` sets workers or overwrite."""
+        return cls(**{**inputs, "model": ModelSpec(**inputs["model"])}, out=out, **run_options)
+
+
+def _storable(values: dict) -> dict:
+    # TOML has no null, so a None is left out: every such field defaults to None.
+    return {
+        name: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 class _ImageReader(Dataset):
@@ -151,7 +189,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
     module = load_module(config.model)
     model = AttributionModel(module, config.image_size, config.target_layer, config.device)
     classes = _resolve_classes(index, config.classes, model.num_classes)
-    model_hash = file_sha256(Path(config.model.checkpoint).expanduser()) if config.model.checkpoint else ""
+    model_hash = file_sha256(config.model.checkpoint) if config.model.checkpoint else ""
     dataset_fingerprint = index.fingerprint()
     fingerprint = stable_hash({
         "format": FORMAT_VERSION,
@@ -163,28 +201,31 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
         "classes": classes,
     })
 
-    out = Path(config.out).expanduser().resolve()
-    state_path = out / "scan-state.json"
+    out = config.out
+    state_path = out / SCAN_STATE
     if (out / MANIFEST).is_file():
-        existing = Workspace(out)
-        if existing.fingerprint == fingerprint:
-            report("extracting", 1, 1)
-            return existing
+        status = workspace_status(out)
+        if status.state == "ready":
+            existing = Workspace(out)
+            if existing.fingerprint == fingerprint:
+                report("extracting", 1, 1)
+                return existing
         if not config.overwrite:
-            raise SliceScopeError(f"{out} already holds a workspace built from other inputs", "choose another --out folder or pass --overwrite")
+            held = "built from other inputs" if status.state == "ready" else f"that is {status.state}"
+            raise SliceScopeError(f"{out} already holds a workspace {held}", "choose another --out folder or pass --overwrite")
         shutil.rmtree(out)
-    elif state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") != fingerprint:
+    elif state_path.is_file() and (read_scan_state(out) or {}).get("fingerprint") != fingerprint:
         if not config.overwrite:
             raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another --out folder or pass --overwrite to start over")
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()) and not state_path.is_file():
         raise SliceScopeError(f"{out} exists and is not empty", "choose a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(state_path, {"fingerprint": fingerprint})
-
-    chunks_dir = out / "chunks"
     n_images = len(index.table)
     chunk_starts = list(range(0, n_images, config.chunk_size))
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(state_path, {"fingerprint": fingerprint, "num_chunks": len(chunk_starts), "scan": config.to_dict()})
+
+    chunks_dir = out / "chunks"
     pending = [i for i, _ in enumerate(chunk_starts) if not (chunks_dir / f"chunk-{i:05d}.npz").is_file()]
     batches, batch_chunk = [], []
     for chunk in pending:
@@ -306,7 +347,7 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
         "dataset": {
-            "source": str(Path(config.data).expanduser().resolve()),
+            "source": str(config.data),
             "root": str(index.root.resolve()),
             "kind": index.kind,
             "split": config.split or "",
@@ -325,11 +366,36 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
             "device": str(model.device),
             "attribution": "GradCAM of the predicted class at the target layer",
         },
+        "scan": config.to_dict(),
     }
     save_manifest(out / MANIFEST, manifest)
     shutil.rmtree(out / "chunks", ignore_errors=True)
-    (out / "scan-state.json").unlink(missing_ok=True)
+    (out / SCAN_STATE).unlink(missing_ok=True)
     return Workspace(out)
+
+
+def rebuild_workspace(path: str | Path, progress: ProgressFn | None = None) -> Workspace:
+    """Finish or redo the workspace at ``path`` from the scan inputs recorded in it.
+
+    A half-built scan resumes, reusing its finished chunks while the inputs are
+    unchanged; an outdated or damaged workspace, or one whose data or model has
+    changed since, is replaced. A ready, unchanged workspace is returned as is.
+    """
+    out = Path(path).expanduser().resolve()
+    inputs = recorded_scan_inputs(out)
+    if inputs is None:
+        raise SliceScopeError(f"{out} has no record of how it was built", f"run {scan_command(out, overwrite=True)}")
+    try:
+        config = ScanConfig.from_dict(inputs, out, overwrite=True)
+    except (KeyError, TypeError) as error:
+        raise SliceScopeError(f"the scan inputs recorded in {out} are incomplete ({error})", f"run {scan_command(out, overwrite=True)}") from None
+    for role, source in (("dataset", config.data), ("model checkpoint", config.model.checkpoint)):
+        if source is not None and not source.exists():
+            raise SliceScopeError(
+                f"the {role} this workspace was built from no longer exists: {source}",
+                f"restore it, or build the workspace from its new location with {scan_command(out, overwrite=True)}",
+            )
+    return scan(config, progress)
 
 
 def build_report(table: pd.DataFrame, skipped: list[dict], classes, gradcam: np.ndarray, num_indexed: int) -> dict:

@@ -10,6 +10,10 @@ Layout (documented for users in docs/WORKSPACE.md)::
       derived/<kind>-<key>.* results computed from the above (projections, slices),
                              keyed by a hash of their parameters and their source
 
+While a scan runs, the folder holds ``scan-state.json`` and ``chunks/`` instead;
+:func:`workspace_status` tells a finished workspace from a half-built, outdated
+or damaged one without loading any array.
+
 Every derived result is stored under the hash of what it was computed from, so a
 changed parameter recomputes only what depends on it and never overwrites a
 result that is still valid for other parameters.
@@ -23,8 +27,10 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -33,7 +39,12 @@ import tomli_w
 from core.errors import SliceScopeError
 
 MANIFEST = "workspace.toml"
+SCAN_STATE = "scan-state.json"
 FORMAT_VERSION = 1
+ARRAY_NAMES = ("logits", "features", "attribution_features", "gradcam")
+# What Workspace reads besides the manifest; a finished workspace lacking one is damaged.
+FINISHED_FILES = ("images.parquet", "report.json", *(f"arrays/{name}.npy" for name in ARRAY_NAMES))
+_REQUIRED_MANIFEST_ENTRIES = (("dataset", "root"), ("dataset", "fingerprint"), ("model", "classes"), ("extraction", "fingerprint"))
 # Representation name → array holding it; the slicing code and the app list these.
 REPRESENTATIONS = {
     "attribution": "attribution_features",
@@ -80,7 +91,100 @@ def save_manifest(path: Path, manifest: dict) -> None:
 
 
 def is_workspace(path: Path) -> bool:
+    """Whether ``path`` holds a finished workspace (its manifest is written last)."""
     return (Path(path) / MANIFEST).is_file()
+
+
+def looks_like_workspace(path: Path) -> bool:
+    """Whether ``path`` holds a workspace in any state, finished or not, for discovery."""
+    return is_workspace(path) or (Path(path) / SCAN_STATE).is_file()
+
+
+def read_scan_state(path: Path) -> dict | None:
+    """The interrupted scan's ``scan-state.json`` in folder ``path``; None if absent or unreadable."""
+    try:
+        state = json.loads((Path(path) / SCAN_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return tomllib.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _scan_inputs(record: dict | None) -> dict | None:
+    inputs = (record or {}).get("scan")
+    return inputs if isinstance(inputs, dict) else None
+
+
+def recorded_scan_inputs(path: Path) -> dict | None:
+    """The scan inputs recorded in the workspace at ``path`` (see ``ScanConfig.to_dict``), if any."""
+    path = Path(path)
+    return _scan_inputs(_read_manifest(path) if is_workspace(path) else read_scan_state(path))
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    """Whether a folder holds a workspace the app can open and, if not, what to do about it."""
+
+    state: Literal["ready", "missing", "half-built", "outdated", "damaged"]
+    message: str  # one line for an analyst: the problem and its fix
+    can_rebuild: bool  # the scan inputs are recorded, so rebuild_workspace can (re)build it
+
+
+def workspace_status(path: str | Path) -> WorkspaceStatus:
+    """The state of the workspace at ``path``.
+
+    Cheap enough for every page render: it reads the manifest or the scan state
+    and checks that files exist, but loads no table or array.
+    """
+    path = Path(path).expanduser()
+    if is_workspace(path):
+        return _finished_status(path, _read_manifest(path))
+    if (path / SCAN_STATE).is_file():
+        return _interrupted_status(path, read_scan_state(path))
+    return WorkspaceStatus("missing", f"There is no workspace at {path} — build one with: {scan_command(path)}.", False)
+
+
+def scan_command(out: Path, overwrite: bool = False) -> str:
+    """The command a user runs to build the workspace at ``out`` by hand."""
+    return f"python -m core scan --data PATH --model CKPT --out {out}" + (" --overwrite" if overwrite else "")
+
+
+def _finished_status(path: Path, manifest: dict | None) -> WorkspaceStatus:
+    can_rebuild = _scan_inputs(manifest) is not None
+    rebuild = "rebuild it" if can_rebuild else f"rebuild it with: {scan_command(path, overwrite=True)}"
+    if manifest is None:
+        return WorkspaceStatus("damaged", f"This workspace's manifest ({MANIFEST}) is unreadable — {rebuild}.", can_rebuild)
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        return WorkspaceStatus("damaged", f"This workspace's manifest ({MANIFEST}) has no format version — {rebuild}.", can_rebuild)
+    if version > FORMAT_VERSION:
+        return WorkspaceStatus("outdated", f"This workspace was written by a newer SliceScope (format {version}; this version reads format {FORMAT_VERSION}) — update SliceScope, or {rebuild} with this version.", can_rebuild)
+    if version != FORMAT_VERSION:
+        return WorkspaceStatus("outdated", f"This workspace was written by SliceScope format {version}; this version reads format {FORMAT_VERSION} — {rebuild}.", can_rebuild)
+    for table, key in _REQUIRED_MANIFEST_ENTRIES:
+        if key not in (manifest.get(table) or {}):
+            return WorkspaceStatus("damaged", f"This workspace's manifest has no {table}.{key} — {rebuild}.", can_rebuild)
+    missing = next((name for name in FINISHED_FILES if not (path / name).is_file()), None)
+    if missing:
+        return WorkspaceStatus("damaged", f"This workspace is damaged: {missing} is missing — {rebuild}.", can_rebuild)
+    return WorkspaceStatus("ready", f"Workspace {manifest.get('name') or path.name} is ready.", can_rebuild)
+
+
+def _interrupted_status(path: Path, state: dict | None) -> WorkspaceStatus:
+    if state is None:
+        return WorkspaceStatus("damaged", f"This workspace's interrupted scan left an unreadable {SCAN_STATE} — rebuild it with: {scan_command(path, overwrite=True)}.", False)
+    can_rebuild = _scan_inputs(state) is not None
+    finished = len(list((path / "chunks").glob("chunk-*.npz")))
+    total = state.get("num_chunks")
+    where = f"at {finished} of {total} chunks" if isinstance(total, int) else "before it finished"
+    fix = "resume it to finish" if can_rebuild else "re-run the same python -m core scan command to resume it"
+    return WorkspaceStatus("half-built", f"This workspace's scan was interrupted {where} — {fix}.", can_rebuild)
 
 
 class Workspace:

@@ -1,55 +1,173 @@
-"""Slices page: the Slice Table beside the 2-D representation space."""
+"""Slices page: Slice Table, 2-D representation space and Slice Detail View, linked.
+
+Picking rows in the table highlights those slices in the scatter and fills the
+detail view; box/lasso-selecting points in the scatter filters the table to
+their slices and shows those images. The selection survives switching the
+representation (the layout) and lives in the URL (``?slices=3,7``).
+"""
+
+from functools import partial
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from app.ui import COLOUR_LABELS, REPRESENTATION_LABELS, load_layout, load_slices, load_workspace, show_error
+from app.figures import ScatterData, ScatterOptions, scatter_figure
+from app.ui import (
+    COLOUR_LABELS,
+    LAYOUT_LABELS,
+    REPRESENTATION_LABELS,
+    load_images,
+    load_layout,
+    load_slices,
+    load_workspace,
+    show_error,
+)
 from core.errors import SliceScopeError
+from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of
 
-SLICE_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#637939", "#3182bd", "#fd8d3c", "#74c476", "#9e9ac8",
-]
+PAGE_SIZE = 24
+THUMBNAIL_SIZE = 128
+TABLE_COLUMNS = ["slice", "size", "accuracy", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]
+TABLE_COLUMN_CONFIG = {
+    "slice": st.column_config.NumberColumn("Slice", width="small"),
+    "size": st.column_config.NumberColumn("Size", width="small"),
+    "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
+    "mean_confidence": st.column_config.NumberColumn("Confidence", format="percent", width="small"),
+    "errors": st.column_config.NumberColumn("Errors", width="small"),
+    "dominant_label": "Label",
+    "dominant_prediction": "Prediction",
+    "confusion": st.column_config.TextColumn("label → prediction counts", width="large"),
+}
 
 
-def scatter_figure(layout, images, slice_ids, table, colour: str, selected: list[int]) -> go.Figure:
-    correct = images["correct"].to_numpy()
-    hover = [
-        f"slice {s}<br>label: {l}<br>prediction: {p}<br>confidence: {c:.0%}"
-        for s, l, p, c in zip(slice_ids, images["label"], images["prediction"], images["confidence"])
-    ]
-    if colour == "slice":
-        marker_colour = [SLICE_PALETTE[s % len(SLICE_PALETTE)] for s in slice_ids]
-        colour_bar = {}
-    elif colour == "accuracy":
-        marker_colour = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
-        colour_bar = {"colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "colorbar": {"title": "slice accuracy", "tickformat": ".0%"}}
-    elif colour == "confidence":
-        marker_colour = images["confidence"].to_numpy()
-        colour_bar = {"colorscale": "Viridis", "cmin": 0, "cmax": 1, "colorbar": {"title": "confidence", "tickformat": ".0%"}}
+def _parse_slices(text: str) -> list[int]:
+    return sorted({int(part) for part in text.split(",") if part.strip().isdigit()})
+
+
+def sync_selection(selection, valid_slices: set[int]) -> None:
+    """Start from the URL on first load; forget slice ids when the slicing they came from changes."""
+    state = st.session_state
+    state.setdefault("scatter_generation", 0)
+    if state.get("picked_for") != selection.slicing_key:
+        first_load = "picked_for" not in state
+        from_url = _parse_slices(st.query_params.get("slices", "")) if first_load else []
+        state["picked_slices"] = [s for s in from_url if s in valid_slices]
+        state["picked_for"] = selection.slicing_key
+    if state.get("points_for") != str(selection.workspace):
+        state["picked_points"] = []
+        state["points_for"] = str(selection.workspace)
+        state["scatter_generation"] += 1
+
+
+def _pick_rows(table_key: str, shown_slices: np.ndarray) -> None:
+    """Table callback: the clicked rows become the selected slices (and replace a point selection)."""
+    rows = st.session_state[table_key].selection.rows
+    st.session_state["picked_slices"] = sorted(int(shown_slices[row]) for row in rows)
+    if st.session_state["picked_points"]:
+        _clear_points()
+
+
+def _pick_points(scatter_key: str) -> None:
+    """Scatter callback: the box/lasso/clicked points become the point selection."""
+    points = st.session_state[scatter_key].selection.points
+    st.session_state["picked_points"] = sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
+
+
+def _clear_points() -> None:
+    st.session_state["picked_points"] = []
+    st.session_state["scatter_generation"] += 1
+
+
+def slice_table_view(table, slice_ids: np.ndarray) -> None:
+    points = st.session_state["picked_points"]
+    shown = table[TABLE_COLUMNS].sort_values(["accuracy", "size"], ascending=[True, False]).reset_index(drop=True)
+    if points:
+        shown = shown[shown["slice"].isin(slices_of(slice_ids, points))].reset_index(drop=True)
+        note, clear = st.columns([4, 1], vertical_alignment="center")
+        note.caption(f"Filtered to the {len(shown)} slices of the {len(points):,} points selected in the scatter.")
+        clear.button("Show all", on_click=_clear_points, key="clear_points", width="stretch")
     else:
-        marker_colour = np.where(correct, "#4c78a8", "#e45756")
-        colour_bar = {}
-    opacity = np.where(np.isin(slice_ids, selected), 1.0, 0.12) if selected else np.full(len(slice_ids), 0.75)
-    figure = go.Figure()
-    figure.add_trace(go.Scattergl(
-        x=layout[:, 0], y=layout[:, 1], mode="markers", text=hover, hoverinfo="text", showlegend=False,
-        marker={"color": marker_colour, "size": 6, "opacity": opacity, "symbol": np.where(correct, "circle", "x"), **colour_bar},
-    ))
-    centres = (
-        images.assign(x=layout[:, 0], y=layout[:, 1], slice=slice_ids).groupby("slice")[["x", "y"]].median()
+        st.caption("Click rows to select slices · click a header to sort.")
+    shown_slices = shown["slice"].to_numpy()
+    # The key names the rows shown, so a filtered table is a new widget whose
+    # highlighted rows start from the current selection.
+    table_key = f"slice_table-{abs(hash(tuple(shown_slices.tolist())))}"
+    picked = set(st.session_state["picked_slices"])
+    st.dataframe(
+        shown,
+        hide_index=True,
+        height=min(520, 35 * (len(shown) + 1) + 3),
+        on_select=partial(_pick_rows, table_key, shown_slices),
+        selection_mode="multi-row",
+        selection_default={"selection": {"rows": [i for i, s in enumerate(shown_slices) if s in picked]}},
+        key=table_key,
+        column_config=TABLE_COLUMN_CONFIG,
     )
-    figure.add_trace(go.Scatter(
-        x=centres["x"], y=centres["y"], mode="text", text=[str(s) for s in centres.index], hoverinfo="skip",
-        textfont={"size": 11, "color": "#222"}, showlegend=False,
-    ))
-    figure.update_layout(
-        height=620, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="lasso",
-        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, plot_bgcolor="white",
-        title={"text": "● correct   ✕ misclassified   (numbers: slice ids)", "font": {"size": 12}},
+
+
+def scatter_view(selection, data: ScatterData) -> None:
+    picked_slices = st.session_state["picked_slices"]
+    points = st.session_state["picked_points"]
+    highlighted = np.asarray(points) if points else (members(data.slice_ids, picked_slices) if picked_slices else None)
+    with st.popover("Plot options", icon=":material/tune:"):
+        density = st.toggle("Density contours", key="plot_density")
+        hulls = st.toggle("Outline selected slices", value=True, key="plot_hulls")
+        labels = st.toggle("Slice numbers", value=True, key="plot_labels")
+    options = ScatterOptions(
+        colour=selection.colour,
+        highlighted=highlighted,
+        hull_slices=tuple(picked_slices) if hulls else (),
+        slice_labels=labels,
+        density=density,
+        confusion=selection.layout == "confusion",
     )
-    return figure
+    scatter_key = f"scatter-{st.session_state['scatter_generation']}"
+    st.plotly_chart(
+        scatter_figure(data, options), width="stretch", key=scatter_key,
+        on_select=partial(_pick_points, scatter_key), selection_mode=("points", "box", "lasso"),
+    )
+
+
+def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: bool) -> None:
+    picked_slices = st.session_state["picked_slices"]
+    points = st.session_state["picked_points"]
+    if points:
+        rows, what = np.asarray(points), f"{len(points):,} points selected in the scatter"
+    elif picked_slices:
+        rows = members(slice_ids, picked_slices)
+        what = f"slice{'s' if len(picked_slices) > 1 else ''} {', '.join(map(str, picked_slices))} · {len(rows):,} images"
+    else:
+        st.info("Pick a slice in the Slice Table, or box/lasso-select points in the scatter, to see its images here.", icon=":material/touch_app:")
+        return
+    st.subheader("Slice Detail View")
+    if confusion:
+        cells = confusion_cells(images, rows)
+        cell = st.pills(
+            "Confusion-matrix cell", range(len(cells)), default=0, key="detail_cell",
+            format_func=lambda i: f"{cells['title'].iat[i]} ({cells['count'].iat[i]})",
+        )
+        if cell is not None:
+            rows = in_cell(images, rows, cells["label"].iat[cell], cells["prediction"].iat[cell])
+            what += f" · {cells['title'].iat[cell]}: {len(rows):,}"
+    controls = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
+    controls[0].caption(what)
+    heatmaps = controls[1].segmented_control("Show", ["Images", "GradCAM heatmaps"], default="Images", key="detail_mode") == "GradCAM heatmaps"
+    order = controls[2].selectbox("Sort", list(MEMBER_ORDERS), format_func=MEMBER_ORDERS.get, key="detail_order")
+    controls[3].download_button(
+        "Export CSV", export_frame(images, rows, slice_ids).to_csv(index=False), file_name="slicescope-selection.csv",
+        mime="text/csv", icon=":material/download:", width="stretch", key="export_selection",
+    )
+    ordered = order_members(images, rows, order)
+    n_pages = max(1, -(-len(ordered) // PAGE_SIZE))
+    page = st.pagination(n_pages, key="detail_page") if n_pages > 1 else 1
+    shown = ordered[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    pictures = load_images(workspace_path, tuple(int(r) for r in shown), THUMBNAIL_SIZE, heatmaps)
+    chosen = images.iloc[shown]
+    captions = [
+        ("✓ " if ok else "✗ ") + caption(label, prediction, confidence)
+        for ok, label, prediction, confidence in zip(chosen["correct"], chosen["label"], chosen["prediction"], chosen["confidence"])
+    ]
+    st.image(pictures, caption=captions, width=THUMBNAIL_SIZE + 22)
 
 
 def main() -> None:
@@ -58,15 +176,17 @@ def main() -> None:
         st.title("Slices")
         st.info("Choose a workspace in the System Menu on the left.")
         return
-    workspace = load_workspace(str(selection.workspace))
+    path = str(selection.workspace)
+    workspace = load_workspace(path)
     images = workspace.images
     st.title(f"Slices · {workspace.name}")
     try:
-        slice_ids, table = load_slices(str(selection.workspace), selection.representation, selection.k)
-        layout = load_layout(str(selection.workspace), selection.representation)
+        slice_ids, table = load_slices(path, selection.slice_on, selection.k)
+        layout = load_layout(path, selection.representation)
     except SliceScopeError as error:
         show_error(error)
         return
+    sync_selection(selection, set(table["slice"].tolist()))
 
     overview = st.columns(4)
     overview[0].metric("Images", f"{len(images):,}")
@@ -74,35 +194,24 @@ def main() -> None:
     overview[2].metric("Slices", len(table))
     overview[3].metric("Slices below 80% accuracy", int((table["accuracy"] < 0.8).sum()))
 
-    table_column, plot_column = st.columns([5, 6])
+    confusion = selection.layout == "confusion"
+    # A grid of confusion cells needs the full width; the combined scatter sits beside the table.
+    table_column, plot_column = (st.container(), st.container()) if confusion else st.columns([5, 6])
     with table_column:
         st.subheader("Slice Table")
-        st.caption("Click rows to highlight slices in the plot; click a header to sort.")
-        shown = table[["slice", "size", "accuracy", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]]
-        event = st.dataframe(
-            shown.sort_values("accuracy"),
-            hide_index=True,
-            height=min(560, 35 * (len(shown) + 1) + 3),
-            on_select="rerun",
-            selection_mode="multi-row",
-            key="slice_table",
-            column_config={
-                "slice": st.column_config.NumberColumn("Slice", width="small"),
-                "size": st.column_config.NumberColumn("Size"),
-                "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
-                "mean_confidence": st.column_config.NumberColumn("Confidence", format="percent"),
-                "errors": st.column_config.NumberColumn("Errors"),
-                "dominant_label": "Label",
-                "dominant_prediction": "Prediction",
-                "confusion": st.column_config.TextColumn("label → prediction counts", width="large"),
-            },
-        )
-        sorted_slices = shown.sort_values("accuracy")["slice"].to_numpy()
-        selected = [int(sorted_slices[row]) for row in event.selection.rows]
+        slice_table_view(table, slice_ids)
     with plot_column:
         st.subheader(REPRESENTATION_LABELS[selection.representation])
-        st.caption(f"UMAP layout, coloured by {COLOUR_LABELS[selection.colour].lower()}." + (f" Highlighted: slices {', '.join(map(str, selected))}." if selected else ""))
-        st.plotly_chart(scatter_figure(layout, images, slice_ids, table, selection.colour, selected), width="stretch", key="scatter")
+        sliced_on = "" if selection.slice_on == selection.representation else f" Slices from the {REPRESENTATION_LABELS[selection.slice_on].lower()}."
+        st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}")
+        accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
+        data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes)
+        scatter_view(selection, data)
+    if st.session_state["picked_slices"]:
+        st.query_params["slices"] = ",".join(map(str, st.session_state["picked_slices"]))
+    else:
+        st.query_params.pop("slices", None)
+    detail_view(path, images, slice_ids, confusion)
 
 
 main()

@@ -13,6 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core.extract import ScanConfig
+from core.models import ModelSpec
+
+SMALL_NET_FACTORY = "tests.helpers:build_small_net"
 CLASS_COLOURS = {"apple": (200, 40, 40), "leaf": (40, 170, 60), "sky": (50, 90, 210)}
 
 
@@ -47,3 +51,11 @@ class SmallNet(nn.Module):
 def build_small_net(num_classes: int = 3) -> SmallNet:
     torch.manual_seed(0)
     return SmallNet(num_classes)
+
+
+def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> ScanConfig:
+    """A scan of a :func:`write_image_folder` dataset with SmallNet, in chunks of 8 so that it has several."""
+    options = {"image_size": 32, "normalize": "none", "batch_size": 4, "chunk_size": 8, "workers": 0}
+    options.update(overrides)
+    spec = ModelSpec(checkpoint=checkpoint, factory=SMALL_NET_FACTORY, num_classes=3)
+    return ScanConfig(data=data, model=spec, out=out, **options)

@@ -1,0 +1,174 @@
+"""Plotly figures for the analyst pages (no Streamlit here: figures are plain data).
+
+The scatter draws one WebGL trace per confusion-matrix cell (label, prediction).
+That one choice gives everything the views need: DASH's encoding (true class as
+fill, predicted class as border) becomes a per-trace constant, correct and
+misclassified images get different markers, the legend toggles cells by name,
+and the confusion-matrix layout is the same traces placed in a grid of subplots.
+Per-point values travel as numeric arrays (Plotly encodes them as compact typed
+arrays), so 100,000 points stay a few megabytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.views import cell_title, slice_hulls
+
+SLICE_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#637939", "#3182bd", "#fd8d3c", "#74c476", "#9e9ac8",
+]
+CLASS_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac", "#eeca3b"]
+CORRECT_COLOURS = ["#e45756", "#4c78a8"]  # index 0: misclassified, 1: correct
+CONTINUOUS_SCALES = {"accuracy": ("RdYlGn", "slice accuracy"), "confidence": ("Viridis", "confidence")}
+DIMMED_OPACITY = 0.12
+MATRIX_MAX_CLASSES = 5  # beyond this a label × prediction grid has too many tiny cells
+GRID_MAX_CELLS = 12
+
+
+@dataclass(frozen=True)
+class ScatterData:
+    """What a scatter shows, precomputed once per (workspace, slicing, layout)."""
+
+    layout: np.ndarray  # N × 2
+    images: pd.DataFrame
+    slice_ids: np.ndarray
+    slice_accuracy: np.ndarray  # per image: its slice's accuracy
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class ScatterOptions:
+    colour: str = "slice"
+    highlighted: np.ndarray | None = None  # row positions to emphasise; None: none
+    hull_slices: tuple[int, ...] = ()
+    slice_labels: bool = True
+    density: bool = False
+    confusion: bool = False
+
+
+def _discrete_scale(palette: list[str]) -> list[list]:
+    """A colorscale that maps the integers 0..len-1 exactly onto the palette."""
+    last = len(palette) - 1
+    return [[i / last, colour] for i, colour in enumerate(palette)]
+
+
+def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str) -> dict:
+    correct = label == prediction
+    marker: dict = {"size": 7 if correct else 9, "symbol": "circle" if correct else "diamond"}
+    if options.colour == "classes":
+        marker["color"] = CLASS_PALETTE[data.classes.index(label) % len(CLASS_PALETTE)]
+        marker["line"] = {"color": CLASS_PALETTE[data.classes.index(prediction) % len(CLASS_PALETTE)], "width": 2}
+    elif options.colour == "slice":
+        marker.update(color=data.slice_ids[rows] % len(SLICE_PALETTE), colorscale=_discrete_scale(SLICE_PALETTE), cmin=0, cmax=len(SLICE_PALETTE) - 1)
+    elif options.colour == "correct":
+        marker["color"] = CORRECT_COLOURS[int(correct)]
+    else:
+        values = data.slice_accuracy[rows] if options.colour == "accuracy" else data.images["confidence"].to_numpy()[rows]
+        marker.update(color=values, coloraxis="coloraxis")
+    if options.highlighted is not None:
+        marker["opacity"] = np.where(np.isin(rows, options.highlighted), 1.0, DIMMED_OPACITY)
+    else:
+        marker["opacity"] = 0.8
+    return marker
+
+
+def _cell_trace(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str, show_legend: bool) -> go.Scattergl:
+    confidence = data.images["confidence"].to_numpy()[rows]
+    return go.Scattergl(
+        x=data.layout[rows, 0], y=data.layout[rows, 1], mode="markers",
+        name=f"{label} → {prediction} ({len(rows):,})", legendgroup=f"{label}|{prediction}", showlegend=show_legend,
+        customdata=np.column_stack([rows, data.slice_ids[rows], confidence]),
+        hovertemplate=f"<b>{cell_title(label, prediction)}</b><br>confidence %{{customdata[2]:.0%}}<br>slice %{{customdata[1]}}<extra></extra>",
+        marker=_marker(data, rows, options, label, prediction),
+    )
+
+
+def _cell_positions(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple[str, str], tuple[int, int]], int, int, list[str]]:
+    """Subplot (row, col) per cell: a label × prediction matrix for few classes, else a grid of the largest cells."""
+    if len(classes) <= MATRIX_MAX_CLASSES:
+        positions = {(label, prediction): (i + 1, j + 1) for i, label in enumerate(classes) for j, prediction in enumerate(classes)}
+        titles = [cell_title(label, prediction) for label in classes for prediction in classes]
+        return positions, len(classes), len(classes), titles
+    shown = cells.head(GRID_MAX_CELLS)
+    columns = 3
+    rows = -(-len(shown) // columns)
+    positions = {(label, prediction): (i // columns + 1, i % columns + 1) for i, (label, prediction) in enumerate(zip(shown["label"], shown["prediction"]))}
+    return positions, rows, columns, list(shown["title"])
+
+
+def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
+    """The 2-D representation space, combined or split by confusion-matrix cell."""
+    images = data.images
+    groups = images.groupby(["label", "prediction"], sort=False).indices
+    cells = pd.DataFrame(
+        [(label, prediction, len(rows)) for (label, prediction), rows in groups.items()], columns=["label", "prediction", "count"]
+    ).assign(correct=lambda f: f["label"] == f["prediction"]).sort_values(["correct", "count"], ascending=[False, False])
+    cells["title"] = [cell_title(label, prediction) for label, prediction in zip(cells["label"], cells["prediction"])]
+
+    if options.confusion:
+        positions, n_rows, n_cols, titles = _cell_positions(cells, data.classes)
+        figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
+                               horizontal_spacing=0.02, vertical_spacing=0.06)
+        height = 260 * n_rows + 60
+    else:
+        positions, figure, height = {}, go.Figure(), 620
+
+    for label, prediction in zip(cells["label"], cells["prediction"]):
+        rows = np.asarray(groups[(label, prediction)], dtype=np.int64)
+        if options.confusion and (label, prediction) not in positions:
+            continue
+        place = dict(zip(("row", "col"), positions[(label, prediction)])) if options.confusion else {}
+        figure.add_trace(_cell_trace(data, rows, options, label, prediction, show_legend=not options.confusion), **place)
+        if options.density and options.confusion:
+            figure.add_trace(_density(data.layout[rows]), **place)
+        if options.hull_slices and options.confusion:
+            _add_hulls(figure, data.layout[rows], data.slice_ids[rows], options.hull_slices, place)
+
+    if not options.confusion:
+        if options.density:
+            figure.add_trace(_density(data.layout))
+        if options.hull_slices:
+            _add_hulls(figure, data.layout, data.slice_ids, options.hull_slices, {})
+        if options.slice_labels:
+            centres = pd.DataFrame({"x": data.layout[:, 0], "y": data.layout[:, 1], "slice": data.slice_ids}).groupby("slice").median()
+            figure.add_trace(go.Scatter(
+                x=centres["x"], y=centres["y"], mode="text", text=[str(s) for s in centres.index], hoverinfo="skip",
+                textfont={"size": 11, "color": "#222"}, showlegend=False,
+            ))
+
+    if options.colour in CONTINUOUS_SCALES:
+        scale, title = CONTINUOUS_SCALES[options.colour]
+        figure.update_layout(coloraxis={"colorscale": scale, "cmin": 0, "cmax": 1, "colorbar": {"title": title, "tickformat": ".0%", "len": 0.6}})
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    if not options.confusion:
+        figure.update_yaxes(scaleanchor="x")
+    figure.update_annotations(font_size=12)
+    figure.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, dragmode="lasso", plot_bgcolor="white",
+        legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
+        title={"text": "● correct   ◆ misclassified", "font": {"size": 12}, "x": 0.01},
+    )
+    return figure
+
+
+def _density(points: np.ndarray) -> go.Histogram2dContour:
+    return go.Histogram2dContour(
+        x=points[:, 0], y=points[:, 1], ncontours=8, contours={"coloring": "none"}, line={"color": "rgba(60,60,60,0.45)", "width": 1},
+        showscale=False, hoverinfo="skip", showlegend=False,
+    )
+
+
+def _add_hulls(figure: go.Figure, layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[int, ...], place: dict) -> None:
+    for slice_id, outline in slice_hulls(layout, slice_ids, slices).items():
+        figure.add_trace(go.Scatter(
+            x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
+            fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
+        ), **place)

@@ -1,0 +1,114 @@
+"""The data behind the analyst views: selections, confusion cells, hulls, exports.
+
+AttributionScanner's experts asked for confusion-matrix cells named in words
+("label: waterbird · prediction: landbird") rather than "FN", and for slices
+they can pick in a table or draw around in a scatter and then read image by
+image. These functions turn a workspace's image table, slice ids and 2-D layout
+into exactly those pieces, without any UI code, so they are tested here and
+reused by every page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+MEMBER_ORDERS = {
+    "confidence_desc": "Most confident first",
+    "confidence_asc": "Least confident first",
+    "loss_desc": "Highest loss first",
+}
+EXPORT_COLUMNS = ["image_id", "path", "label", "prediction", "confidence", "loss", "correct", "slice"]
+
+
+def cell_title(label: str, prediction: str) -> str:
+    """A confusion-matrix cell named in words, as the paper's experts asked."""
+    return f"label: {label} · prediction: {prediction}"
+
+
+def confusion_cells(images: pd.DataFrame, rows: Sequence[int] | None = None) -> pd.DataFrame:
+    """Images per (label, prediction) cell, optionally among ``rows`` only.
+
+    Columns: ``label, prediction, count, correct, title``; cells with no images
+    are left out; correct cells first, then errors by size.
+    """
+    frame = images if rows is None else images.iloc[np.asarray(rows, dtype=np.int64)]
+    counts = frame.groupby(["label", "prediction"]).size().rename("count").reset_index()
+    counts["correct"] = counts["label"] == counts["prediction"]
+    counts["title"] = [cell_title(label, prediction) for label, prediction in zip(counts["label"], counts["prediction"])]
+    return counts.sort_values(["correct", "count"], ascending=[False, False]).reset_index(drop=True)
+
+
+def members(slice_ids: np.ndarray, slices: Iterable[int]) -> np.ndarray:
+    """Row positions of the images in any of ``slices``."""
+    return np.flatnonzero(np.isin(slice_ids, np.fromiter(slices, dtype=np.int64)))
+
+
+def slices_of(slice_ids: np.ndarray, rows: Sequence[int]) -> list[int]:
+    """The slices that the images at ``rows`` belong to, in ascending order."""
+    if len(rows) == 0:
+        return []
+    return sorted(int(s) for s in np.unique(slice_ids[np.asarray(rows, dtype=np.int64)]))
+
+
+def order_members(images: pd.DataFrame, rows: Sequence[int], order: str) -> np.ndarray:
+    """``rows`` sorted for the detail view (see ``MEMBER_ORDERS``); ties keep row order."""
+    if order not in MEMBER_ORDERS:
+        raise ValueError(f"unknown order '{order}'; use one of: {', '.join(MEMBER_ORDERS)}")
+    rows = np.asarray(rows, dtype=np.int64)
+    column, descending = {"confidence_desc": ("confidence", True), "confidence_asc": ("confidence", False), "loss_desc": ("loss", True)}[order]
+    values = images[column].to_numpy()[rows]
+    keys = -values if descending else values
+    return rows[np.argsort(keys, kind="stable")]
+
+
+def in_cell(images: pd.DataFrame, rows: Sequence[int], label: str, prediction: str) -> np.ndarray:
+    """The ``rows`` whose image has this label and prediction."""
+    rows = np.asarray(rows, dtype=np.int64)
+    chosen = images.iloc[rows]
+    return rows[(chosen["label"].to_numpy() == label) & (chosen["prediction"].to_numpy() == prediction)]
+
+
+def caption(label: str, prediction: str, confidence: float) -> str:
+    """One image's caption, in words."""
+    return f"label: {label} · prediction: {prediction} · {confidence:.0%}"
+
+
+def slice_hulls(layout: np.ndarray, slice_ids: np.ndarray, slices: Iterable[int]) -> dict[int, np.ndarray]:
+    """Closed convex-hull outlines (M × 2, first point repeated) of each slice's 2-D points.
+
+    Slices with fewer than three distinct points, or all on a line, have no
+    area to outline and are left out.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    outlines = {}
+    for slice_id in slices:
+        points = np.unique(np.asarray(layout[slice_ids == slice_id], dtype=np.float64), axis=0)
+        if len(points) < 3:
+            continue
+        try:
+            hull = ConvexHull(points)
+        except QhullError:
+            continue
+        vertices = points[hull.vertices]
+        outlines[int(slice_id)] = np.vstack([vertices, vertices[:1]])
+    return outlines
+
+
+def export_frame(images: pd.DataFrame, rows: Sequence[int], slice_ids: np.ndarray) -> pd.DataFrame:
+    """The chosen images as a table for CSV export: ids, paths, labels, predictions, confidence."""
+    rows = np.asarray(rows, dtype=np.int64)
+    chosen = images.iloc[rows]
+    return pd.DataFrame({
+        "image_id": chosen["image_id"].to_numpy(),
+        "path": chosen["path"].to_numpy(),
+        "label": chosen["label"].to_numpy(),
+        "prediction": chosen["prediction"].to_numpy(),
+        "confidence": chosen["confidence"].to_numpy(),
+        "loss": chosen["loss"].to_numpy(),
+        "correct": chosen["correct"].to_numpy(),
+        "slice": slice_ids[rows],
+    })[EXPORT_COLUMNS]

@@ -19,7 +19,8 @@ from core.errors import SliceScopeError
 from core.progress import ProgressFn
 from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
-from core.workspace import REPRESENTATIONS, Workspace, is_workspace
+from core.extract import rebuild_workspace
+from core.workspace import REPRESENTATIONS, Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
 
 REPRESENTATION_LABELS = {
     "attribution": "Attribution space (F_W)",
@@ -91,13 +92,17 @@ def ensure_demo() -> None:
 
 
 def discover_workspaces() -> list[Path]:
-    """The demo's workspaces plus any under the folders in ``$SLICESCOPE_WORKSPACES``."""
+    """The demo's workspaces plus any under the folders in ``$SLICESCOPE_WORKSPACES``.
+
+    Half-built, outdated and damaged workspaces are included, so the menu can
+    say what is wrong with them and offer to finish or rebuild them.
+    """
     roots = [default_demo_dir()]
     roots += [Path(p).expanduser() for p in os.environ.get("SLICESCOPE_WORKSPACES", "").split(os.pathsep) if p]
     found: list[Path] = []
     for root in roots:
         candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
-        found += [p.resolve() for p in candidates if is_workspace(p)]
+        found += [p.resolve() for p in candidates if looks_like_workspace(p)]
     return list(dict.fromkeys(found))
 
 
@@ -147,7 +152,14 @@ def _choose(label: str, options: list, format_func, query_key: str, key: str, co
 def system_menu() -> Selection | None:
     """Draw the System Menu in the sidebar and return the user's choices."""
     st.sidebar.header("System Menu")
-    workspaces = [str(p) for p in discover_workspaces()]
+    statuses = {str(p): workspace_status(p) for p in discover_workspaces()}
+    linked = st.query_params.get("workspace")
+    if linked and linked not in statuses:
+        statuses[linked] = workspace_status(linked)
+    workspaces = [path for path, status in statuses.items() if status.state == "ready"]
+    for path, status in statuses.items():
+        if status.state != "ready":
+            repair_ui(path, status)
     if not workspaces:
         st.sidebar.warning("No workspace found. Build one with `python -m core scan ...` and list its folder in SLICESCOPE_WORKSPACES.")
         return None
@@ -188,6 +200,27 @@ def system_menu() -> Selection | None:
 def load_images(path: str, rows: tuple[int, ...], size: int, overlay: bool) -> list[np.ndarray]:
     """Thumbnails (or GradCAM overlays) of one page of images; only that page is read."""
     return render_images(load_workspace(path), list(rows), size=size, overlay=overlay)
+
+
+def repair_ui(path: str, status: WorkspaceStatus) -> None:
+    """Say what is wrong with a workspace, with a button to finish or rebuild it."""
+    st.warning(f"**{Path(path).name}**: {status.message}", icon=":material/build:")
+    if not status.can_rebuild:
+        return
+    action = "Resume the scan" if status.state == "half-built" else "Rebuild the workspace"
+    if st.button(action, key=f"repair-{path}", icon=":material/refresh:"):
+        with st.status(f"{action}: {Path(path).name}…", expanded=True) as progress_box:
+            try:
+                rebuild_workspace(path, progress=streamlit_progress(st))
+            except SliceScopeError as error:
+                progress_box.update(label="The workspace could not be rebuilt", state="error")
+                show_error(error)
+                return
+            progress_box.update(label="Workspace ready", state="complete")
+        # Cached tables and arrays of the old workspace are stale now.
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        st.rerun()
 
 
 def show_error(error: SliceScopeError) -> None:

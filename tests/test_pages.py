@@ -1,0 +1,164 @@
+"""The Slices page's linked views, URL state and workspace repair, driven with AppTest.
+
+The real browser tests (tests/test_browser.py) click the table and read the
+plot; these cover the logic behind each view: what a selection selects, what
+the detail view shows, and what the page says about broken workspaces.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.demo import workspace_dir
+from core.slicing import SliceParams, default_k, find_slices
+from core.workspace import MANIFEST, Workspace
+from tests.helpers import small_scan_config
+from tests.test_workspace_status import interrupted_scan
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+CAPTION = re.compile(r"^[✓✗] label: (\w+) · prediction: (\w+) · (\d+)%$")
+
+
+@pytest.fixture
+def biased(tiny_demo) -> Workspace:
+    return Workspace(workspace_dir(tiny_demo, "biased"))
+
+
+@pytest.fixture
+def slice_ids(biased) -> np.ndarray:
+    return find_slices(biased, "attribution", SliceParams(k=default_k(len(biased.images))))
+
+
+def open_app(home: Path, monkeypatch, workspaces: Path | None = None, **query) -> AppTest:
+    monkeypatch.setenv("SLICESCOPE_HOME", str(home))
+    if workspaces is None:
+        monkeypatch.delenv("SLICESCOPE_WORKSPACES", raising=False)
+    else:
+        monkeypatch.setenv("SLICESCOPE_WORKSPACES", str(workspaces))
+    app = AppTest.from_file(str(MAIN), default_timeout=120)
+    for name, value in query.items():
+        app.query_params[name] = value
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def captions(app: AppTest) -> list[tuple[str, str, float]]:
+    images = app.get("image")
+    if not images:
+        return []
+    parsed = [CAPTION.match(text) for text in images[0].captions]
+    assert all(parsed), images[0].captions
+    return [(m.group(1), m.group(2), int(m.group(3)) / 100) for m in parsed]
+
+
+def test_nothing_selected_asks_the_user_to_pick(demo_home, monkeypatch):
+    app = open_app(demo_home, monkeypatch)
+    assert captions(app) == []
+    assert any("Pick a slice in the Slice Table" in info.value for info in app.info)
+
+
+def test_slices_in_the_url_fill_the_detail_view_with_their_members(demo_home, monkeypatch, biased, slice_ids):
+    app = open_app(demo_home, monkeypatch, slices="1")
+    expected = biased.images.iloc[np.flatnonzero(slice_ids == 1)]
+    shown = captions(app)
+    assert 0 < len(shown) <= 24
+    assert len(shown) == min(24, len(expected))
+    assert {(label, prediction) for label, prediction, _ in shown} <= set(zip(expected["label"], expected["prediction"]))
+    confidences = [c for _, _, c in shown]
+    assert confidences == sorted(confidences, reverse=True)  # most confident first by default
+    assert app.query_params["slices"] in (["1"], "1")
+
+
+def test_picking_slices_updates_the_url_and_survives_a_representation_switch(demo_home, monkeypatch, slice_ids):
+    app = open_app(demo_home, monkeypatch)
+    app.session_state["picked_slices"] = [0, 2]  # what the table's row-click callback writes
+    app.run()
+    assert app.query_params["slices"] in (["0,2"], "0,2")
+    before = captions(app)
+    app.sidebar.selectbox(key="menu_representation").select("features").run()
+    assert not app.exception
+    assert app.session_state["picked_slices"] == [0, 2]
+    assert captions(app) == before  # same images: the layout changed, the slicing did not
+
+
+def test_changing_the_slicing_forgets_slice_ids(demo_home, monkeypatch):
+    app = open_app(demo_home, monkeypatch, slices="0")
+    app.sidebar.selectbox(key="menu_slice_on").select("features").run()
+    assert not app.exception
+    assert app.session_state["picked_slices"] == []
+    assert "slices" not in app.query_params
+
+
+def test_points_selected_in_the_scatter_filter_the_table(demo_home, monkeypatch, slice_ids):
+    app = open_app(demo_home, monkeypatch)
+    points = [int(np.flatnonzero(slice_ids == 0)[0]), int(np.flatnonzero(slice_ids == 3)[0])]
+    app.session_state["picked_points"] = points  # what the scatter's selection callback writes
+    app.run()
+    assert not app.exception
+    assert sorted(app.dataframe[0].value["slice"]) == [0, 3]
+    assert len(captions(app)) == 2
+    app.button(key="clear_points").click().run()
+    assert len(app.dataframe[0].value) == len(np.unique(slice_ids))
+
+
+def test_detail_view_sorts_and_pages(demo_home, monkeypatch, biased):
+    app = open_app(demo_home, monkeypatch, slices=",".join(map(str, range(10))))
+    app.selectbox(key="detail_order").select("loss_desc").run()
+    losses = biased.images["loss"].sort_values(ascending=False).to_numpy()
+    shown = captions(app)
+    assert len(shown) == 24
+    app.get("pagination")[0].set_value(2).run()
+    assert not app.exception
+    second_page = captions(app)
+    assert len(second_page) == min(24, len(losses) - 24)
+    assert second_page != shown
+    app.get("button_group")[0].set_value("GradCAM heatmaps").run()
+    assert not app.exception and len(captions(app)) == len(second_page)
+
+
+def test_confusion_layout_splits_the_detail_view_by_cell_in_words(demo_home, monkeypatch):
+    app = open_app(demo_home, monkeypatch, slices=",".join(map(str, range(10))), layout="confusion")
+    cells = app.get("button_group")[0]
+    titles = cells.options
+    assert titles and all(re.match(r"^label: \w+ · prediction: \w+ \(\d+\)$", title) for title in titles)
+    wrong = next(i for i, title in enumerate(titles) if (m := re.match(r"label: (\w+) · prediction: (\w+)", title)) and m[1] != m[2])
+    cells.set_value(wrong).run()
+    assert not app.exception
+    label, prediction = re.match(r"label: (\w+) · prediction: (\w+)", titles[wrong]).groups()
+    assert {(l, p) for l, p, _ in captions(app)} == {(label, prediction)}
+
+
+def test_a_half_built_workspace_says_so_and_resumes_with_one_click(demo_home, monkeypatch, image_folder, small_net_checkpoint, tmp_path):
+    shelf = tmp_path / "shelf"
+    interrupted_scan(small_scan_config(image_folder, small_net_checkpoint, shelf / "interrupted"))
+    app = open_app(demo_home, monkeypatch, workspaces=shelf)
+    warning = next(w.value for w in app.warning if "interrupted" in w.value)
+    assert "scan was interrupted" in warning and "resume it" in warning
+    app.button(key=f"repair-{shelf / 'interrupted'}").click().run()
+    assert not app.exception
+    assert not any("interrupted" in w.value for w in app.warning)
+    assert (shelf / "interrupted" / MANIFEST).is_file()
+
+
+def test_a_shared_link_to_a_missing_workspace_explains_instead_of_crashing(demo_home, monkeypatch, tmp_path):
+    gone = tmp_path / "gone"
+    app = open_app(demo_home, monkeypatch, workspace=str(gone))
+    assert any(str(gone) in w.value and "python -m core scan" in w.value for w in app.warning)
+    assert app.title[0].value.startswith("Slices · demo")  # falls back to a workspace that exists
+
+
+def test_an_outdated_workspace_offers_a_rebuild(demo_home, monkeypatch, biased, tmp_path):
+    shelf = tmp_path / "shelf"
+    copy = shutil.copytree(biased.path, shelf / "old")
+    manifest = (copy / MANIFEST).read_text().replace("format_version = 1", "format_version = 0")
+    (copy / MANIFEST).write_text(manifest)
+    app = open_app(demo_home, monkeypatch, workspaces=shelf)
+    assert any("format 0" in w.value and "rebuild it" in w.value for w in app.warning)
+    assert app.button(key=f"repair-{copy}").label == "Rebuild the workspace"

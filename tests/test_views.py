@@ -1,0 +1,96 @@
+"""The data behind the analyst views: cells in words, selections, ordering, hulls, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial import Delaunay
+
+from core.views import (
+    EXPORT_COLUMNS,
+    cell_title,
+    confusion_cells,
+    export_frame,
+    in_cell,
+    members,
+    order_members,
+    slice_hulls,
+    slices_of,
+)
+
+
+@pytest.fixture
+def images() -> pd.DataFrame:
+    labels = ["cat", "cat", "dog", "dog", "dog", "bird"]
+    predictions = ["cat", "dog", "dog", "cat", "cat", "bird"]
+    return pd.DataFrame({
+        "image_id": [f"id{i}" for i in range(6)],
+        "path": [f"img/{i}.png" for i in range(6)],
+        "label": labels,
+        "prediction": predictions,
+        "confidence": [0.9, 0.6, 0.8, 0.7, 0.95, 0.5],
+        "loss": [0.1, 1.2, 0.2, 1.5, 3.0, 0.7],
+        "correct": [label == prediction for label, prediction in zip(labels, predictions)],
+    })
+
+
+def test_cells_are_named_in_words_correct_cells_first(images):
+    cells = confusion_cells(images)
+    assert cell_title("dog", "cat") == "label: dog · prediction: cat"
+    assert list(cells["correct"]) == [True, True, True, False, False]
+    errors = cells[~cells["correct"]]
+    assert list(errors["title"]) == ["label: dog · prediction: cat", "label: cat · prediction: dog"]
+    assert list(errors["count"]) == [2, 1]
+    assert cells["count"].sum() == len(images)
+
+
+def test_cells_among_chosen_rows_only(images):
+    cells = confusion_cells(images, rows=[3, 4, 5])
+    assert dict(zip(cells["title"], cells["count"])) == {"label: bird · prediction: bird": 1, "label: dog · prediction: cat": 2}
+
+
+def test_members_and_their_slices_round_trip():
+    slice_ids = np.array([2, 0, 2, 1, 0, 2])
+    assert list(members(slice_ids, [2])) == [0, 2, 5]
+    assert list(members(slice_ids, [0, 1])) == [1, 3, 4]
+    assert slices_of(slice_ids, [5, 3]) == [1, 2]
+    assert slices_of(slice_ids, []) == []
+
+
+def test_order_members(images):
+    rows = [0, 1, 3, 4]
+    assert list(order_members(images, rows, "confidence_desc")) == [4, 0, 3, 1]
+    assert list(order_members(images, rows, "confidence_asc")) == [1, 3, 0, 4]
+    assert list(order_members(images, rows, "loss_desc")) == [4, 3, 1, 0]
+    with pytest.raises(ValueError, match="unknown order"):
+        order_members(images, rows, "random")
+
+
+def test_in_cell_keeps_only_that_label_and_prediction(images):
+    assert list(in_cell(images, range(6), "dog", "cat")) == [3, 4]
+    assert list(in_cell(images, [0, 1, 2], "dog", "cat")) == []
+
+
+def test_hulls_enclose_their_slice_and_skip_degenerate_ones():
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(40, 2))
+    line = np.column_stack([np.arange(5.0), np.arange(5.0)])  # collinear: no area
+    pair = np.array([[9.0, 9.0], [9.5, 9.0]])
+    layout = np.vstack([cloud, line, pair])
+    slice_ids = np.array([0] * 40 + [1] * 5 + [2] * 2)
+    hulls = slice_hulls(layout, slice_ids, [0, 1, 2])
+    assert set(hulls) == {0}
+    outline = hulls[0]
+    assert np.array_equal(outline[0], outline[-1])  # closed
+    inside = Delaunay(outline[:-1]).find_simplex(cloud) >= 0
+    assert inside.all()
+
+
+def test_export_has_the_promised_columns(images):
+    slice_ids = np.array([4, 4, 1, 3, 3, 1])
+    exported = export_frame(images, [3, 4], slice_ids)
+    assert list(exported.columns) == EXPORT_COLUMNS
+    assert list(exported["image_id"]) == ["id3", "id4"]
+    assert list(exported["slice"]) == [3, 3]
+    assert list(exported["prediction"]) == ["cat", "cat"]

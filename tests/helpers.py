@@ -59,3 +59,71 @@ def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> S
     options.update(overrides)
     spec = ModelSpec(checkpoint=checkpoint, factory=SMALL_NET_FACTORY, num_classes=3)
     return ScanConfig(data=data, model=spec, out=out, **options)
+
+
+# --- Real-browser tests: `streamlit run app/main.py` driven by Playwright and Debian's Chromium ---
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_streamlit(home: Path, port: int, log_path: Path):
+    """``streamlit run app/main.py`` on ``port`` with ``$SLICESCOPE_HOME=home``; output goes to ``log_path``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SLICESCOPE_HOME": str(home)}
+    env.pop("SLICESCOPE_WORKSPACES", None)
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app/main.py",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.address", "127.0.0.1", "--server.port", str(port),
+        "--server.fileWatcherType", "none",  # edits to the sources during a run must not rerun the app
+    ]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_until_healthy(process, base_url: str, log_path: Path, timeout: float = 60.0) -> None:
+    """Block until Streamlit's health endpoint answers "ok"; raise with the server's log if it never does."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{base_url}_stcore/health", timeout=2) as response:
+                if response.read().decode().strip() == "ok":
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"streamlit did not answer on {base_url} within {timeout:.0f} s:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def stop_process(process, timeout: float = 10.0) -> None:
+    """Terminate ``process``; kill it if it has not exited after ``timeout`` seconds."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)

@@ -1,0 +1,136 @@
+"""The analyst app in a real browser: Playwright driving Debian's Chromium against ``streamlit run app/main.py``.
+
+The server runs on the tiny demo (``streamlit_server`` in conftest); each test opens its own fresh page.
+Skipped where /usr/bin/chromium is missing, unless ``SLICESCOPE_REQUIRE_BROWSER=1`` (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from core.demo import workspace_dir
+from core.workspace import Workspace
+
+TIMEOUT_MS = 60_000  # per wait: generous for a slow CI machine, but bounded
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+TABLE = '[data-testid="stDataFrame"]'
+HEADER_HEIGHT = ROW_HEIGHT = 35  # glide-data-grid, as st.dataframe draws it
+CELL_TITLE = re.compile(r"^label: (\S+) · prediction: (\S+)$")
+
+
+@pytest.fixture
+def page(chromium_executable, chromium_browser, streamlit_server):
+    """A fresh browser context and page; uncaught JavaScript errors are collected in ``page.js_errors``."""
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.js_errors = []
+    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
+    page.app_url = streamlit_server
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def expect(*args, **kwargs):
+    """Playwright's ``expect``, imported late so that this module loads (and skips) without Playwright."""
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
+    return playwright_expect(*args, **kwargs)
+
+
+def wait_until_idle(page) -> None:
+    """Streamlit has finished the script run: its "Running…" status widget is gone."""
+    expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=TIMEOUT_MS)
+
+
+def open_slices_page(page, query: str = "") -> None:
+    """Open the app and wait until the Slice Table and the scatter are drawn and the run is over."""
+    page.goto(page.app_url + query)
+    expect(page.locator(TABLE)).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+
+
+def assert_no_errors(page) -> None:
+    errors = page.locator(ERRORS)
+    assert errors.count() == 0, errors.all_inner_texts()
+    assert not page.js_errors, f"uncaught JavaScript errors: {page.js_errors}"
+
+
+def detail_heading(page):
+    return page.get_by_role("heading", name="Slice Detail View")
+
+
+def test_main_page_renders_without_errors(page):
+    open_slices_page(page)
+    expect(page.locator("h1")).to_have_text(re.compile(r"^Slices · demo · biased model"))
+    assert_no_errors(page)
+
+
+def test_clicking_a_table_row_fills_the_detail_view(page):
+    open_slices_page(page)
+    # Nothing picked yet: a hint instead of the detail view.
+    expect(page.get_by_text("Pick a slice in the Slice Table")).to_be_visible()
+    expect(detail_heading(page)).to_have_count(0)
+    expect(page.get_by_test_id("stImage")).to_have_count(0)
+
+    table = page.locator(TABLE)
+    # The grid is a canvas; glide-data-grid mirrors it in an accessibility table, which names the first row's slice.
+    first_slice = table.get_by_test_id("glide-cell-1-0").text_content().strip()
+    assert first_slice.isdigit(), first_slice
+    # Click the row-selection checkbox of the first data row, inside the canvas.
+    table.click(position={"x": 15, "y": HEADER_HEIGHT + ROW_HEIGHT // 2})
+
+    expect(detail_heading(page)).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_test_id("stImage").locator("img").first).to_be_visible(timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+
+    summary = page.get_by_text(re.compile(rf"^slice {first_slice} · \d+ images$"))
+    expect(summary).to_be_visible()
+    n_members = int(re.search(r"· (\d+) images", summary.inner_text()).group(1))
+    captions = page.get_by_test_id("stImageCaption").all_inner_texts()
+    assert 0 < len(captions) == min(n_members, 24) == page.get_by_test_id("stImage").locator("img").count()
+    assert all("label: " in text and " · prediction: " in text for text in captions), captions
+    expect(page.get_by_text("Pick a slice in the Slice Table")).to_have_count(0)
+    assert re.search(rf"[?&]slices={first_slice}(&|$)", page.url), page.url
+    assert_no_errors(page)
+
+
+def test_confusion_layout_titles_cells_in_words(page, tiny_demo):
+    workspace = Workspace(workspace_dir(tiny_demo, "biased"))
+    classes = set(workspace.classes)
+    present = {f"label: {label} · prediction: {prediction}" for label, prediction in zip(workspace.images["label"], workspace.images["prediction"])}
+
+    open_slices_page(page, "?layout=confusion&slices=0")
+    expect(page.get_by_text("UMAP layout · split by confusion-matrix cell")).to_be_visible()
+
+    # The scatter's subplot titles (SVG text) name every confusion cell in words.
+    titles_locator = page.locator(".js-plotly-plot text.annotation-text")
+    expect(titles_locator.first).to_be_attached(timeout=TIMEOUT_MS)
+    titles = [text.strip() for text in titles_locator.all_text_contents()]
+    assert all(CELL_TITLE.match(title) for title in titles), titles
+    assert {name for title in titles for name in CELL_TITLE.match(title).groups()} <= classes, titles
+    assert present <= set(titles), sorted(present - set(titles))
+
+    # The detail view of the preselected slice offers its cells as pills, in the same words.
+    expect(detail_heading(page)).to_be_visible(timeout=TIMEOUT_MS)
+    pills = page.get_by_test_id("stButtonGroup").filter(has_text="Confusion-matrix cell").locator("button")
+    expect(pills.first).to_be_visible(timeout=TIMEOUT_MS)
+    pill_texts = [text.strip() for text in pills.all_inner_texts()]
+    parsed = [re.match(r"^(label: \S+ · prediction: \S+) \((\d+)\)$", text) for text in pill_texts]
+    assert all(parsed), pill_texts
+    assert {match.group(1) for match in parsed} <= present, pill_texts
+
+    # The first cell is picked by default: every image shown belongs to it.
+    expect(page.get_by_test_id("stImage").locator("img").first).to_be_visible(timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+    label, prediction = CELL_TITLE.match(parsed[0].group(1)).groups()
+    captions = page.get_by_test_id("stImageCaption").all_inner_texts()
+    assert len(captions) == min(int(parsed[0].group(2)), 24), (captions, pill_texts)
+    assert all(f"label: {label} · prediction: {prediction} · " in text for text in captions), captions
+    assert_no_errors(page)

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from app.ui import ensure_demo, system_menu  # noqa: E402
+from app.ui import ensure_demo, system_menu
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import streamlit as st
 
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
+from core.extract import rebuild_workspace
 from core.progress import ProgressFn
 from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
-from core.extract import rebuild_workspace
 from core.workspace import REPRESENTATIONS, Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
 
 REPRESENTATION_LABELS = {

@@ -7,9 +7,9 @@ Public API (the CLI, the apps and notebooks use these)::
 
 __version__ = "0.1.0"
 
-from core.errors import SliceScopeError  # noqa: E402
-from core.models import AttributionModel, ModelSpec, load_module  # noqa: E402
-from core.extract import ScanConfig, attribute_batch, scan  # noqa: E402
-from core.workspace import Workspace  # noqa: E402
+from core.errors import SliceScopeError
+from core.extract import ScanConfig, attribute_batch, scan
+from core.models import AttributionModel, ModelSpec, load_module
+from core.workspace import Workspace
 
 __all__ = ["AttributionModel", "ModelSpec", "ScanConfig", "SliceScopeError", "Workspace", "attribute_batch", "load_module", "scan"]

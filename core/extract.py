@@ -25,13 +25,13 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as functional
+from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 
 from core import __version__
@@ -344,7 +344,7 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": config.name or out.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": __version__,
         "dataset": {
             "source": str(config.data),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,22 +12,10 @@ import torchvision
 from captum.attr import LayerGradCam
 
 from core.errors import SliceScopeError
-from core.extract import ScanConfig, attribute_batch, scan
-from core.models import AttributionModel, ModelSpec
+from core.extract import attribute_batch, scan
+from core.models import AttributionModel
 from core.workspace import Workspace
-from tests.helpers import CLASS_COLOURS, build_small_net
-
-FACTORY = "tests.helpers:build_small_net"
-
-
-def small_spec(checkpoint: Path) -> ModelSpec:
-    return ModelSpec(checkpoint=checkpoint, factory=FACTORY, num_classes=3)
-
-
-def config_for(data: Path, checkpoint: Path, out: Path, **overrides) -> ScanConfig:
-    options = {"image_size": 32, "normalize": "none", "batch_size": 4, "chunk_size": 8, "workers": 0}
-    options.update(overrides)
-    return ScanConfig(data=data, model=small_spec(checkpoint), out=out, **options)
+from tests.helpers import CLASS_COLOURS, build_small_net, small_scan_config
 
 
 def test_attribution_matches_captum_gradcam_and_definitions():
@@ -93,7 +80,7 @@ def test_empty_attribution_falls_back_to_plain_features():
 
 
 def test_scan_builds_workspace_with_all_arrays(image_folder, small_net_checkpoint, tmp_path):
-    workspace = scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws"))
+    workspace = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
     images = workspace.images
     n = len(CLASS_COLOURS) * 6
     assert len(images) == n
@@ -108,7 +95,7 @@ def test_scan_builds_workspace_with_all_arrays(image_folder, small_net_checkpoin
     assert workspace.manifest["model"]["target_layer"] == "features"
     assert not (workspace.path / "chunks").exists()
     # A re-run with the same inputs reuses the workspace instead of recomputing it.
-    assert scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws")).fingerprint == workspace.fingerprint
+    assert scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws")).fingerprint == workspace.fingerprint
 
 
 def test_interrupted_scan_resumes_from_finished_chunks(image_folder, small_net_checkpoint, tmp_path):
@@ -121,15 +108,15 @@ def test_interrupted_scan_resumes_from_finished_chunks(image_folder, small_net_c
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        scan(config_for(image_folder, small_net_checkpoint, out), progress=crash_after_first_chunk)
+        scan(small_scan_config(image_folder, small_net_checkpoint, out), progress=crash_after_first_chunk)
     first_chunk = out / "chunks" / "chunk-00000.npz"
     assert first_chunk.is_file() and not (out / "workspace.toml").exists()
     written_at = first_chunk.stat().st_mtime_ns
 
     resumed_from = []
-    resumed = scan(config_for(image_folder, small_net_checkpoint, out), progress=lambda s, d, t: resumed_from.append(d))
+    resumed = scan(small_scan_config(image_folder, small_net_checkpoint, out), progress=lambda s, d, t: resumed_from.append(d))
     assert resumed_from[0] == 8, "the finished chunk was not reused"
-    fresh = scan(config_for(image_folder, small_net_checkpoint, tmp_path / "fresh"))
+    fresh = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "fresh"))
     np.testing.assert_allclose(resumed.array("attribution_features"), fresh.array("attribution_features"), rtol=1e-5)
     pd.testing.assert_frame_equal(resumed.images, fresh.images)
     assert written_at  # the chunk existed before the resume; it is merged and removed after
@@ -139,7 +126,7 @@ def test_interrupted_scan_resumes_from_finished_chunks(image_folder, small_net_c
 def test_corrupt_files_are_skipped_and_reported(image_folder, small_net_checkpoint, tmp_path):
     (image_folder / "apple" / "broken.png").write_bytes(b"\x89PNG not really")
     (image_folder / "leaf" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(40))
-    workspace = scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws"))
+    workspace = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
     skipped = {entry["path"]: entry["reason"] for entry in workspace.report["skipped"]}
     assert set(skipped) == {"apple/broken.png", "leaf/truncated.jpg"}
     assert all("image" in reason for reason in skipped.values())
@@ -152,31 +139,31 @@ def test_zero_readable_images_is_one_line_error(tmp_path, small_net_checkpoint):
         (tmp_path / "bad" / name).mkdir(parents=True)
         (tmp_path / "bad" / name / "x.png").write_bytes(b"nothing here")
     with pytest.raises(SliceScopeError, match="none of the 3 images could be read") as raised:
-        scan(config_for(tmp_path / "bad", small_net_checkpoint, tmp_path / "ws"))
+        scan(small_scan_config(tmp_path / "bad", small_net_checkpoint, tmp_path / "ws"))
     assert "\n" not in str(raised.value)
 
 
 def test_empty_class_folder_is_refused(image_folder, small_net_checkpoint, tmp_path):
     (image_folder / "zebra").mkdir()
     with pytest.raises(SliceScopeError, match="class folder 'zebra' is empty"):
-        scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws"))
+        scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
 
 
 def test_class_missing_from_model_is_refused(image_folder, small_net_checkpoint, tmp_path):
     with pytest.raises(SliceScopeError, match="'sky' is missing from the model"):
-        scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws", classes=("apple", "leaf", "tree")))
+        scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws", classes=("apple", "leaf", "tree")))
     with pytest.raises(SliceScopeError, match="model outputs 3 classes but the dataset has 4"):
         (image_folder / "tree").mkdir()
         (image_folder / "tree" / "t.png").write_bytes((image_folder / "sky" / "sky_00.png").read_bytes())
-        scan(config_for(image_folder, small_net_checkpoint, tmp_path / "ws2"))
+        scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws2"))
 
 
 def test_changed_inputs_never_mix_with_an_old_workspace(image_folder, small_net_checkpoint, tmp_path):
     out = tmp_path / "ws"
-    scan(config_for(image_folder, small_net_checkpoint, out))
+    scan(small_scan_config(image_folder, small_net_checkpoint, out))
     with pytest.raises(SliceScopeError, match="built from other inputs"):
-        scan(config_for(image_folder, small_net_checkpoint, out, image_size=48))
-    rebuilt = scan(config_for(image_folder, small_net_checkpoint, out, image_size=48, overwrite=True))
+        scan(small_scan_config(image_folder, small_net_checkpoint, out, image_size=48))
+    rebuilt = scan(small_scan_config(image_folder, small_net_checkpoint, out, image_size=48, overwrite=True))
     assert rebuilt.manifest["transforms"]["image_size"] == 48
 
 

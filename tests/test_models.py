@@ -30,7 +30,7 @@ def test_torchvision_state_dict_loads_with_the_same_weights(resnet_checkpoint):
 
 
 def test_wrapped_and_data_parallel_state_dicts_load(resnet_checkpoint, tmp_path):
-    path, original = resnet_checkpoint
+    _, original = resnet_checkpoint
     wrapped = {"state_dict": {f"module.{k}": v for k, v in original.state_dict().items()}, "epoch": 3}
     torch.save(wrapped, tmp_path / "wrapped.pt")
     loaded = load_module(ModelSpec(checkpoint=tmp_path / "wrapped.pt", arch="resnet18", num_classes=4))

@@ -241,6 +241,11 @@ class AttributionModel:
     def _probe_input(self) -> torch.Tensor:
         return torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
 
+    @property
+    def target_module(self) -> nn.Module:
+        """The GradCAM target layer itself (Python models only)."""
+        return self._target
+
     def forward_with_activation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the target layer's activation, in one forward pass.
 

@@ -11,13 +11,18 @@ arrays), so 100,000 points stay a few megabytes.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from io import BytesIO
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from PIL import Image
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from core.mosaic import Mosaic
 from core.views import cell_title, slice_hulls
 
 SLICE_PALETTE = [
@@ -172,3 +177,50 @@ def _add_hulls(figure: go.Figure, layout: np.ndarray, slice_ids: np.ndarray, sli
             x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
             fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
         ), **place)
+
+
+def _png_data_uri(rgba: np.ndarray) -> str:
+    buffer = BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int]) -> go.Figure:
+    """The Data Slice Mosaic: each slice's tile filled with its feature inversion.
+
+    Tile borders are coloured by slice accuracy; a marker at each tile's centre
+    carries the hover text and makes the tile clickable.
+    """
+    metrics = table.set_index("slice")
+    figure = go.Figure()
+    for slice_id, polygon, box, image in zip(mosaic.slice_ids, mosaic.polygons, mosaic.boxes, mosaic.images):
+        if len(polygon) < 3:
+            continue
+        x_min, y_min, x_max, y_max = box
+        figure.add_layout_image(
+            source=_png_data_uri(image), xref="x", yref="y", x=x_min, y=y_max, sizex=x_max - x_min, sizey=y_max - y_min,
+            xanchor="left", yanchor="top", sizing="stretch", layer="below",
+        )
+        outline = np.vstack([polygon, polygon[:1]])
+        accuracy = float(metrics.at[slice_id, "accuracy"])
+        figure.add_trace(go.Scatter(
+            x=outline[:, 0], y=outline[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
+            line={"color": sample_colorscale("RdYlGn", accuracy)[0], "width": 5 if slice_id in picked else 2.5},
+        ))
+    centres = np.array([p.mean(axis=0) if len(p) else (np.nan, np.nan) for p in mosaic.polygons])
+    rows = metrics.loc[mosaic.slice_ids]
+    hover = [
+        f"<b>slice {s}</b> · {n} images<br>accuracy {a:.0%}<br>{label} → {prediction}"
+        for s, n, a, label, prediction in zip(mosaic.slice_ids, rows["size"], rows["accuracy"], rows["dominant_label"], rows["dominant_prediction"])
+    ]
+    figure.add_trace(go.Scatter(
+        x=centres[:, 0], y=centres[:, 1], mode="markers+text", text=[str(s) for s in mosaic.slice_ids], textfont={"color": "white", "size": 10},
+        customdata=np.array(mosaic.slice_ids)[:, None], hovertext=hover, hoverinfo="text", showlegend=False,
+        marker={"size": 16, "color": rows["accuracy"].to_numpy(), "colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "opacity": 0.85,
+                "colorbar": {"title": "slice accuracy", "tickformat": ".0%", "len": 0.6}},
+    ))
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor="x")
+    figure.update_layout(height=620, margin={"l": 10, "r": 10, "t": 30, "b": 10}, plot_bgcolor="white", dragmode="select",
+                         title={"text": "Data Slice Mosaic · border: slice accuracy · click a tile's number to select it", "font": {"size": 12}, "x": 0.01})
+    return figure

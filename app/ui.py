@@ -17,6 +17,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.extract import rebuild_workspace
+from core.mosaic import Mosaic, build_mosaic
 from core.progress import ProgressFn
 from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
@@ -194,6 +195,11 @@ def system_menu() -> Selection | None:
         )
         st.query_params["k"] = str(k)
     return Selection(Path(workspace), representation, slice_on, layout, colour, int(k))
+
+
+@st.cache_resource(show_spinner="Drawing the Data Slice Mosaic: one feature inversion per slice (about 15 s for 50 slices the first time, then stored in the workspace)…")
+def load_mosaic(path: str, k: int) -> Mosaic:
+    return build_mosaic(load_workspace(path), SliceParams(k=k))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -11,13 +11,14 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from app.figures import ScatterData, ScatterOptions, scatter_figure
+from app.figures import ScatterData, ScatterOptions, mosaic_figure, scatter_figure
 from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
     REPRESENTATION_LABELS,
     load_images,
     load_layout,
+    load_mosaic,
     load_slices,
     load_workspace,
     show_error,
@@ -73,6 +74,14 @@ def _pick_points(scatter_key: str) -> None:
     st.session_state["picked_points"] = sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
 
 
+def _pick_tiles(mosaic_key: str) -> None:
+    """Mosaic callback: the clicked or boxed tiles become the selected slices."""
+    points = st.session_state[mosaic_key].selection.points
+    st.session_state["picked_slices"] = sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
+    if st.session_state["picked_points"]:
+        _clear_points()
+
+
 def _clear_points() -> None:
     st.session_state["picked_points"] = []
     st.session_state["scatter_generation"] += 1
@@ -102,6 +111,22 @@ def slice_table_view(table, slice_ids: np.ndarray) -> None:
         selection_default={"selection": {"rows": [i for i, s in enumerate(shown_slices) if s in picked]}},
         key=table_key,
         column_config=TABLE_COLUMN_CONFIG,
+    )
+
+
+def mosaic_view(selection, table) -> None:
+    if selection.slice_on != "attribution":
+        st.info("The Data Slice Mosaic summarises slices of the attribution space: set *Slice on* to F_W in Slicing settings.")
+        return
+    try:
+        mosaic = load_mosaic(str(selection.workspace), selection.k)
+    except SliceScopeError as error:
+        show_error(error)
+        return
+    mosaic_key = f"mosaic-{st.session_state['scatter_generation']}"
+    st.plotly_chart(
+        mosaic_figure(mosaic, table, st.session_state["picked_slices"]), width="stretch", key=mosaic_key,
+        on_select=partial(_pick_tiles, mosaic_key), selection_mode=("points", "box"),
     )
 
 
@@ -206,7 +231,13 @@ def main() -> None:
         st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}")
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
         data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes)
-        scatter_view(selection, data)
+        view = "Scatter"
+        if not confusion and selection.representation == "attribution":
+            view = st.segmented_control("View", ["Scatter", "Data Slice Mosaic"], default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
+        if view == "Data Slice Mosaic":
+            mosaic_view(selection, table)
+        else:
+            scatter_view(selection, data)
     if st.session_state["picked_slices"]:
         st.query_params["slices"] = ",".join(map(str, st.session_state["picked_slices"]))
     else:

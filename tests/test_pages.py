@@ -7,6 +7,7 @@ the detail view shows, and what the page says about broken workspaces.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -162,3 +163,12 @@ def test_an_outdated_workspace_offers_a_rebuild(demo_home, monkeypatch, biased, 
     app = open_app(demo_home, monkeypatch, workspaces=shelf)
     assert any("format 0" in w.value and "rebuild it" in w.value for w in app.warning)
     assert app.button(key=f"repair-{copy}").label == "Rebuild the workspace"
+
+
+def test_mosaic_view_draws_one_tile_per_slice(demo_home, monkeypatch, slice_ids):
+    app = open_app(demo_home, monkeypatch)
+    app.get("button_group")[0].set_value("Data Slice Mosaic").run()
+    assert not app.exception, app.exception
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert len(figure["layout"]["images"]) == len(np.unique(slice_ids))
+    assert all(image["source"].startswith("data:image/png;base64,") for image in figure["layout"]["images"])

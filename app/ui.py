@@ -17,7 +17,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.extract import rebuild_workspace
-from core.mosaic import Mosaic, build_mosaic
+from core.mosaic import Mosaic, build_mosaic, is_mosaic_built
 from core.progress import ProgressFn
 from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
@@ -197,9 +197,22 @@ def system_menu() -> Selection | None:
     return Selection(Path(workspace), representation, slice_on, layout, colour, int(k))
 
 
-@st.cache_resource(show_spinner="Drawing the Data Slice Mosaic: one feature inversion per slice (about 15 s for 50 slices the first time, then stored in the workspace)…")
-def load_mosaic(path: str, k: int) -> Mosaic:
+@st.cache_resource(show_spinner=False)
+def _cached_mosaic(path: str, k: int) -> Mosaic:
     return build_mosaic(load_workspace(path), SliceParams(k=k))
+
+
+def load_mosaic(path: str, k: int) -> Mosaic:
+    """The Data Slice Mosaic; the first request optimises it with a progress bar, later ones read it."""
+    if not is_mosaic_built(load_workspace(path), SliceParams(k=k)):
+        with st.status("Drawing the Data Slice Mosaic: one feature inversion per slice (first time only)…", expanded=True) as box:
+            try:
+                build_mosaic(load_workspace(path), SliceParams(k=k), progress=streamlit_progress(st))
+            except SliceScopeError:
+                box.update(label="The mosaic could not be drawn", state="error")
+                raise
+            box.update(label="Mosaic ready", state="complete", expanded=False)
+    return _cached_mosaic(path, k)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -54,6 +54,20 @@ def _load_model(workspace: Workspace) -> AttributionModel:
     return AttributionModel(module, config.image_size, workspace.manifest["model"]["target_layer"], config.device)
 
 
+def _mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:
+    return {"slices": asdict(slice_params), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
+
+
+def is_mosaic_built(
+    workspace: Workspace,
+    slice_params: SliceParams = SliceParams(),
+    projection_params: ProjectionParams = ProjectionParams(),
+    inversion_params: InversionParams = InversionParams(),
+) -> bool:
+    """Whether :func:`build_mosaic` would read its pictures from disk rather than optimise them."""
+    return workspace.has_cached("mosaic", _mosaic_key(slice_params, projection_params, inversion_params))
+
+
 def build_mosaic(
     workspace: Workspace,
     slice_params: SliceParams = SliceParams(),
@@ -67,7 +81,7 @@ def build_mosaic(
     tiles = mosaic_tiles(layout, slice_ids)
     polygons = [tile.polygon for tile in tiles]
     boxes = np.array([[*p.min(axis=0), *p.max(axis=0)] if len(p) else [0.0] * 4 for p in polygons])
-    key = {"slices": asdict(slice_params), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
+    key = _mosaic_key(slice_params, projection_params, inversion_params)
 
     def compute() -> np.ndarray:
         model = _load_model(workspace)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | slices``.
+"""Command line: ``python -m core demo | scan | slices | annotate``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -7,11 +7,13 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
 from core.errors import SliceScopeError
 from core.progress import tqdm_progress
+from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -48,6 +50,20 @@ def _build_parser() -> argparse.ArgumentParser:
     slices.add_argument("--min-dist", type=float, default=0.05, help="UMAP min_dist")
     slices.add_argument("--metric", default="euclidean", help="UMAP metric")
     slices.add_argument("--out", type=Path, required=True, help="CSV to write: path,label,prediction,confidence,slice,x,y")
+
+    annotate = commands.add_parser("annotate", help="annotate a slice in the workspace's annotation store; or clear, undo, list")
+    annotate.add_argument("workspace", type=Path)
+    annotate.add_argument("--slice", type=int, help="slice id, in the slicing chosen by --representation, --k and --seed")
+    annotate.add_argument("--kind", help=f"what the slice shows: {', '.join(ANNOTATION_KINDS)}")
+    annotate.add_argument("--note", default="", help=f"free text, one line, at most {NOTE_MAX_CHARS} characters")
+    annotate.add_argument("--analyst", help="who annotates (default: your login name)")
+    annotate.add_argument("--representation", default="attribution", help="what the slices were found on: attribution (default) or features")
+    annotate.add_argument("--k", type=int, help="the slicing's number of slices (default: the app's, 50 or fewer for small datasets)")
+    annotate.add_argument("--seed", type=int, default=0)
+    action = annotate.add_mutually_exclusive_group()
+    action.add_argument("--clear", action="store_true", help="remove the slice's annotation")
+    action.add_argument("--undo", action="store_true", help="undo your latest annotation or relabel in this workspace")
+    action.add_argument("--list", action="store_true", help="print the slicing's annotations and the images marked as mislabelled")
     return parser
 
 
@@ -96,7 +112,58 @@ def _run_slices(args) -> None:
         print(f"  slice {row.slice}: {row.size} images, accuracy {row.accuracy:.0%}, mostly {row.dominant_label} → {row.dominant_prediction}")
 
 
-COMMANDS = {"demo": _run_demo, "scan": _run_scan, "slices": _run_slices}
+def _run_annotate(args) -> None:
+    from core.slicing import SliceParams, default_k, slicing_name
+    from core.store import AnnotationStore
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    params = SliceParams(k=default_k(len(workspace.images)) if args.k is None else args.k, seed=args.seed)
+    slicing = slicing_name(args.representation, params)
+    analyst = args.analyst if args.analyst is not None else getpass.getuser()
+    store = AnnotationStore.for_workspace(workspace.path)
+    try:
+        if args.undo:
+            undone = store.undo_last(analyst, (workspace.fingerprint, workspace.dataset_fingerprint))
+            print(undone or f"nothing to undo for {analyst} in {workspace.name}")
+        elif args.list:
+            _print_annotations(store, workspace, slicing)
+        else:
+            _annotate_slice(args, store, workspace, slicing, params.k, analyst)
+    finally:
+        store.close()
+
+
+def _annotate_slice(args, store, workspace, slicing: str, k: int, analyst: str) -> None:
+    if args.slice is None:
+        raise SliceScopeError("annotate needs the slice to annotate", "pass --slice N (or --list, --undo)")
+    if args.slice >= k:
+        raise SliceScopeError(f"slice {args.slice} does not exist: {slicing} has slices 0 to {k - 1}", "pass a smaller --slice, or the --k the slices were made with")
+    if args.clear:
+        store.clear_slice(workspace.fingerprint, slicing, args.slice, analyst)
+        print(f"cleared the annotation of slice {args.slice} ({slicing})")
+        return
+    if args.kind is None:
+        raise SliceScopeError("annotate needs the kind of slice", f"pass --kind with one of: {', '.join(ANNOTATION_KINDS)} (or --clear)")
+    annotation = store.set_slice(workspace.fingerprint, slicing, args.slice, args.kind, args.note, analyst)
+    note = f": {annotation.note}" if annotation.note else ""
+    print(f"slice {annotation.slice_id} ({slicing}) marked {annotation.kind} by {annotation.analyst}{note}")
+
+
+def _print_annotations(store, workspace, slicing: str) -> None:
+    annotations = store.slice_annotations(workspace.fingerprint, slicing)
+    print(f"{len(annotations)} annotated slices in {workspace.name} ({slicing}, store: {store.url})")
+    for annotation in sorted(annotations.values(), key=lambda annotation: annotation.slice_id):
+        note = f" — {annotation.note}" if annotation.note else ""
+        print(f"  slice {annotation.slice_id}: {annotation.kind}{note} ({annotation.analyst}, {annotation.created_at:%Y-%m-%d %H:%M} UTC)")
+    relabels = store.relabels(workspace.dataset_fingerprint)
+    paths = workspace.images.set_index("image_id")["path"]
+    print(f"{len(relabels)} images marked as mislabelled")
+    for relabel in relabels.values():
+        print(f"  {paths.get(relabel.image_id, relabel.image_id)} should be {relabel.label} ({relabel.analyst}, {relabel.created_at:%Y-%m-%d %H:%M} UTC)")
+
+
+COMMANDS = {"demo": _run_demo, "scan": _run_scan, "slices": _run_slices, "annotate": _run_annotate}
 
 
 def main(argv: list[str] | None = None) -> int:

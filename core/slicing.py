@@ -53,6 +53,12 @@ def default_k(n_images: int) -> int:
     return min(SliceParams().k, max(2, n_images // 10))
 
 
+def slicing_name(representation: str, params: SliceParams) -> str:
+    """A stable name for one slicing, e.g. ``attribution:k=50:seed=0``: slice ids mean something only within it."""
+    _check_representation(representation)
+    return f"{representation}:k={params.k}:seed={params.seed}"
+
+
 def _check_representation(representation: str) -> None:
     if representation not in REPRESENTATIONS:
         raise SliceScopeError(f"unknown slicing method '{representation}'", f"use one of: {', '.join(REPRESENTATIONS)}")

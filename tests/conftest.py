@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,64 @@ def chromium_browser(chromium_executable):
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server's URL: ``$SLICESCOPE_TEST_POSTGRES_URL``, else a throwaway cluster of Debian's PostgreSQL.
+
+    The cluster lives in a temporary folder, listens on a free loopback port and is stopped at the end of the session.
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user that Debian's package creates
+    (``nobody`` if there is none). Skips where neither works, unless ``SLICESCOPE_REQUIRE_POSTGRES=1`` (set by CI),
+    which turns that into a failure. A database named by ``$SLICESCOPE_TEST_POSTGRES_URL`` must be one the tests
+    may empty: they drop its annotation table.
+    """
+    if os.environ.get("SLICESCOPE_TEST_POSTGRES_URL"):
+        yield os.environ["SLICESCOPE_TEST_POSTGRES_URL"]
+        return
+
+    def unavailable(reason: str):
+        if os.environ.get("SLICESCOPE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}, and SLICESCOPE_REQUIRE_POSTGRES=1 requires the PostgreSQL tests to run")
+        pytest.skip(reason)
+
+    # Debian keeps the server's programs off PATH, one folder per major version.
+    on_path = shutil.which("initdb")
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0)
+    initdb = Path(on_path).resolve() if on_path else (versions[-1] if versions else None)
+    if initdb is None:
+        unavailable("PostgreSQL's initdb is not installed (apt-get install -y postgresql), and SLICESCOPE_TEST_POSTGRES_URL is not set")
+    account = None
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
+    as_user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
+    # Under /tmp, not pytest's folder: that one is private to root, and the server's user must reach its files.
+    base = Path(tempfile.mkdtemp(prefix="slicescope-postgres-", dir="/tmp" if account else None))
+    if account:
+        os.chown(base, account.pw_uid, account.pw_gid)
+    data, port = base / "data", free_port()
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(initdb.parent / command[0]), *command[1:]], capture_output=True, text=True, timeout=120, check=False,
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}, cwd=base, **as_user)
+
+    started = False
+    try:
+        created = run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "--no-locale", "-E", "UTF8")
+        if created.returncode != 0:
+            unavailable(f"initdb failed: {created.stderr.strip()[-1000:]}")
+        # Durability settings off: the cluster is thrown away, and the tests should not wait on the disk.
+        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        start = run("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-o", options, "-w", "-t", "60", "start")
+        started = start.returncode == 0
+        if not started:
+            log = (base / "server.log").read_text(errors="replace")[-1000:] if (base / "server.log").is_file() else ""
+            unavailable(f"PostgreSQL did not start: {start.stderr.strip()[-1000:]} {log}")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)

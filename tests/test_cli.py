@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from core.extract import scan
+from core.store import AnnotationStore
 from core.workspace import Workspace
+from tests.helpers import small_scan_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +90,45 @@ def test_scan_cli_errors_are_one_line_without_traceback(image_folder, small_net_
     lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line and "warnings.warn" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_annotate_list_clear_and_undo(image_folder, small_net_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    workspace = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
+    ws = str(workspace.path)
+    # 18 images: the default k is 2, so the slicing is attribution:k=2:seed=0 and slices are 0 and 1.
+    marked = run_cli("annotate", ws, "--slice", "1", "--kind", "spurious", "--note", "<b>sky</b>'; --", "--analyst", "alice")
+    assert marked.returncode == 0, marked.stderr
+    assert marked.stdout.strip() == "slice 1 (attribution:k=2:seed=0) marked spurious by alice: <b>sky</b>'; --"
+    assert run_cli("annotate", ws, "--slice", "0", "--kind", "core", "--analyst", "bob").returncode == 0
+
+    listed = run_cli("annotate", ws, "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert "2 annotated slices" in listed.stdout and f"sqlite:///{workspace.path / 'annotations.sqlite'}" in listed.stdout
+    assert "slice 0: core (bob," in listed.stdout and "slice 1: spurious — <b>sky</b>'; -- (alice," in listed.stdout
+
+    undone = run_cli("annotate", ws, "--undo", "--analyst", "bob")
+    assert undone.returncode == 0 and undone.stdout.strip() == "undid marking slice 0 as core", undone.stderr
+    cleared = run_cli("annotate", ws, "--slice", "1", "--clear", "--analyst", "bob")
+    assert cleared.returncode == 0, cleared.stderr
+    store = AnnotationStore.for_workspace(workspace.path)
+    assert store.slice_annotations(workspace.fingerprint, "attribution:k=2:seed=0") == {}
+    assert list(store.history(workspace.fingerprint)["action"]) == ["clear", "undo", "set", "set"]
+    store.close()
+
+
+@pytest.mark.parametrize("args, database, message", [
+    (["--slice", "2", "--kind", "core"], None, "slice 2 does not exist: attribution:k=2:seed=0 has slices 0 to 1"),
+    (["--slice", "0"], None, "annotate needs the kind of slice"),
+    (["--slice", "0", "--clear"], None, "slice 0 has no annotation to clear"),
+    (["--list"], "postgresql://alice:s3cret@127.0.0.1:1/db", "annotation database at postgresql+psycopg://alice:***@127.0.0.1:1/db cannot be used"),
+])
+def test_annotate_errors_are_one_line(image_folder, small_net_checkpoint, tmp_path, monkeypatch, args, database, message):
+    if database:
+        monkeypatch.setenv("SLICESCOPE_DATABASE_URL", database)
+    else:
+        monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    workspace = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
+    result = run_cli("annotate", str(workspace.path), *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ") and message in result.stderr

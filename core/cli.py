@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | slices | annotate``.
+"""Command line: ``python -m core demo | scan | slices | annotate | mitigate | evaluate``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -64,7 +64,84 @@ def _build_parser() -> argparse.ArgumentParser:
     action.add_argument("--clear", action="store_true", help="remove the slice's annotation")
     action.add_argument("--undo", action="store_true", help="undo your latest annotation or relabel in this workspace")
     action.add_argument("--list", action="store_true", help="print the slicing's annotations and the images marked as mislabelled")
+
+    mitigate = commands.add_parser("mitigate", help="retrain the workspace's model with CoRM on spurious slices and relabelled images; scan the new version")
+    mitigate.add_argument("workspace", type=Path)
+    mitigate.add_argument("--from", dest="source", required=True, choices=["annotations", "propagation"], help="treat the slices annotated spurious, or every slice whose propagated spuriousness reaches --threshold")
+    mitigate.add_argument("--out", type=Path, required=True, help="folder for the new version's workspace (its model goes to OUT.training)")
+    mitigate.add_argument("--threshold", type=float, default=0.5, help="spuriousness at which --from propagation treats a slice (default 0.5)")
+    mitigate.add_argument("--epochs", type=int, default=8)
+    mitigate.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 0.002)")
+    mitigate.add_argument("--batch-size", type=int, default=64)
+    mitigate.add_argument("--sigma", type=float, default=1.0, help="CoRM noise on the spurious regions, in [0, 1] pixel units (default 1.0)")
+    mitigate.add_argument("--train-data", type=Path, help="the images to retrain on (default: the scanned manifest's train split)")
+    mitigate.add_argument("--train-split", help="split of --train-data to retrain on")
+    mitigate.add_argument("--val-split", help="split of --train-data to validate on (default: 10%% of the training images)")
+    _add_slicing_arguments(mitigate)
+
+    evaluate = commands.add_parser("evaluate", help="clean, core and spurious accuracy, RCS and worst-group accuracy; writes WS/metrics.json")
+    evaluate.add_argument("workspace", type=Path)
+    evaluate.add_argument("--regions", default="auto", choices=["auto", "ground_truth", "attribution"], help="core/spurious regions: the dataset's object masks (auto when it has mask_path) or the annotated slices' attribution masks")
+    evaluate.add_argument("--sigma", type=float, default=0.5, help="evaluation noise, in [0, 1] pixel units (default 0.5)")
+    _add_slicing_arguments(evaluate)
     return parser
+
+
+def _add_slicing_arguments(command) -> None:
+    command.add_argument("--representation", default="attribution", help="the slicing the annotations refer to (default attribution)")
+    command.add_argument("--k", type=int, help="its number of slices (default: the app's)")
+    command.add_argument("--seed", type=int, default=0)
+
+
+def _slicing(args):
+    from core.loop import Slicing
+    from core.slicing import SliceParams
+
+    return Slicing(args.representation, None if args.k is None else SliceParams(k=args.k, seed=args.seed))
+
+
+def _print_metrics(name: str, metrics) -> None:
+    print(f"{name}: clean {metrics.clean_acc:.1%} · core {metrics.core_acc:.1%} · spurious {metrics.spurious_acc:.1%} · "
+          f"RCS {metrics.rcs:.3f} · worst group {metrics.worst_group_acc:.1%} ({metrics.worst_group}) — regions: {metrics.regions}")
+
+
+def _run_mitigate(args) -> None:
+    from core.loop import evaluate_version, mitigate, open_store, plan_mitigation, read_annotations
+    from core.mitigation import TrainingData, TrainingParams
+    from core.robustness import read_metrics
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    params = TrainingParams(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, sigma=args.sigma)
+    training = None
+    if args.train_data is not None:
+        training = TrainingData(args.train_data.expanduser().resolve(), args.train_split, args.val_split)
+    store = open_store(workspace)
+    try:
+        state = read_annotations(store, workspace, _slicing(args))
+        job = plan_mitigation(workspace, state, args.source, args.out, args.threshold, params, training)
+        print(f"treating slices {', '.join(map(str, job.treated_slices))}; {len(job.relabels)} images relabelled")
+        version = mitigate(job, state, progress=tqdm_progress())
+        print(f"new version ready: {version.path} (model: {job.folder})")
+        for member in (workspace, version):
+            if member is version or read_metrics(member) is None:
+                _print_metrics(member.name, evaluate_version(member, store, _slicing(args)))
+    finally:
+        store.close()
+
+
+def _run_evaluate(args) -> None:
+    from core.loop import evaluate_version, open_store
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    store = open_store(workspace)
+    try:
+        metrics = evaluate_version(workspace, store, _slicing(args), args.regions, args.sigma, progress=tqdm_progress())
+    finally:
+        store.close()
+    _print_metrics(workspace.name, metrics)
+    print(f"wrote {workspace.path / 'metrics.json'}")
 
 
 def _run_demo(args) -> None:
@@ -113,15 +190,15 @@ def _run_slices(args) -> None:
 
 
 def _run_annotate(args) -> None:
+    from core.loop import open_store
     from core.slicing import SliceParams, default_k, slicing_name
-    from core.store import AnnotationStore
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
     params = SliceParams(k=default_k(len(workspace.images)) if args.k is None else args.k, seed=args.seed)
     slicing = slicing_name(args.representation, params)
     analyst = args.analyst if args.analyst is not None else getpass.getuser()
-    store = AnnotationStore.for_workspace(workspace.path)
+    store = open_store(workspace)
     try:
         if args.undo:
             undone = store.undo_last(analyst, (workspace.fingerprint, workspace.dataset_fingerprint))
@@ -163,7 +240,10 @@ def _print_annotations(store, workspace, slicing: str) -> None:
         print(f"  {paths.get(relabel.image_id, relabel.image_id)} should be {relabel.label} ({relabel.analyst}, {relabel.created_at:%Y-%m-%d %H:%M} UTC)")
 
 
-COMMANDS = {"demo": _run_demo, "scan": _run_scan, "slices": _run_slices, "annotate": _run_annotate}
+COMMANDS = {
+    "demo": _run_demo, "scan": _run_scan, "slices": _run_slices, "annotate": _run_annotate,
+    "mitigate": _run_mitigate, "evaluate": _run_evaluate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -415,3 +415,20 @@ def build_report(table: pd.DataFrame, skipped: list[dict], classes, gradcam: np.
         groups = table.groupby("group")["correct"].agg(["size", "mean"])
         report["group_accuracy"] = {str(g): {"n": int(row["size"]), "accuracy": float(row["mean"])} for g, row in groups.iterrows()}
     return report
+
+
+def recorded_scan_config(workspace: Workspace) -> ScanConfig:
+    """The :class:`ScanConfig` that built ``workspace``, as recorded in it."""
+    inputs = recorded_scan_inputs(workspace.path)
+    if inputs is None:
+        raise SliceScopeError(f"workspace {workspace.name} does not record which model built it", f"rebuild it with {scan_command(workspace.path, overwrite=True)}")
+    return ScanConfig.from_dict(inputs, workspace.path)
+
+
+def load_workspace_model(workspace: Workspace) -> AttributionModel:
+    """The model that built ``workspace``, reloaded from its recorded checkpoint."""
+    config = recorded_scan_config(workspace)
+    if config.model.checkpoint is not None and not config.model.checkpoint.exists():
+        raise SliceScopeError(f"the model checkpoint {config.model.checkpoint} no longer exists", "restore it, or rebuild the workspace with the model's new location")
+    module = load_module(config.model)
+    return AttributionModel(module, config.image_size, workspace.manifest["model"]["target_layer"], config.device)

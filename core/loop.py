@@ -1,0 +1,166 @@
+"""The analyst's loop in one place: annotations → spuriousness → mitigation → evaluated versions.
+
+The CLI and the app both call these functions, so a mitigation started from
+either reads the same annotations and every version of a model line is
+evaluated the same way: with the root version's slicing, its annotations'
+regions (or the dataset's ground-truth masks) and the same seeded noise, which
+is what makes the numbers of two versions comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.mitigation import (
+    DEFAULT_THRESHOLD,
+    MitigationJob,
+    TrainingData,
+    TrainingParams,
+    choose_treated_slices,
+    default_training_data,
+    read_version,
+    run_mitigation,
+    version_family,
+    version_root,
+)
+from core.progress import ProgressFn
+from core.robustness import DEFAULT_SIGMA, Robustness, choose_regions, evaluate, read_metrics, write_metrics
+from core.slicing import SliceParams, default_k, find_slices, slicing_name
+from core.spuriousness import PropagationParams, slice_spuriousness
+from core.store import AnnotationStore
+from core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """Which slices annotations refer to: a representation and K-Means settings."""
+
+    representation: str = "attribution"
+    params: SliceParams | None = None  # None: the app's default k for the workspace
+
+    def resolve(self, workspace: Workspace) -> tuple[str, np.ndarray]:
+        params = self.params or SliceParams(k=default_k(len(workspace.images)))
+        return slicing_name(self.representation, params), find_slices(workspace, self.representation, params)
+
+
+@dataclass(frozen=True)
+class AnnotationState:
+    """What the analyst has said about a workspace's slicing, read once from the store."""
+
+    slicing: str
+    slice_ids: np.ndarray
+    kinds: dict[int, str]
+    notes: dict[int, str]
+    relabels: dict[str, str] = field(default_factory=dict)
+
+
+def open_store(workspace: Workspace, configured: str | None = None) -> AnnotationStore:
+    """The annotation store of ``workspace``'s whole version line (the root's, unless a URL is configured)."""
+    return AnnotationStore.for_workspace(version_root(workspace).path, configured)
+
+
+def read_annotations(store: AnnotationStore, workspace: Workspace, slicing: Slicing = Slicing()) -> AnnotationState:
+    name, slice_ids = slicing.resolve(workspace)
+    annotations = store.slice_annotations(workspace.fingerprint, name)
+    relabels = {image: relabel.label for image, relabel in store.relabels(workspace.dataset_fingerprint).items()}
+    return AnnotationState(
+        name, slice_ids,
+        {s: a.kind for s, a in annotations.items()},
+        {s: a.note for s, a in annotations.items()},
+        relabels,
+    )
+
+
+def spuriousness(workspace: Workspace, state: AnnotationState, params: PropagationParams = PropagationParams()) -> np.ndarray:
+    """Spuriousness per slice (NaN everywhere until a slice is annotated core or spurious)."""
+    return slice_spuriousness(np.asarray(workspace.array("attribution_features")), state.slice_ids, state.kinds, params)
+
+
+def plan_mitigation(
+    workspace: Workspace,
+    state: AnnotationState,
+    source: str,
+    out: Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    params: TrainingParams = TrainingParams(),
+    training: TrainingData | None = None,
+    propagation: PropagationParams = PropagationParams(),
+) -> MitigationJob:
+    """The job that treats the slices ``source`` picks (annotations, or propagation ≥ threshold)."""
+    scores = spuriousness(workspace, state, propagation) if source == "propagation" else None
+    treated = choose_treated_slices(state.kinds, scores, source, threshold)
+    return MitigationJob(
+        parent=workspace.path, out=Path(out).expanduser().resolve(), source=source, treated_slices=tuple(treated),
+        slicing=state.slicing, relabels=dict(state.relabels), training=training or default_training_data(workspace), params=params,
+    )
+
+
+def mitigate(job: MitigationJob, state: AnnotationState, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> Workspace:
+    return run_mitigation(job, state.slice_ids, progress, should_stop)
+
+
+def evaluate_version(
+    workspace: Workspace,
+    store: AnnotationStore,
+    slicing: Slicing = Slicing(),
+    regions: str = "auto",
+    sigma: float = DEFAULT_SIGMA,
+    progress: ProgressFn | None = None,
+) -> Robustness:
+    """Evaluate ``workspace`` against its line's root (slices, regions, relabels) and write metrics.json."""
+    root = version_root(workspace)
+    state = read_annotations(store, root, slicing)
+    size = int(root.manifest["transforms"]["image_size"])
+    chosen = choose_regions(root, state.slice_ids, state.kinds, size, regions)
+    robustness = evaluate(workspace, chosen, _root_slices_for(workspace, root, state.slice_ids), state.relabels, sigma, progress=progress)
+    write_metrics(workspace, robustness)
+    return robustness
+
+
+def _root_slices_for(workspace: Workspace, root: Workspace, root_slice_ids: np.ndarray) -> np.ndarray:
+    """The root's slice of each of ``workspace``'s images (matched by image id; same images, maybe another order)."""
+    if workspace.path == root.path:
+        return root_slice_ids
+    by_image = pd.Series(root_slice_ids, index=root.images["image_id"])
+    return by_image.reindex(workspace.images["image_id"]).fillna(-1).astype(int).to_numpy()
+
+
+def version_board(workspace: Workspace) -> pd.DataFrame:
+    """One row per version of ``workspace``'s line with its metrics (NaN where not evaluated yet)."""
+    rows = []
+    for member in version_family(workspace):
+        info = read_version(member) or {}
+        metrics = read_metrics(member) or {}
+        job = info.get("job", {})
+        rows.append({
+            "version": info.get("number", 1),
+            "name": member.name,
+            "path": str(member.path),
+            "parent": Path(info["parent"]).name if info else "",
+            "mitigation": job.get("source", "original model"),
+            "treated_slices": len(job.get("treated_slices", [])),
+            "created": info.get("created", member.manifest.get("created", "")),
+            **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc")},
+            "worst_group": metrics.get("worst_group", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def slice_changes(before: Workspace, after: Workspace, threshold: float = 0.05) -> pd.DataFrame:
+    """Per slice of the line's root: accuracy before and after, and whether it improved or regressed.
+
+    Both versions must be evaluated (their metrics.json holds per-slice accuracy).
+    """
+    old, new = read_metrics(before) or {}, read_metrics(after) or {}
+    old_acc, new_acc = old.get("slice_acc", {}), new.get("slice_acc", {})
+    frame = pd.DataFrame({"slice": [int(s) for s in old_acc], "before": list(old_acc.values())})
+    frame["after"] = frame["slice"].astype(str).map(new_acc)
+    frame = frame[frame["slice"] >= 0].dropna()
+    frame["change"] = frame["after"] - frame["before"]
+    frame["verdict"] = np.select([frame["change"] >= threshold, frame["change"] <= -threshold], ["improved", "regressed"], "unchanged")
+    return frame.sort_values("change").reset_index(drop=True)

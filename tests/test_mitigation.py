@@ -1,0 +1,175 @@
+"""Mitigation end to end on a copy of the tiny demo: CoRM retraining into a new version, resumable and safe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import main as cli_main
+from core.demo import workspace_dir
+from core.errors import SliceScopeError
+from core.loop import Slicing, evaluate_version, plan_mitigation, read_annotations, slice_changes, version_board
+from core.mitigation import (
+    MODEL_FILE,
+    TORCHSCRIPT_FILE,
+    TrainingParams,
+    choose_treated_slices,
+    next_version_path,
+    read_job,
+    read_status,
+    request_cancel,
+    run_mitigation,
+    unfinished_jobs,
+    version_family,
+)
+from core.robustness import read_metrics
+from core.store import AnnotationStore
+from core.workspace import Workspace
+
+QUICK = TrainingParams(epochs=2, batch_size=32)
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def line(tiny_demo, tmp_path, monkeypatch) -> Workspace:
+    """A private copy of the tiny demo's biased workspace (versions are written beside it)."""
+    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    root = tmp_path / "line" / "workspace"
+    shutil.copytree(workspace_dir(tiny_demo, "biased"), root)
+    return Workspace(root)
+
+
+@pytest.fixture
+def store(line):
+    opened = AnnotationStore.for_workspace(line.path)
+    yield opened
+    opened.close()
+
+
+def annotate(store: AnnotationStore, workspace: Workspace, kinds: dict[int, str]):
+    slicing = read_annotations(store, workspace).slicing
+    for slice_id, kind in kinds.items():
+        store.set_slice(workspace.fingerprint, slicing, slice_id, kind, f"{kind}: test", "tester")
+    return read_annotations(store, workspace)
+
+
+def test_choosing_slices_to_treat():
+    scores = np.array([0.9, 0.2, 0.7, np.nan])
+    assert choose_treated_slices({0: "spurious", 1: "core"}, None, "annotations") == [0]
+    assert choose_treated_slices({1: "core", 2: "core"}, scores, "propagation", 0.5) == [0]  # annotated core is never treated
+    with pytest.raises(SliceScopeError, match="no slice is annotated spurious"):
+        choose_treated_slices({1: "core"}, None, "annotations")
+    with pytest.raises(SliceScopeError, match="annotate at least one slice"):
+        choose_treated_slices({}, np.full(3, np.nan), "propagation")
+    with pytest.raises(SliceScopeError, match="lower the threshold"):
+        choose_treated_slices({0: "spurious"}, scores, "propagation", 0.95)
+
+
+def test_mitigation_makes_a_new_version_and_leaves_the_old_one_intact(line, store):
+    state = annotate(store, line, {0: "spurious", 1: "core"})
+    image = line.images["image_id"].iat[0]
+    store.mark_mislabelled(line.dataset_fingerprint, image, "star", "tester")
+    state = read_annotations(store, line)
+    before = tree_digest(line.path)
+    out = next_version_path(line)
+    assert out.name == "workspace-v2"
+    job = plan_mitigation(line, state, "propagation", out, threshold=0.5, params=QUICK)
+    assert 0 in job.treated_slices and 1 not in job.treated_slices and job.relabels == {image: "star"}
+
+    version = run_mitigation(job, state.slice_ids)
+    assert tree_digest(line.path) == before
+    assert version.name.endswith("· v2") and len(version.images) == len(line.images)
+    status = read_status(out)
+    assert status["state"] == "done" and [row["epoch"] for row in status["history"]] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(status["history"][0])
+    state_dict = torch.load(job.folder / MODEL_FILE, weights_only=True)
+    scripted = torch.jit.load(str(job.folder / TORCHSCRIPT_FILE))
+    assert scripted(torch.zeros(1, 3, 64, 64)).shape == (1, 4) and "classifier.weight" in state_dict
+    assert [member.path for member in version_family(line)] == [line.path, version.path]
+    assert next_version_path(version).name == "workspace-v3"
+    assert read_job(out) == job
+
+    for member in (line, version):
+        metrics = evaluate_version(member, store)
+        assert set(json.loads((member.path / "metrics.json").read_text())) >= {"clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc"}
+        assert metrics.n_images == len(line.images)
+    board = version_board(version)
+    assert board["version"].tolist() == [1, 2] and board["mitigation"].tolist() == ["original model", "propagation"]
+    assert board[["clean_acc", "rcs"]].notna().all().all()
+    changes = slice_changes(line, version)
+    assert set(changes["slice"]) == {int(s) for s in read_metrics(line)["slice_acc"]}
+    assert set(changes["verdict"]) <= {"improved", "regressed", "unchanged"}
+
+
+def test_a_crash_mid_training_keeps_the_parent_and_resumes(line, store):
+    state = annotate(store, line, {0: "spurious"})
+    before = tree_digest(line.path)
+    out = next_version_path(line)
+    job = plan_mitigation(line, state, "annotations", out, params=QUICK)
+    calls = {"n": 0}
+
+    def crash_in_second_epoch() -> bool:
+        calls["n"] += 1
+        if calls["n"] > 4:  # the tiny demo has 3 batches of 32 per epoch
+            raise RuntimeError("power cut")
+        return False
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_mitigation(job, state.slice_ids, should_stop=crash_in_second_epoch)
+    assert tree_digest(line.path) == before and not out.exists()
+    assert [row["epoch"] for row in read_status(out)["history"]] == [1]
+    assert unfinished_jobs(line) == [out]
+
+    version = run_mitigation(job, state.slice_ids)
+    assert [row["epoch"] for row in read_status(out)["history"]] == [1, 2]
+    assert version.path == out and unfinished_jobs(line) == []
+
+
+def test_cancel_stops_at_the_next_batch_and_says_how_to_resume(line, store):
+    state = annotate(store, line, {0: "spurious"})
+    out = next_version_path(line)
+    job = plan_mitigation(line, state, "annotations", out, params=QUICK)
+
+    def cancel_soon() -> bool:
+        request_cancel(out)
+        return (job.folder / "cancel").is_file()
+
+    with pytest.raises(SliceScopeError, match="cancelled"):
+        run_mitigation(job, state.slice_ids, should_stop=cancel_soon)
+    assert read_status(out)["state"] == "cancelled" and not out.exists()
+    other = plan_mitigation(line, state, "annotations", out, params=TrainingParams(epochs=3))
+    with pytest.raises(SliceScopeError, match="other settings"):
+        run_mitigation(other, state.slice_ids)
+
+
+def test_cli_annotate_mitigate_evaluate(line, capsys):
+    k = int(read_annotations(AnnotationStore.for_workspace(line.path), line).slice_ids.max()) + 1
+    assert cli_main(["annotate", str(line.path), "--slice", "0", "--kind", "spurious", "--note", "water"]) == 0
+    out = line.path.with_name("v2")
+    assert cli_main(["mitigate", str(line.path), "--from", "annotations", "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "new version ready" in printed and "RCS" in printed
+    assert cli_main(["evaluate", str(out), "--regions", "attribution", "--k", str(k)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc"} <= set(metrics)
+    assert "attribution masks" in metrics["regions"]
+    assert cli_main(["mitigate", str(line.path), "--from", "propagation", "--out", str(out)]) == 2
+    assert "already holds a workspace" in capsys.readouterr().err
+
+
+def test_evaluate_without_annotations_or_masks_is_explained(line, store):
+    with pytest.raises(SliceScopeError, match="annotate at least one slice"):
+        evaluate_version(line, store, Slicing(), regions="attribution")

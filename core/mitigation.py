@@ -39,7 +39,7 @@ from core.errors import SliceScopeError
 from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
-from core.robustness import corrupt, normalise
+from core.robustness import corrupt, load_pixels, normalise
 from core.workspace import Workspace, is_workspace, save_json
 
 SOURCES = ("annotations", "propagation")
@@ -233,6 +233,24 @@ def attribute_training_images(model: AttributionModel, pixels: torch.Tensor, nor
 # ---------------------------------------------------------------------------- training
 
 
+def spurious_region(cams: torch.Tensor, size: int) -> torch.Tensor:
+    """m of CoRM for images of treated slices: their GradCAM maps (B × h × w), upsampled to B × 1 × S × S.
+
+    In a spurious slice the model attends to the spurious feature, so where it
+    looks is what the noise must cover.
+    """
+    return functional.interpolate(cams.float()[:, None], size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
+def corm_preview(workspace: Workspace, rows: list[int], sigma: float, seed: int = 0) -> list[np.ndarray]:
+    """What CoRM training would see for scanned images: x + m ⊙ z as H × W × 3 uint8 pictures."""
+    size = int(workspace.manifest["transforms"]["image_size"])
+    pixels = load_pixels(workspace, np.asarray(rows, dtype=np.int64), size)
+    cams = torch.from_numpy(np.array(workspace.array("gradcam")[rows], dtype=np.float32))
+    noisy = corrupt(pixels, spurious_region(cams, size), sigma, torch.Generator().manual_seed(seed))
+    return [np.rint(picture.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for picture in noisy]
+
+
 def _evaluate(module: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, normalize: str, device: torch.device) -> tuple[float, float]:
     module.eval()
     loss, correct = 0.0, 0
@@ -282,8 +300,7 @@ def _train(
             pixels = _as_float(data["pixels"][batch])
             treated = data["treated"][batch]
             if treated.any() and params.sigma > 0:
-                masks = functional.interpolate(data["cams"][batch][treated].float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
-                pixels[treated] = corrupt(pixels[treated], masks, params.sigma, generator)
+                pixels[treated] = corrupt(pixels[treated], spurious_region(data["cams"][batch][treated], size), params.sigma, generator)
             labels = data["labels"][batch].to(device)
             logits = module(normalise(pixels, normalize).to(device))
             loss = functional.cross_entropy(logits, labels)

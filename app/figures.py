@@ -22,8 +22,8 @@ from PIL import Image
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from core.mosaic import Mosaic
-from core.views import cell_title, slice_hulls
+from core.mosaic import CellMosaic, Mosaic
+from core.views import MATRIX_MAX_CLASSES, cell_title, confusion_cells, slice_hulls, split_view_cells
 
 SLICE_PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -33,8 +33,6 @@ CLASS_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2
 CORRECT_COLOURS = ["#e45756", "#4c78a8"]  # index 0: misclassified, 1: correct
 CONTINUOUS_SCALES = {"accuracy": ("RdYlGn", "slice accuracy"), "confidence": ("Viridis", "confidence")}
 DIMMED_OPACITY = 0.12
-MATRIX_MAX_CLASSES = 5  # beyond this a label × prediction grid has too many tiny cells
-GRID_MAX_CELLS = 12
 
 
 @dataclass(frozen=True)
@@ -101,27 +99,28 @@ def _cell_positions(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple
         positions = {(label, prediction): (i + 1, j + 1) for i, label in enumerate(classes) for j, prediction in enumerate(classes)}
         titles = [cell_title(label, prediction) for label in classes for prediction in classes]
         return positions, len(classes), len(classes), titles
-    shown = cells.head(GRID_MAX_CELLS)
+    shown = split_view_cells(cells, len(classes))
     columns = 3
     rows = -(-len(shown) // columns)
     positions = {(label, prediction): (i // columns + 1, i % columns + 1) for i, (label, prediction) in enumerate(zip(shown["label"], shown["prediction"]))}
     return positions, rows, columns, list(shown["title"])
 
 
+def _cell_grid(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple[str, str], tuple[int, int]], go.Figure, int]:
+    """Subplots titled in words, one per confusion cell shown, on shared axes so positions compare across cells."""
+    positions, n_rows, n_cols, titles = _cell_positions(cells, classes)
+    figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
+                           horizontal_spacing=0.02, vertical_spacing=0.06)
+    return positions, figure, 260 * n_rows + 60
+
+
 def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
     """The 2-D representation space, combined or split by confusion-matrix cell."""
-    images = data.images
-    groups = images.groupby(["label", "prediction"], sort=False).indices
-    cells = pd.DataFrame(
-        [(label, prediction, len(rows)) for (label, prediction), rows in groups.items()], columns=["label", "prediction", "count"]
-    ).assign(correct=lambda f: f["label"] == f["prediction"]).sort_values(["correct", "count"], ascending=[False, False])
-    cells["title"] = [cell_title(label, prediction) for label, prediction in zip(cells["label"], cells["prediction"])]
+    groups = data.images.groupby(["label", "prediction"]).indices
+    cells = confusion_cells(data.images)
 
     if options.confusion:
-        positions, n_rows, n_cols, titles = _cell_positions(cells, data.classes)
-        figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
-                               horizontal_spacing=0.02, vertical_spacing=0.06)
-        height = 260 * n_rows + 60
+        positions, figure, height = _cell_grid(cells, data.classes)
     else:
         positions, figure, height = {}, go.Figure(), 620
 
@@ -185,42 +184,81 @@ def _png_data_uri(rgba: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int]) -> go.Figure:
-    """The Data Slice Mosaic: each slice's tile filled with its feature inversion.
+def _tile_hover(slice_id: int, metrics: pd.Series, in_cell: int | None = None) -> str:
+    """A tile's hover text: the slice, its size and accuracy, and its dominant label → prediction."""
+    here = "" if in_cell is None else f" ({in_cell} in this cell)"
+    return (f"<b>Slice {slice_id}</b> · {metrics['size']:,} images{here}<br>accuracy {metrics['accuracy']:.0%}"
+            f"<br>mostly {metrics['dominant_label']} → {metrics['dominant_prediction']}")
 
-    Tile borders are coloured by slice accuracy; a marker at each tile's centre
-    carries the hover text and makes the tile clickable.
+
+def _add_tiles(figure: go.Figure, mosaic: Mosaic, metrics: pd.DataFrame, picked: list[int], hover: list[str], place: dict) -> None:
+    """Each tile's inversion as a layout image, its outline coloured by slice accuracy, and a numbered marker.
+
+    The marker at the tile's centre carries the hover text and the slice id
+    (``customdata``) that a click or box selection picks.
     """
-    metrics = table.set_index("slice")
-    figure = go.Figure()
     for slice_id, polygon, box, image in zip(mosaic.slice_ids, mosaic.polygons, mosaic.boxes, mosaic.images):
         if len(polygon) < 3:
             continue
         x_min, y_min, x_max, y_max = box
         figure.add_layout_image(
             source=_png_data_uri(image), xref="x", yref="y", x=x_min, y=y_max, sizex=x_max - x_min, sizey=y_max - y_min,
-            xanchor="left", yanchor="top", sizing="stretch", layer="below",
+            xanchor="left", yanchor="top", sizing="stretch", layer="below", **place,
         )
         outline = np.vstack([polygon, polygon[:1]])
-        accuracy = float(metrics.at[slice_id, "accuracy"])
         figure.add_trace(go.Scatter(
             x=outline[:, 0], y=outline[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
-            line={"color": sample_colorscale("RdYlGn", accuracy)[0], "width": 5 if slice_id in picked else 2.5},
-        ))
+            line={"color": sample_colorscale("RdYlGn", float(metrics.at[slice_id, "accuracy"]))[0], "width": 5 if slice_id in picked else 2.5},
+        ), **place)
+    # Polygon vertex means: tiles are convex, so the mean lies inside.
     centres = np.array([p.mean(axis=0) if len(p) else (np.nan, np.nan) for p in mosaic.polygons])
-    rows = metrics.loc[mosaic.slice_ids]
-    hover = [
-        f"<b>slice {s}</b> · {n} images<br>accuracy {a:.0%}<br>{label} → {prediction}"
-        for s, n, a, label, prediction in zip(mosaic.slice_ids, rows["size"], rows["accuracy"], rows["dominant_label"], rows["dominant_prediction"])
-    ]
     figure.add_trace(go.Scatter(
         x=centres[:, 0], y=centres[:, 1], mode="markers+text", text=[str(s) for s in mosaic.slice_ids], textfont={"color": "white", "size": 10},
         customdata=np.array(mosaic.slice_ids)[:, None], hovertext=hover, hoverinfo="text", showlegend=False,
-        marker={"size": 16, "color": rows["accuracy"].to_numpy(), "colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "opacity": 0.85,
-                "colorbar": {"title": "slice accuracy", "tickformat": ".0%", "len": 0.6}},
-    ))
+        marker={"size": 16, "color": metrics.loc[mosaic.slice_ids, "accuracy"].to_numpy(), "coloraxis": "coloraxis", "opacity": 0.85},
+    ), **place)
+
+
+def _mosaic_layout(figure: go.Figure, title: str, height: int) -> None:
+    """Axes, colour bar and title shared by both mosaics.
+
+    No ``dragmode``: Streamlit turns click-to-select off while the drag mode is
+    box or lasso, and a click on a tile's number is how a tile is picked. Box
+    selection stays one click away in the mode bar.
+    """
     figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False, scaleanchor="x")
-    figure.update_layout(height=620, margin={"l": 10, "r": 10, "t": 30, "b": 10}, plot_bgcolor="white", dragmode="select",
-                         title={"text": "Data Slice Mosaic · border: slice accuracy · click a tile's number to select it", "font": {"size": 12}, "x": 0.01})
+    figure.update_yaxes(visible=False)
+    figure.update_annotations(font_size=12)
+    figure.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
+        coloraxis={"colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "colorbar": {"title": "slice accuracy", "tickformat": ".0%", "len": 0.6}},
+        title={"text": title, "font": {"size": 12}, "x": 0.01},
+    )
+
+
+def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int]) -> go.Figure:
+    """The Data Slice Mosaic: each slice's tile filled with its feature inversion, borders coloured by slice accuracy."""
+    metrics = table.set_index("slice")
+    figure = go.Figure()
+    _add_tiles(figure, mosaic, metrics, picked, [_tile_hover(s, metrics.loc[s]) for s in mosaic.slice_ids], {})
+    _mosaic_layout(figure, "Data Slice Mosaic · border: slice accuracy · click a tile's number to select it", 620)
+    figure.update_yaxes(scaleanchor="x")
+    return figure
+
+
+def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: list[int], classes: list[str]) -> go.Figure:
+    """The Data Slice Mosaic split by confusion cell (paper Fig. 1 E), in the scatter's grid of cells titled in words.
+
+    Every cell shares the layout's axes, so a slice's tiles sit at the same
+    place in each cell it reaches.
+    """
+    metrics = table.set_index("slice")
+    shown = pd.DataFrame({"label": [c.label for c in cells], "prediction": [c.prediction for c in cells]})
+    shown["title"] = [cell_title(c.label, c.prediction) for c in cells]
+    positions, figure, height = _cell_grid(shown, classes)
+    for cell in cells:
+        row, col = positions[(cell.label, cell.prediction)]
+        hover = [_tile_hover(s, metrics.loc[s], int(n)) for s, n in zip(cell.mosaic.slice_ids, cell.counts)]
+        _add_tiles(figure, cell.mosaic, metrics, picked, hover, {"row": row, "col": col})
+    _mosaic_layout(figure, "Data Slice Mosaic per confusion-matrix cell · border: slice accuracy · click a tile's number to select its slice", height)
     return figure

@@ -7,6 +7,7 @@ functions for data; every load is cached, so a click re-renders from memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.extract import rebuild_workspace
-from core.mosaic import Mosaic, build_mosaic, is_mosaic_built
+from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
 from core.progress import ProgressFn
 from core.render import render_images
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
@@ -197,6 +198,19 @@ def system_menu() -> Selection | None:
     return Selection(Path(workspace), representation, slice_on, layout, colour, int(k))
 
 
+def _first_build(built: bool, build: Callable[[ProgressFn], object], what: str) -> None:
+    """Run a mosaic's first, slow build with a progress bar per step; nothing once it is stored."""
+    if built:
+        return
+    with st.status(f"Drawing {what}: one feature inversion per tile (first time only)…", expanded=True) as box:
+        try:
+            build(streamlit_progress(st))
+        except SliceScopeError:
+            box.update(label="The mosaic could not be drawn", state="error")
+            raise
+        box.update(label="Mosaic ready", state="complete", expanded=False)
+
+
 @st.cache_resource(show_spinner=False)
 def _cached_mosaic(path: str, k: int) -> Mosaic:
     return build_mosaic(load_workspace(path), SliceParams(k=k))
@@ -204,15 +218,29 @@ def _cached_mosaic(path: str, k: int) -> Mosaic:
 
 def load_mosaic(path: str, k: int) -> Mosaic:
     """The Data Slice Mosaic; the first request optimises it with a progress bar, later ones read it."""
-    if not is_mosaic_built(load_workspace(path), SliceParams(k=k)):
-        with st.status("Drawing the Data Slice Mosaic: one feature inversion per slice (first time only)…", expanded=True) as box:
-            try:
-                build_mosaic(load_workspace(path), SliceParams(k=k), progress=streamlit_progress(st))
-            except SliceScopeError:
-                box.update(label="The mosaic could not be drawn", state="error")
-                raise
-            box.update(label="Mosaic ready", state="complete", expanded=False)
+    workspace = load_workspace(path)
+    _first_build(
+        is_mosaic_built(workspace, SliceParams(k=k)),
+        lambda progress: build_mosaic(workspace, SliceParams(k=k), progress=progress),
+        "the Data Slice Mosaic",
+    )
     return _cached_mosaic(path, k)
+
+
+@st.cache_resource(show_spinner=False)
+def _cached_cell_mosaics(path: str, k: int) -> list[CellMosaic]:
+    return build_cell_mosaics(load_workspace(path), SliceParams(k=k))
+
+
+def load_cell_mosaics(path: str, k: int) -> list[CellMosaic]:
+    """The Data Slice Mosaic of each confusion cell; built like :func:`load_mosaic`."""
+    workspace = load_workspace(path)
+    _first_build(
+        is_cell_mosaics_built(workspace, SliceParams(k=k)),
+        lambda progress: build_cell_mosaics(workspace, SliceParams(k=k), progress=progress),
+        "the Data Slice Mosaic of each confusion cell",
+    )
+    return _cached_cell_mosaics(path, k)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

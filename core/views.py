@@ -1,4 +1,4 @@
-"""The data behind the analyst views: selections, confusion cells, hulls, exports.
+"""The data behind the analyst views: selections, confusion cells, typical members, hulls, exports.
 
 AttributionScanner's experts asked for confusion-matrix cells named in words
 ("label: waterbird · prediction: landbird") rather than "FN", and for slices
@@ -21,6 +21,8 @@ MEMBER_ORDERS = {
     "loss_desc": "Highest loss first",
 }
 EXPORT_COLUMNS = ["image_id", "path", "label", "prediction", "confidence", "loss", "correct", "slice"]
+MATRIX_MAX_CLASSES = 5  # beyond this a label × prediction grid has too many tiny cells
+GRID_MAX_CELLS = 12
 
 
 def cell_title(label: str, prediction: str) -> str:
@@ -39,6 +41,15 @@ def confusion_cells(images: pd.DataFrame, rows: Sequence[int] | None = None) -> 
     counts["correct"] = counts["label"] == counts["prediction"]
     counts["title"] = [cell_title(label, prediction) for label, prediction in zip(counts["label"], counts["prediction"])]
     return counts.sort_values(["correct", "count"], ascending=[False, False]).reset_index(drop=True)
+
+
+def split_view_cells(cells: pd.DataFrame, n_classes: int) -> pd.DataFrame:
+    """The cells (from :func:`confusion_cells`) that a view split by confusion cell draws.
+
+    A full label × prediction matrix for up to ``MATRIX_MAX_CLASSES`` classes;
+    beyond that the first ``GRID_MAX_CELLS`` (correct cells, then errors by size).
+    """
+    return cells if n_classes <= MATRIX_MAX_CLASSES else cells.head(GRID_MAX_CELLS)
 
 
 def members(slice_ids: np.ndarray, slices: Iterable[int]) -> np.ndarray:
@@ -62,6 +73,19 @@ def order_members(images: pd.DataFrame, rows: Sequence[int], order: str) -> np.n
     values = images[column].to_numpy()[rows]
     keys = -values if descending else values
     return rows[np.argsort(keys, kind="stable")]
+
+
+def typical_members(features: np.ndarray, slice_ids: np.ndarray, slice_id: int, n: int) -> np.ndarray:
+    """Rows of the ``n`` members of ``slice_id`` closest to the slice's centroid in ``features``, closest first.
+
+    With F_W as ``features`` these are the images whose attributions are most
+    like the slice's mean, the vector its tile in the combined mosaic inverts.
+    Only the members' rows are read, so a memory-mapped array stays on disk.
+    """
+    rows = np.flatnonzero(slice_ids == slice_id)
+    vectors = np.asarray(features[rows], dtype=np.float32)
+    distances = np.linalg.norm(vectors - vectors.mean(axis=0), axis=1)
+    return rows[np.argsort(distances, kind="stable")[:n]]
 
 
 def in_cell(images: pd.DataFrame, rows: Sequence[int], label: str, prediction: str) -> np.ndarray:

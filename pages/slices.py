@@ -4,6 +4,11 @@ Picking rows in the table highlights those slices in the scatter and fills the
 detail view; box/lasso-selecting points in the scatter filters the table to
 their slices and shows those images. The selection survives switching the
 representation (the layout) and lives in the URL (``?slices=3,7``).
+
+In the attribution layout the plot can be the Data Slice Mosaic instead
+(split by confusion cell in the confusion layout); clicking a tile picks its
+slice and shows a panel with the slice's most typical images and a button
+that queues it for annotation.
 """
 
 from functools import partial
@@ -11,11 +16,12 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from app.figures import ScatterData, ScatterOptions, mosaic_figure, scatter_figure
+from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure
 from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
     REPRESENTATION_LABELS,
+    load_cell_mosaics,
     load_images,
     load_layout,
     load_mosaic,
@@ -24,10 +30,14 @@ from app.ui import (
     show_error,
 )
 from core.errors import SliceScopeError
-from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of
+from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of, typical_members
 
 PAGE_SIZE = 24
 THUMBNAIL_SIZE = 128
+TYPICAL_COUNT = 6  # images in a picked tile's strip: one row under the mosaic
+TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
+# The slice the analyst asked to annotate; the annotation form reads it.
+ANNOTATE_KEY = "annotate_slice"
 TABLE_COLUMNS = ["slice", "size", "accuracy", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]
 TABLE_COLUMN_CONFIG = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
@@ -68,16 +78,26 @@ def _pick_rows(table_key: str, shown_slices: np.ndarray) -> None:
         _clear_points()
 
 
+def _selected_ids(chart_key: str) -> set[int]:
+    """The first ``customdata`` column of the points selected in a chart (image rows, or slice ids for the mosaic).
+
+    Plotly ships NumPy ``customdata`` as a typed array; in the browser each row
+    is a typed array too, which reaches Python as ``{"0": v0, "1": v1, …}``,
+    not as a list.
+    """
+    points = st.session_state[chart_key].selection.points
+    rows = [point["customdata"] for point in points if point.get("customdata")]
+    return {int(row["0"] if isinstance(row, dict) else row[0]) for row in rows}
+
+
 def _pick_points(scatter_key: str) -> None:
     """Scatter callback: the box/lasso/clicked points become the point selection."""
-    points = st.session_state[scatter_key].selection.points
-    st.session_state["picked_points"] = sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
+    st.session_state["picked_points"] = sorted(_selected_ids(scatter_key))
 
 
 def _pick_tiles(mosaic_key: str) -> None:
     """Mosaic callback: the clicked or boxed tiles become the selected slices."""
-    points = st.session_state[mosaic_key].selection.points
-    st.session_state["picked_slices"] = sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
+    st.session_state["picked_slices"] = sorted(_selected_ids(mosaic_key))
     if st.session_state["picked_points"]:
         _clear_points()
 
@@ -114,20 +134,64 @@ def slice_table_view(table, slice_ids: np.ndarray) -> None:
     )
 
 
-def mosaic_view(selection, table) -> None:
+def mosaic_view(selection, table, slice_ids: np.ndarray) -> None:
     if selection.slice_on != "attribution":
         st.info("The Data Slice Mosaic summarises slices of the attribution space: set *Slice on* to F_W in Slicing settings.")
         return
+    path, picked = str(selection.workspace), st.session_state["picked_slices"]
     try:
-        mosaic = load_mosaic(str(selection.workspace), selection.k)
+        if selection.layout == "confusion":
+            figure = cell_mosaic_figure(load_cell_mosaics(path, selection.k), table, picked, load_workspace(path).classes)
+        else:
+            figure = mosaic_figure(load_mosaic(path, selection.k), table, picked)
     except SliceScopeError as error:
         show_error(error)
         return
-    mosaic_key = f"mosaic-{st.session_state['scatter_generation']}"
-    st.plotly_chart(
-        mosaic_figure(mosaic, table, st.session_state["picked_slices"]), width="stretch", key=mosaic_key,
-        on_select=partial(_pick_tiles, mosaic_key), selection_mode=("points", "box"),
-    )
+    # The layout is in the key: the combined and per-cell mosaics are different charts whose selections must not carry over.
+    mosaic_key = f"mosaic-{selection.layout}-{st.session_state['scatter_generation']}"
+    st.plotly_chart(figure, width="stretch", key=mosaic_key, on_select=partial(_pick_tiles, mosaic_key), selection_mode=("points", "box"))
+    tile_panels(path, table, slice_ids)
+
+
+def _queue_annotation(slice_id: int) -> None:
+    st.session_state[ANNOTATE_KEY] = slice_id
+    st.toast(f"Slice {slice_id} is queued for annotation.", icon=":material/edit_note:")
+
+
+def tile_panels(workspace_path: str, table, slice_ids: np.ndarray) -> None:
+    """Per picked slice: its name and metrics, its most typical images, and the annotate button."""
+    picked = st.session_state["picked_slices"]
+    if not picked:
+        st.caption("Click a tile's number to see its slice's most typical images here.")
+        return
+    workspace = load_workspace(workspace_path)
+    features = workspace.array("attribution_features")
+    metrics = table.set_index("slice")
+    for slice_id in picked[:TILE_PANELS_MAX]:
+        row = metrics.loc[slice_id]
+        with st.container(border=True, key=f"tile-panel-{slice_id}"):
+            heading, action = st.columns([3, 1], vertical_alignment="center")
+            heading.markdown(f"#### Slice {slice_id}")
+            action.button(f"Annotate slice {slice_id}", key=f"annotate-{slice_id}", icon=":material/edit_note:",
+                          on_click=_queue_annotation, args=(slice_id,), width="stretch")
+            queued = " · queued for annotation" if st.session_state.get(ANNOTATE_KEY) == slice_id else ""
+            st.caption(
+                f"{row['size']:,} images · accuracy {row['accuracy']:.0%} · mostly {row['dominant_label']} → {row['dominant_prediction']}{queued}  \n"
+                "Most typical images: the members closest to the slice's mean attribution-weighted features (F_W)."
+            )
+            typical = typical_members(features, slice_ids, slice_id, TYPICAL_COUNT)
+            pictures = load_images(workspace_path, tuple(int(r) for r in typical), THUMBNAIL_SIZE, False)
+            st.image(pictures, caption=_captions(workspace.images, typical), width=100)
+    if len(picked) > TILE_PANELS_MAX:
+        st.caption(f"{len(picked) - TILE_PANELS_MAX} more picked slices: the Slice Detail View below shows all their images.")
+
+
+def _captions(images, rows: np.ndarray) -> list[str]:
+    chosen = images.iloc[rows]
+    return [
+        ("✓ " if ok else "✗ ") + caption(label, prediction, confidence)
+        for ok, label, prediction, confidence in zip(chosen["correct"], chosen["label"], chosen["prediction"], chosen["confidence"])
+    ]
 
 
 def scatter_view(selection, data: ScatterData) -> None:
@@ -187,12 +251,7 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     page = st.pagination(n_pages, key="detail_page") if n_pages > 1 else 1
     shown = ordered[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     pictures = load_images(workspace_path, tuple(int(r) for r in shown), THUMBNAIL_SIZE, heatmaps)
-    chosen = images.iloc[shown]
-    captions = [
-        ("✓ " if ok else "✗ ") + caption(label, prediction, confidence)
-        for ok, label, prediction, confidence in zip(chosen["correct"], chosen["label"], chosen["prediction"], chosen["confidence"])
-    ]
-    st.image(pictures, caption=captions, width=THUMBNAIL_SIZE + 22)
+    st.image(pictures, caption=_captions(images, shown), width=THUMBNAIL_SIZE + 22)
 
 
 def main() -> None:
@@ -232,10 +291,10 @@ def main() -> None:
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
         data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes)
         view = "Scatter"
-        if not confusion and selection.representation == "attribution":
+        if selection.representation == "attribution":
             view = st.segmented_control("View", ["Scatter", "Data Slice Mosaic"], default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
         if view == "Data Slice Mosaic":
-            mosaic_view(selection, table)
+            mosaic_view(selection, table, slice_ids)
         else:
             scatter_view(selection, data)
     if st.session_state["picked_slices"]:

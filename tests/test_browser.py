@@ -14,6 +14,7 @@ from core.demo import workspace_dir
 from core.workspace import Workspace
 
 TIMEOUT_MS = 60_000  # per wait: generous for a slow CI machine, but bounded
+MOSAIC_BUILD_TIMEOUT_MS = 300_000  # a mosaic's first request runs 256 inversion steps; minutes on a busy 2-core machine
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 TABLE = '[data-testid="stDataFrame"]'
 HEADER_HEIGHT = ROW_HEIGHT = 35  # glide-data-grid, as st.dataframe draws it
@@ -133,4 +134,37 @@ def test_confusion_layout_titles_cells_in_words(page, tiny_demo):
     captions = page.get_by_test_id("stImageCaption").all_inner_texts()
     assert len(captions) == min(int(parsed[0].group(2)), 24), (captions, pill_texts)
     assert all(f"label: {label} · prediction: {prediction} · " in text for text in captions), captions
+    assert_no_errors(page)
+
+
+def test_clicking_a_mosaic_tile_shows_the_slice_with_its_typical_images(page):
+    open_slices_page(page, "?layout=confusion")
+    page.get_by_role("radiogroup", name="View").get_by_role("radio", name="Data Slice Mosaic").click()
+
+    # The per-cell mosaic replaces the scatter once its first build is over: subplots titled in words,
+    # each tile's inversion drawn as an SVG <image>.
+    plot = page.locator(".js-plotly-plot").filter(has=page.locator("text.gtitle", has_text="Data Slice Mosaic per confusion-matrix cell"))
+    expect(plot).to_be_visible(timeout=MOSAIC_BUILD_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert all(CELL_TITLE.match(title.strip()) for title in plot.locator("text.annotation-text").all_text_contents())
+    pictures = plot.locator("image")
+    assert pictures.count() > 1
+    assert all(source.startswith("data:image/png;base64,") for source in (pictures.nth(i).get_attribute("href") for i in range(pictures.count())))
+    expect(page.get_by_text("Click a tile's number to see its slice")).to_be_visible()
+
+    # Click the first tile's numbered marker; the drag layer above it receives the click, as it does for a user.
+    marker = plot.locator(".scatterlayer .trace path.point").first
+    marker.scroll_into_view_if_needed()
+    number = marker.locator("xpath=../..").locator("text").first.text_content().strip()
+    marker.click(force=True)
+
+    panel = page.locator(f".st-key-tile-panel-{number}")
+    expect(panel.get_by_role("heading", name=f"Slice {number}")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(panel.get_by_test_id("stImage").locator("img").first).to_be_visible(timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+    captions = panel.get_by_test_id("stImageCaption").all_inner_texts()
+    assert 0 < len(captions) <= 6 and all(" · prediction: " in text for text in captions), captions
+    expect(panel.get_by_text(re.compile(r"^\d+ images · accuracy \d+% · mostly \S+ → \S+"))).to_be_visible()
+    expect(panel.get_by_role("button", name=f"Annotate slice {number}")).to_be_visible()
+    assert re.search(rf"[?&]slices={number}(&|$)", page.url), page.url
     assert_no_errors(page)

@@ -1,14 +1,20 @@
-"""The mosaic job: one inverted picture per slice tile, computed once and stored in the workspace."""
+"""The mosaic jobs: one inverted picture per slice tile (per confusion cell too), computed once and stored in the workspace."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy.spatial import ConvexHull
 
+import core.mosaic
 from core.demo import workspace_dir
-from core.inversion import InversionParams
-from core.mosaic import build_mosaic, tile_mask
-from core.slicing import SliceParams
+from core.inversion import InversionParams, invert_features
+from core.mosaic import CELL_MAX_TILES, CELL_MIN_MEMBERS, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, tile_mask
+from core.slicing import SliceParams, find_slices, project
+from core.tiles import polygon_area, slice_medoids
+from core.views import confusion_cells, split_view_cells
 from core.workspace import Workspace
+from tests.test_tiles import inside
 
 
 def test_mosaic_is_built_once_and_transparent_outside_its_tiles(tiny_demo):
@@ -34,3 +40,71 @@ def test_tile_mask_fills_a_triangle_by_half():
     mask = tile_mask(triangle, np.array([0.0, 0.0, 1.0, 1.0]), 64)
     assert abs(mask.mean() - 0.5) < 0.05
     assert mask[-1, 0] == 1.0 and mask[0, -1] == 0.0  # (0, 0) is the bottom-left pixel
+
+
+@pytest.fixture
+def inversions(monkeypatch) -> list[np.ndarray]:
+    """The targets of every feature inversion the mosaic jobs run (they still run)."""
+    calls = []
+
+    def recording(model, targets, *args, **kwargs):
+        calls.append(np.asarray(targets))
+        return invert_features(model, targets, *args, **kwargs)
+
+    monkeypatch.setattr(core.mosaic, "invert_features", recording)
+    return calls
+
+
+def test_cell_mosaics_tile_each_cell_by_slice_with_one_batched_inversion(tiny_demo, inversions):
+    workspace = Workspace(workspace_dir(tiny_demo, "biased"))
+    slicing, params = SliceParams(k=4), InversionParams(steps=4)
+    assert not is_cell_mosaics_built(workspace, slicing, inversion_params=params)
+    cells = build_cell_mosaics(workspace, slicing, inversion_params=params)
+    assert cells and is_cell_mosaics_built(workspace, slicing, inversion_params=params)
+
+    slice_ids = find_slices(workspace, "attribution", slicing)
+    layout = project(workspace, "attribution")
+    images = workspace.images
+    features = np.asarray(workspace.array("attribution_features"), dtype=np.float32)
+    shown = split_view_cells(confusion_cells(images), len(workspace.classes))
+    assert {(c.label, c.prediction) for c in cells} <= set(zip(shown["label"], shown["prediction"]))
+
+    assert len(inversions) == 1  # every tile of every cell in one batch
+    targets = iter(inversions[0])
+    samples = np.random.default_rng(0).uniform(layout.min(0), layout.max(0), size=(20000, 2))
+    for cell in cells:
+        mosaic = cell.mosaic
+        in_cell = np.flatnonzero((images["label"] == cell.label).to_numpy() & (images["prediction"] == cell.prediction).to_numpy())
+        assert 0 < len(mosaic.slice_ids) <= CELL_MAX_TILES
+        tiled = in_cell[np.isin(slice_ids[in_cell], mosaic.slice_ids)]
+        for slice_id, count in zip(mosaic.slice_ids, cell.counts):
+            members = in_cell[slice_ids[in_cell] == slice_id]
+            assert count == len(members) >= CELL_MIN_MEMBERS
+            assert np.allclose(next(targets), features[members].mean(axis=0), atol=1e-5)  # the slice's mean F_W in this cell
+        # The tiles partition the hull of this cell's points, not of the whole layout.
+        assert sum(polygon_area(p) for p in mosaic.polygons) == pytest.approx(ConvexHull(layout[tiled]).volume, rel=1e-6)
+        membership = np.stack([inside(p, samples) for p in mosaic.polygons])
+        assert membership.sum(axis=0).max() <= 1  # no overlap
+        medoids = slice_medoids(layout[tiled], slice_ids[tiled])
+        for slice_id, polygon in zip(mosaic.slice_ids, mosaic.polygons):
+            assert inside(polygon, medoids[slice_id][None, :], tolerance=-1e-9).all()
+        assert mosaic.images.shape == (len(mosaic.slice_ids), 64, 64, 4)
+        for polygon, box, picture in zip(mosaic.polygons, mosaic.boxes, mosaic.images):
+            assert np.array_equal(picture[..., 3] > 0, tile_mask(polygon, box, 64) > 0)
+    assert next(targets, None) is None
+
+    again = build_cell_mosaics(workspace, slicing, inversion_params=params)
+    assert len(inversions) == 1  # read back from the workspace, not optimised again
+    assert all(np.array_equal(a.mosaic.images, b.mosaic.images) for a, b in zip(again, cells))
+    assert list((workspace.path / "derived").glob("cell-mosaic-*.npy"))
+
+
+def test_cell_mosaics_keep_only_the_largest_slices_of_a_cell(tiny_demo, inversions, monkeypatch):
+    monkeypatch.setattr(core.mosaic, "CELL_MAX_TILES", 1)
+    workspace = Workspace(workspace_dir(tiny_demo, "biased"))
+    slice_ids = find_slices(workspace, "attribution", SliceParams(k=4))
+    images = workspace.images
+    for cell in build_cell_mosaics(workspace, SliceParams(k=4), inversion_params=InversionParams(steps=2)):
+        in_cell = slice_ids[(images["label"] == cell.label).to_numpy() & (images["prediction"] == cell.prediction).to_numpy()]
+        assert cell.mosaic.slice_ids == [int(np.bincount(in_cell).argmax())]
+        assert list(cell.counts) == [np.bincount(in_cell).max()]

@@ -17,7 +17,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.demo import workspace_dir
+from core.mosaic import build_cell_mosaics
 from core.slicing import SliceParams, default_k, find_slices
+from core.views import typical_members
 from core.workspace import MANIFEST, Workspace
 from tests.helpers import small_scan_config
 from tests.test_workspace_status import interrupted_scan
@@ -126,7 +128,7 @@ def test_detail_view_sorts_and_pages(demo_home, monkeypatch, biased):
 
 def test_confusion_layout_splits_the_detail_view_by_cell_in_words(demo_home, monkeypatch):
     app = open_app(demo_home, monkeypatch, slices=",".join(map(str, range(10))), layout="confusion")
-    cells = app.get("button_group")[0]
+    cells = app.pills(key="detail_cell")  # the View control is a button group too, in this layout
     titles = cells.options
     assert titles and all(re.match(r"^label: \w+ · prediction: \w+ \(\d+\)$", title) for title in titles)
     wrong = next(i for i, title in enumerate(titles) if (m := re.match(r"label: (\w+) · prediction: (\w+)", title)) and m[1] != m[2])
@@ -172,3 +174,57 @@ def test_mosaic_view_draws_one_tile_per_slice(demo_home, monkeypatch, slice_ids)
     figure = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert len(figure["layout"]["images"]) == len(np.unique(slice_ids))
     assert all(image["source"].startswith("data:image/png;base64,") for image in figure["layout"]["images"])
+
+
+def open_confusion_mosaic(home: Path, monkeypatch, **query) -> AppTest:
+    app = open_app(home, monkeypatch, layout="confusion", **query)
+    app.segmented_control(key="plot_view").set_value("Data Slice Mosaic").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_confusion_layout_offers_a_mosaic_per_cell_titled_in_words(demo_home, monkeypatch, biased, slice_ids):
+    app = open_confusion_mosaic(demo_home, monkeypatch)
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    classes = biased.classes
+    titles = [annotation["text"] for annotation in figure["layout"]["annotations"]]
+    assert titles == [f"label: {label} · prediction: {prediction}" for label in classes for prediction in classes]
+
+    cells = build_cell_mosaics(biased, SliceParams(k=default_k(len(biased.images))))  # what the app built, read back
+    assert len(figure["layout"]["images"]) == sum(len(cell.mosaic.slice_ids) for cell in cells)
+    # Each cell's pictures sit in that cell's subplot (the matrix is row-major: label × prediction).
+    axis = {(label, prediction): f"x{i + 1}" if i else "x" for i, (label, prediction) in enumerate((l, p) for l in classes for p in classes)}
+    expected_axes = sorted(axis[(c.label, c.prediction)] for c in cells for _ in c.mosaic.slice_ids)
+    assert sorted(image["xref"] for image in figure["layout"]["images"]) == expected_axes
+    hover = [text for trace in figure["data"] for text in trace.get("hovertext") or []]  # one numbered marker per tile
+    numbered = [re.match(r"^<b>Slice (\d+)</b> · \d+ images \((\d+) in this cell\)<br>accuracy \d+%<br>mostly \w+ → \w+$", text) for text in hover]
+    assert all(numbered), hover
+    assert [(int(m[1]), int(m[2])) for m in numbered] == [(s, n) for c in cells for s, n in zip(c.mosaic.slice_ids, c.counts)]
+    assert any("Click a tile's number" in caption.value for caption in app.caption)
+
+
+def test_picking_a_tile_shows_its_typical_images_and_queues_it_for_annotation(demo_home, monkeypatch, biased, slice_ids):
+    app = open_confusion_mosaic(demo_home, monkeypatch)
+    app.session_state["picked_slices"] = [1]  # what the mosaic's tile-click callback writes
+    app.run()
+    assert not app.exception, app.exception
+    assert "#### Slice 1" in [markdown.value for markdown in app.markdown]
+    size = int((slice_ids == 1).sum())
+    assert any(caption.value.startswith(f"{size} images · accuracy ") for caption in app.caption)
+
+    typical = typical_members(biased.array("attribution_features"), slice_ids, 1, 6)
+    chosen = biased.images.iloc[typical]
+    strip = captions(app)  # the panel's strip comes before the Slice Detail View
+    assert strip == [(label, prediction, round(confidence, 2)) for label, prediction, confidence in zip(chosen["label"], chosen["prediction"], chosen["confidence"])]
+
+    assert "annotate_slice" not in app.session_state
+    app.button(key="annotate-1").click().run()
+    assert not app.exception, app.exception
+    assert app.session_state["annotate_slice"] == 1
+    assert any("Slice 1 is queued for annotation" in toast.value for toast in app.toast)
+    assert any("queued for annotation" in caption.value for caption in app.caption)
+
+    app.session_state["picked_slices"] = [0, 1, 2, 3]  # a box selection over several tiles
+    app.run()
+    assert [markdown.value for markdown in app.markdown if markdown.value.startswith("#### Slice")] == ["#### Slice 0", "#### Slice 1", "#### Slice 2"]
+    assert any(caption.value.startswith("1 more picked slices") for caption in app.caption)

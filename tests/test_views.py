@@ -9,6 +9,8 @@ from scipy.spatial import Delaunay
 
 from core.views import (
     EXPORT_COLUMNS,
+    GRID_MAX_CELLS,
+    MATRIX_MAX_CLASSES,
     cell_title,
     confusion_cells,
     export_frame,
@@ -17,6 +19,8 @@ from core.views import (
     order_members,
     slice_hulls,
     slices_of,
+    split_view_cells,
+    typical_members,
 )
 
 
@@ -48,6 +52,29 @@ def test_cells_are_named_in_words_correct_cells_first(images):
 def test_cells_among_chosen_rows_only(images):
     cells = confusion_cells(images, rows=[3, 4, 5])
     assert dict(zip(cells["title"], cells["count"])) == {"label: bird · prediction: bird": 1, "label: dog · prediction: cat": 2}
+
+
+def test_split_views_show_a_full_matrix_for_few_classes_else_the_first_cells():
+    classes = [f"c{i}" for i in range(MATRIX_MAX_CLASSES + 1)]
+    labels = [a for a in classes for b in classes]
+    many = pd.DataFrame({"label": labels, "prediction": [b for a in classes for b in classes]})
+    cells = confusion_cells(many)
+    assert len(split_view_cells(cells, MATRIX_MAX_CLASSES)) == len(cells)
+    shown = split_view_cells(cells, len(classes))
+    assert len(shown) == GRID_MAX_CELLS
+    assert shown.equals(cells.head(GRID_MAX_CELLS))  # correct cells first, then errors by size
+
+
+def test_typical_members_are_the_slice_members_nearest_its_centroid():
+    # Slice 1: a tight group around (10, 0) and one outlier; slice 0 sits nearer that centroid but is not a member.
+    features = np.array([[9.9, 0.0], [10.0, 0.1], [10.1, 0.0], [20.0, 0.0], [12.0, 0.0], [10.0, 0.0]], dtype=np.float32)
+    slice_ids = np.array([1, 1, 1, 1, 0, 0])
+    centroid = features[:4].mean(axis=0)
+    typical = typical_members(features, slice_ids, 1, 3)
+    assert set(typical) == {0, 1, 2}
+    distances = np.linalg.norm(features[typical] - centroid, axis=1)
+    assert list(distances) == sorted(distances)  # closest first
+    assert list(typical_members(features, slice_ids, 1, 10)) == [*typical, 3]  # n beyond the slice: all members
 
 
 def test_members_and_their_slices_round_trip():

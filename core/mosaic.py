@@ -20,14 +20,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.errors import SliceScopeError
-from core.extract import ScanConfig
+from core.extract import load_workspace_model
 from core.inversion import InversionParams, invert_features
-from core.models import AttributionModel, load_module
 from core.progress import ProgressFn
 from core.slicing import ProjectionParams, SliceParams, find_slices, project
 from core.tiles import Tile, mosaic_tiles
 from core.views import GRID_MAX_CELLS, MATRIX_MAX_CLASSES, confusion_cells, split_view_cells
-from core.workspace import Workspace, recorded_scan_inputs
+from core.workspace import Workspace
 
 # A slice with one or two images in a cell has no shared pattern to summarise
 # there: its mean F_W would be a single image's, and its tile would carve the
@@ -77,17 +76,6 @@ def tile_mask(polygon: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
-def _load_model(workspace: Workspace) -> AttributionModel:
-    inputs = recorded_scan_inputs(workspace.path)
-    if inputs is None:
-        raise SliceScopeError(f"workspace {workspace.name} does not record which model built it", "rebuild it with this version of SliceScope to get a mosaic")
-    config = ScanConfig.from_dict(inputs, workspace.path)
-    if config.model.checkpoint is not None and not config.model.checkpoint.exists():
-        raise SliceScopeError(f"the model checkpoint {config.model.checkpoint} no longer exists", "restore it to draw the mosaic")
-    module = load_module(config.model)
-    return AttributionModel(module, config.image_size, workspace.manifest["model"]["target_layer"], config.device)
-
-
 def _mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:
     return {"slices": asdict(slice_params), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
 
@@ -118,7 +106,7 @@ def _tile_pictures(
     Tile i's target is the mean F_W of the image rows ``members[i]``.
     """
     def compute() -> np.ndarray:
-        model = _load_model(workspace)
+        model = load_workspace_model(workspace)
         # Index the memory-mapped array by members only, so the full F_W never sits in memory.
         features = workspace.array("attribution_features")
         targets = np.stack([np.asarray(features[rows], dtype=np.float32).mean(axis=0) for rows in members])

@@ -31,7 +31,14 @@ SLICE_PALETTE = [
 ]
 CLASS_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac", "#eeca3b"]
 CORRECT_COLOURS = ["#e45756", "#4c78a8"]  # index 0: misclassified, 1: correct
-CONTINUOUS_SCALES = {"accuracy": ("RdYlGn", "slice accuracy"), "confidence": ("Viridis", "confidence")}
+CONTINUOUS_SCALES = {
+    "accuracy": ("RdYlGn", "slice accuracy"),
+    "confidence": ("Viridis", "confidence"),
+    "spuriousness": ("RdYlGn_r", "slice spuriousness"),  # red: likely spurious
+}
+# What a tile's border can show: the colour choice → its Slice Table column.
+TILE_METRICS = {"accuracy": "accuracy", "confidence": "mean_confidence", "spuriousness": "spuriousness"}
+UNKNOWN_COLOUR = "#9e9e9e"
 DIMMED_OPACITY = 0.12
 
 
@@ -44,6 +51,7 @@ class ScatterData:
     slice_ids: np.ndarray
     slice_accuracy: np.ndarray  # per image: its slice's accuracy
     classes: list[str]
+    slice_spuriousness: np.ndarray | None = None  # per image: its slice's spuriousness, when annotations give one
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,11 @@ def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label:
     elif options.colour == "correct":
         marker["color"] = CORRECT_COLOURS[int(correct)]
     else:
-        values = data.slice_accuracy[rows] if options.colour == "accuracy" else data.images["confidence"].to_numpy()[rows]
+        values = {
+            "accuracy": lambda: data.slice_accuracy[rows],
+            "confidence": lambda: data.images["confidence"].to_numpy()[rows],
+            "spuriousness": lambda: data.slice_spuriousness[rows],
+        }[options.colour]()
         marker.update(color=values, coloraxis="coloraxis")
     if options.highlighted is not None:
         marker["opacity"] = np.where(np.isin(rows, options.highlighted), 1.0, DIMMED_OPACITY)
@@ -187,12 +199,17 @@ def _png_data_uri(rgba: np.ndarray) -> str:
 def _tile_hover(slice_id: int, metrics: pd.Series, in_cell: int | None = None) -> str:
     """A tile's hover text: the slice, its size and accuracy, and its dominant label → prediction."""
     here = "" if in_cell is None else f" ({in_cell} in this cell)"
-    return (f"<b>Slice {slice_id}</b> · {metrics['size']:,} images{here}<br>accuracy {metrics['accuracy']:.0%}"
+    spurious = f" · spuriousness {metrics['spuriousness']:.0%}" if pd.notna(metrics.get("spuriousness", np.nan)) else ""
+    return (f"<b>Slice {slice_id}</b> · {metrics['size']:,} images{here}<br>accuracy {metrics['accuracy']:.0%}{spurious}"
             f"<br>mostly {metrics['dominant_label']} → {metrics['dominant_prediction']}")
 
 
-def _add_tiles(figure: go.Figure, mosaic: Mosaic, metrics: pd.DataFrame, picked: list[int], hover: list[str], place: dict) -> None:
-    """Each tile's inversion as a layout image, its outline coloured by slice accuracy, and a numbered marker.
+def _tile_colour(value: float, metric: str) -> str:
+    return UNKNOWN_COLOUR if np.isnan(value) else sample_colorscale(CONTINUOUS_SCALES[metric][0], float(value))[0]
+
+
+def _add_tiles(figure: go.Figure, mosaic: Mosaic, metrics: pd.DataFrame, picked: list[int], hover: list[str], place: dict, metric: str) -> None:
+    """Each tile's inversion as a layout image, its outline coloured by ``metric``, and a numbered marker.
 
     The marker at the tile's centre carries the hover text and the slice id
     (``customdata``) that a click or box selection picks.
@@ -208,18 +225,18 @@ def _add_tiles(figure: go.Figure, mosaic: Mosaic, metrics: pd.DataFrame, picked:
         outline = np.vstack([polygon, polygon[:1]])
         figure.add_trace(go.Scatter(
             x=outline[:, 0], y=outline[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
-            line={"color": sample_colorscale("RdYlGn", float(metrics.at[slice_id, "accuracy"]))[0], "width": 5 if slice_id in picked else 2.5},
+            line={"color": _tile_colour(metrics.at[slice_id, TILE_METRICS[metric]], metric), "width": 5 if slice_id in picked else 2.5},
         ), **place)
     # Polygon vertex means: tiles are convex, so the mean lies inside.
     centres = np.array([p.mean(axis=0) if len(p) else (np.nan, np.nan) for p in mosaic.polygons])
     figure.add_trace(go.Scatter(
         x=centres[:, 0], y=centres[:, 1], mode="markers+text", text=[str(s) for s in mosaic.slice_ids], textfont={"color": "white", "size": 10},
         customdata=np.array(mosaic.slice_ids)[:, None], hovertext=hover, hoverinfo="text", showlegend=False,
-        marker={"size": 16, "color": metrics.loc[mosaic.slice_ids, "accuracy"].to_numpy(), "coloraxis": "coloraxis", "opacity": 0.85},
+        marker={"size": 16, "color": metrics.loc[mosaic.slice_ids, TILE_METRICS[metric]].to_numpy(), "coloraxis": "coloraxis", "opacity": 0.85},
     ), **place)
 
 
-def _mosaic_layout(figure: go.Figure, title: str, height: int) -> None:
+def _mosaic_layout(figure: go.Figure, title: str, height: int, metric: str) -> None:
     """Axes, colour bar and title shared by both mosaics.
 
     No ``dragmode``: Streamlit turns click-to-select off while the drag mode is
@@ -231,22 +248,22 @@ def _mosaic_layout(figure: go.Figure, title: str, height: int) -> None:
     figure.update_annotations(font_size=12)
     figure.update_layout(
         height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
-        coloraxis={"colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "colorbar": {"title": "slice accuracy", "tickformat": ".0%", "len": 0.6}},
+        coloraxis={"colorscale": CONTINUOUS_SCALES[metric][0], "cmin": 0, "cmax": 1, "colorbar": {"title": CONTINUOUS_SCALES[metric][1], "tickformat": ".0%", "len": 0.6}},
         title={"text": title, "font": {"size": 12}, "x": 0.01},
     )
 
 
-def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int]) -> go.Figure:
-    """The Data Slice Mosaic: each slice's tile filled with its feature inversion, borders coloured by slice accuracy."""
+def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int], metric: str = "accuracy") -> go.Figure:
+    """The Data Slice Mosaic: each slice's tile filled with its feature inversion, borders coloured by ``metric``."""
     metrics = table.set_index("slice")
     figure = go.Figure()
-    _add_tiles(figure, mosaic, metrics, picked, [_tile_hover(s, metrics.loc[s]) for s in mosaic.slice_ids], {})
-    _mosaic_layout(figure, "Data Slice Mosaic · border: slice accuracy · click a tile's number to select it", 620)
+    _add_tiles(figure, mosaic, metrics, picked, [_tile_hover(s, metrics.loc[s]) for s in mosaic.slice_ids], {}, metric)
+    _mosaic_layout(figure, f"Data Slice Mosaic · border: {CONTINUOUS_SCALES[metric][1]} · click a tile's number to select it", 620, metric)
     figure.update_yaxes(scaleanchor="x")
     return figure
 
 
-def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: list[int], classes: list[str]) -> go.Figure:
+def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: list[int], classes: list[str], metric: str = "accuracy") -> go.Figure:
     """The Data Slice Mosaic split by confusion cell (paper Fig. 1 E), in the scatter's grid of cells titled in words.
 
     Every cell shares the layout's axes, so a slice's tiles sit at the same
@@ -259,6 +276,6 @@ def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: lis
     for cell in cells:
         row, col = positions[(cell.label, cell.prediction)]
         hover = [_tile_hover(s, metrics.loc[s], int(n)) for s, n in zip(cell.mosaic.slice_ids, cell.counts)]
-        _add_tiles(figure, cell.mosaic, metrics, picked, hover, {"row": row, "col": col})
-    _mosaic_layout(figure, "Data Slice Mosaic per confusion-matrix cell · border: slice accuracy · click a tile's number to select its slice", height)
+        _add_tiles(figure, cell.mosaic, metrics, picked, hover, {"row": row, "col": col}, metric)
+    _mosaic_layout(figure, f"Data Slice Mosaic per confusion-matrix cell · border: {CONTINUOUS_SCALES[metric][1]} · click a tile's number to select its slice", height, metric)
     return figure

@@ -34,6 +34,7 @@ COLOUR_LABELS = {
     "confidence": "Confidence",
     "classes": "Label (fill) · prediction (border)",
     "correct": "Correct / misclassified",
+    "spuriousness": "Slice spuriousness",
 }
 LAYOUT_LABELS = {
     "combined": "Combined",

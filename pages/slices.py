@@ -16,7 +16,16 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure
+from app.annotations import (
+    annotated_table,
+    annotation_form,
+    load_annotations,
+    propagation_settings,
+    relabel_controls,
+    relabels_of,
+    spuriousness_column,
+)
+from app.figures import TILE_METRICS, ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure
 from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
@@ -38,13 +47,14 @@ TYPICAL_COUNT = 6  # images in a picked tile's strip: one row under the mosaic
 TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
 # The slice the analyst asked to annotate; the annotation form reads it.
 ANNOTATE_KEY = "annotate_slice"
-TABLE_COLUMNS = ["slice", "size", "accuracy", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]
+TABLE_COLUMNS = ["slice", "size", "accuracy", "spuriousness", "annotation", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]
 TABLE_COLUMN_CONFIG = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
     "size": st.column_config.NumberColumn("Size", width="small"),
     "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
     "mean_confidence": st.column_config.NumberColumn("Confidence", format="percent", width="small"),
     "errors": st.column_config.NumberColumn("Errors", width="small"),
+    "annotation": st.column_config.TextColumn("Annotation", width="medium"),
     "dominant_label": "Label",
     "dominant_prediction": "Prediction",
     "confusion": st.column_config.TextColumn("label → prediction counts", width="large"),
@@ -107,7 +117,7 @@ def _clear_points() -> None:
     st.session_state["scatter_generation"] += 1
 
 
-def slice_table_view(table, slice_ids: np.ndarray) -> None:
+def slice_table_view(table, slice_ids: np.ndarray, spuriousness_config) -> None:
     points = st.session_state["picked_points"]
     shown = table[TABLE_COLUMNS].sort_values(["accuracy", "size"], ascending=[True, False]).reset_index(drop=True)
     if points:
@@ -130,20 +140,20 @@ def slice_table_view(table, slice_ids: np.ndarray) -> None:
         selection_mode="multi-row",
         selection_default={"selection": {"rows": [i for i, s in enumerate(shown_slices) if s in picked]}},
         key=table_key,
-        column_config=TABLE_COLUMN_CONFIG,
+        column_config=TABLE_COLUMN_CONFIG | {"spuriousness": spuriousness_config},
     )
 
 
-def mosaic_view(selection, table, slice_ids: np.ndarray) -> None:
+def mosaic_view(selection, table, slice_ids: np.ndarray, metric: str) -> None:
     if selection.slice_on != "attribution":
         st.info("The Data Slice Mosaic summarises slices of the attribution space: set *Slice on* to F_W in Slicing settings.")
         return
     path, picked = str(selection.workspace), st.session_state["picked_slices"]
     try:
         if selection.layout == "confusion":
-            figure = cell_mosaic_figure(load_cell_mosaics(path, selection.k), table, picked, load_workspace(path).classes)
+            figure = cell_mosaic_figure(load_cell_mosaics(path, selection.k), table, picked, load_workspace(path).classes, metric)
         else:
-            figure = mosaic_figure(load_mosaic(path, selection.k), table, picked)
+            figure = mosaic_figure(load_mosaic(path, selection.k), table, picked, metric)
     except SliceScopeError as error:
         show_error(error)
         return
@@ -155,7 +165,14 @@ def mosaic_view(selection, table, slice_ids: np.ndarray) -> None:
 
 def _queue_annotation(slice_id: int) -> None:
     st.session_state[ANNOTATE_KEY] = slice_id
-    st.toast(f"Slice {slice_id} is queued for annotation.", icon=":material/edit_note:")
+    st.toast(f"Annotating slice {slice_id}: the form is under the Slice Table.", icon=":material/edit_note:")
+
+
+def annotation_targets() -> list[int]:
+    """The slices the annotation form acts on: the one a tile's Annotate button named, else every picked slice."""
+    picked = st.session_state["picked_slices"]
+    queued = st.session_state.get(ANNOTATE_KEY)
+    return [queued] if queued in picked else picked
 
 
 def tile_panels(workspace_path: str, table, slice_ids: np.ndarray) -> None:
@@ -174,7 +191,7 @@ def tile_panels(workspace_path: str, table, slice_ids: np.ndarray) -> None:
             heading.markdown(f"#### Slice {slice_id}")
             action.button(f"Annotate slice {slice_id}", key=f"annotate-{slice_id}", icon=":material/edit_note:",
                           on_click=_queue_annotation, args=(slice_id,), width="stretch")
-            queued = " · queued for annotation" if st.session_state.get(ANNOTATE_KEY) == slice_id else ""
+            queued = " · in the annotation form" if st.session_state.get(ANNOTATE_KEY) == slice_id else ""
             st.caption(
                 f"{row['size']:,} images · accuracy {row['accuracy']:.0%} · mostly {row['dominant_label']} → {row['dominant_prediction']}{queued}  \n"
                 "Most typical images: the members closest to the slice's mean attribution-weighted features (F_W)."
@@ -194,7 +211,7 @@ def _captions(images, rows: np.ndarray) -> list[str]:
     ]
 
 
-def scatter_view(selection, data: ScatterData) -> None:
+def scatter_view(selection, data: ScatterData, colour: str) -> None:
     picked_slices = st.session_state["picked_slices"]
     points = st.session_state["picked_points"]
     highlighted = np.asarray(points) if points else (members(data.slice_ids, picked_slices) if picked_slices else None)
@@ -203,7 +220,7 @@ def scatter_view(selection, data: ScatterData) -> None:
         hulls = st.toggle("Outline selected slices", value=True, key="plot_hulls")
         labels = st.toggle("Slice numbers", value=True, key="plot_labels")
     options = ScatterOptions(
-        colour=selection.colour,
+        colour=colour,
         highlighted=highlighted,
         hull_slices=tuple(picked_slices) if hulls else (),
         slice_labels=labels,
@@ -251,7 +268,13 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     page = st.pagination(n_pages, key="detail_page") if n_pages > 1 else 1
     shown = ordered[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     pictures = load_images(workspace_path, tuple(int(r) for r in shown), THUMBNAIL_SIZE, heatmaps)
-    st.image(pictures, caption=_captions(images, shown), width=THUMBNAIL_SIZE + 22)
+    relabels = relabels_of(workspace_path)
+    captions = [
+        text + (f" · ⚑ should be {relabels[image]}" if image in relabels else "")
+        for text, image in zip(_captions(images, shown), images["image_id"].to_numpy()[shown])
+    ]
+    st.image(pictures, caption=captions, width=THUMBNAIL_SIZE + 22)
+    relabel_controls(workspace_path, shown, captions)
 
 
 def main() -> None:
@@ -271,6 +294,15 @@ def main() -> None:
         show_error(error)
         return
     sync_selection(selection, set(table["slice"].tolist()))
+    with st.sidebar:
+        propagation = propagation_settings()
+    annotations = load_annotations(selection, propagation)
+    table = annotated_table(table, annotations)
+    colour = selection.colour
+    if colour == "spuriousness" and (annotations is None or not annotations.has_spuriousness):
+        st.info("Spuriousness colours appear once a slice is annotated core or spurious (the form under the Slice Table); coloured by slice meanwhile.",
+                icon=":material/info:")
+        colour = "slice"
 
     overview = st.columns(4)
     overview[0].metric("Images", f"{len(images):,}")
@@ -283,20 +315,23 @@ def main() -> None:
     table_column, plot_column = (st.container(), st.container()) if confusion else st.columns([5, 6])
     with table_column:
         st.subheader("Slice Table")
-        slice_table_view(table, slice_ids)
+        slice_table_view(table, slice_ids, spuriousness_column(annotations))
+        if annotations is not None:
+            annotation_form(path, annotations, annotation_targets())
     with plot_column:
         st.subheader(REPRESENTATION_LABELS[selection.representation])
         sliced_on = "" if selection.slice_on == selection.representation else f" Slices from the {REPRESENTATION_LABELS[selection.slice_on].lower()}."
         st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}")
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
-        data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes)
+        spuriousness = None if colour != "spuriousness" else table.set_index("slice")["spuriousness"].reindex(slice_ids).to_numpy()
+        data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes, spuriousness)
         view = "Scatter"
         if selection.representation == "attribution":
             view = st.segmented_control("View", ["Scatter", "Data Slice Mosaic"], default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
         if view == "Data Slice Mosaic":
-            mosaic_view(selection, table, slice_ids)
+            mosaic_view(selection, table, slice_ids, colour if colour in TILE_METRICS else "accuracy")
         else:
-            scatter_view(selection, data)
+            scatter_view(selection, data, colour)
     if st.session_state["picked_slices"]:
         st.query_params["slices"] = ",".join(map(str, st.session_state["picked_slices"]))
     else:

@@ -18,8 +18,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.demo import workspace_dir
 from core.mosaic import build_cell_mosaics
-from core.slicing import SliceParams, default_k, find_slices
-from core.views import typical_members
+from core.slicing import SliceParams, default_k, find_slices, slicing_name
+from core.store import AnnotationStore
+from core.views import MEMBER_ORDERS, members, order_members, typical_members
 from core.workspace import MANIFEST, Workspace
 from tests.helpers import small_scan_config
 from tests.test_workspace_status import interrupted_scan
@@ -122,7 +123,7 @@ def test_detail_view_sorts_and_pages(demo_home, monkeypatch, biased):
     second_page = captions(app)
     assert len(second_page) == min(24, len(losses) - 24)
     assert second_page != shown
-    app.get("button_group")[0].set_value("GradCAM heatmaps").run()
+    app.segmented_control(key="detail_mode").set_value("GradCAM heatmaps").run()
     assert not app.exception and len(captions(app)) == len(second_page)
 
 
@@ -169,7 +170,7 @@ def test_an_outdated_workspace_offers_a_rebuild(demo_home, monkeypatch, biased, 
 
 def test_mosaic_view_draws_one_tile_per_slice(demo_home, monkeypatch, slice_ids):
     app = open_app(demo_home, monkeypatch)
-    app.get("button_group")[0].set_value("Data Slice Mosaic").run()
+    app.segmented_control(key="plot_view").set_value("Data Slice Mosaic").run()
     assert not app.exception, app.exception
     figure = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert len(figure["layout"]["images"]) == len(np.unique(slice_ids))
@@ -221,10 +222,61 @@ def test_picking_a_tile_shows_its_typical_images_and_queues_it_for_annotation(de
     app.button(key="annotate-1").click().run()
     assert not app.exception, app.exception
     assert app.session_state["annotate_slice"] == 1
-    assert any("Slice 1 is queued for annotation" in toast.value for toast in app.toast)
-    assert any("queued for annotation" in caption.value for caption in app.caption)
+    assert any("Annotating slice 1" in toast.value for toast in app.toast)
+    assert any("in the annotation form" in caption.value for caption in app.caption)
+    assert "**Annotate slice 1**" in [markdown.value for markdown in app.markdown]
 
     app.session_state["picked_slices"] = [0, 1, 2, 3]  # a box selection over several tiles
     app.run()
     assert [markdown.value for markdown in app.markdown if markdown.value.startswith("#### Slice")] == ["#### Slice 0", "#### Slice 1", "#### Slice 2"]
     assert any(caption.value.startswith("1 more picked slices") for caption in app.caption)
+
+
+@pytest.fixture
+def private_store(monkeypatch, tmp_path):
+    """Annotations of this test go to their own SQLite file, not the shared demo's."""
+    from app.store import store_for
+
+    monkeypatch.setenv("SLICESCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'annotations.sqlite'}")
+    store_for.clear()
+    yield AnnotationStore(f"sqlite:///{tmp_path / 'annotations.sqlite'}")
+    store_for.clear()
+
+
+def test_annotating_a_slice_saves_it_spreads_spuriousness_and_undoes(demo_home, monkeypatch, biased, slice_ids, private_store):
+    app = open_app(demo_home, monkeypatch, slices="1")
+    table = app.dataframe[0].value
+    assert table["spuriousness"].isna().all() and (table["annotation"] == "").all()
+    slicing = slicing_name("attribution", SliceParams(k=default_k(len(biased.images))))
+    hostile = "spurious: water <script>alert(1)</script>"
+    app.sidebar.text_input(key="analyst").input("alice")
+    app.segmented_control(key=f"annotation_kind-{slicing}").set_value("spurious")
+    app.text_input(key=f"annotation_note-{slicing}").input(hostile).run()
+    app.button(key="annotation_save").click().run()
+    assert not app.exception, app.exception
+
+    saved = private_store.slice_annotations(biased.fingerprint, slicing)
+    assert saved[1].kind == "spurious" and saved[1].note == hostile and saved[1].analyst == "alice"
+    table = app.dataframe[0].value.set_index("slice")
+    assert table.at[1, "annotation"] == f"Spurious: {hostile}" and table.at[1, "spuriousness"] == 1.0
+    assert table["spuriousness"].notna().all() and table["spuriousness"].between(0, 1).all()
+    assert not any("<script>" in markdown.value for markdown in app.markdown)  # notes never go through Markdown
+
+    app.button(key="annotation_undo").click().run()
+    assert any("Undid marking slice 1 as spurious" in toast.value for toast in app.toast)
+    assert private_store.slice_annotations(biased.fingerprint, slicing) == {}
+    assert app.dataframe[0].value["spuriousness"].isna().all()
+
+
+def test_marking_an_image_mislabelled_flags_it_in_the_detail_view(demo_home, monkeypatch, biased, slice_ids, private_store):
+    app = open_app(demo_home, monkeypatch, slices="0")
+    app.sidebar.text_input(key="analyst").input("bob")
+    shown = order_members(biased.images, members(slice_ids, [0]), next(iter(MEMBER_ORDERS)))[0]
+    app.multiselect(key="relabel_rows").select(int(shown))
+    app.selectbox(key="relabel_label").select("star").run()
+    app.button(key="relabel_mark").click().run()
+    assert not app.exception, app.exception
+    relabels = private_store.relabels(biased.dataset_fingerprint)
+    assert {image: relabel.label for image, relabel in relabels.items()} == {biased.images["image_id"].iat[shown]: "star"}
+    detail_captions = app.get("image")[-1].captions
+    assert detail_captions[0].endswith("⚑ should be star") and not any("⚑" in caption for caption in detail_captions[1:])

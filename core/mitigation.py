@@ -40,7 +40,7 @@ from core.extract import attribute_batch, load_workspace_model, recorded_scan_co
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
 from core.robustness import corrupt, load_pixels, normalise
-from core.workspace import Workspace, is_workspace, save_json
+from core.workspace import Workspace, is_workspace, read_json, save_json
 
 SOURCES = ("annotations", "propagation")
 JOB_FILE, STATUS_FILE, CHECKPOINT_FILE, CANCEL_FILE = "job.json", "status.json", "last-epoch.pt", "cancel"
@@ -158,11 +158,7 @@ def default_training_data(workspace: Workspace) -> TrainingData:
 
 def read_status(out: Path) -> dict | None:
     """The job's last reported status (state, epoch, history, message), or None without a job."""
-    path = job_folder(out) / STATUS_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(job_folder(out) / STATUS_FILE)
 
 
 def request_cancel(out: Path) -> None:
@@ -422,11 +418,7 @@ def run_mitigation(
 
 
 def read_version(workspace: Workspace) -> dict | None:
-    path = workspace.path / VERSION_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(workspace.path / VERSION_FILE)
 
 
 def version_root(workspace: Workspace) -> Workspace:
@@ -480,7 +472,8 @@ def unfinished_jobs(workspace: Workspace) -> list[Path]:
 
 
 def read_job(out: Path) -> MitigationJob | None:
+    recorded = read_json(job_folder(out) / JOB_FILE)
     try:
-        return MitigationJob.from_dict(json.loads((job_folder(out) / JOB_FILE).read_text()))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None if recorded is None else MitigationJob.from_dict(recorded)
+    except (KeyError, TypeError):
         return None

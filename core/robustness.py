@@ -20,7 +20,6 @@ spurious). Besides these, worst-group accuracy over the dataset's ground-truth
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,7 +32,7 @@ from core.data import NORMALIZATIONS, Preprocess, read_image
 from core.errors import SliceScopeError
 from core.extract import load_workspace_model
 from core.progress import ProgressFn, silent
-from core.workspace import Workspace, save_json
+from core.workspace import Workspace, read_json, save_json
 
 REGION_SOURCES = ("auto", "ground_truth", "attribution")
 METRICS_FILE = "metrics.json"
@@ -250,10 +249,4 @@ def write_metrics(workspace: Workspace, robustness: Robustness) -> None:
 
 
 def read_metrics(workspace: Workspace) -> dict | None:
-    path = workspace.path / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(workspace.path / METRICS_FILE)

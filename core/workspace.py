@@ -100,13 +100,18 @@ def looks_like_workspace(path: Path) -> bool:
     return is_workspace(path) or (Path(path) / SCAN_STATE).is_file()
 
 
-def read_scan_state(path: Path) -> dict | None:
-    """The interrupted scan's ``scan-state.json`` in folder ``path``; None if absent or unreadable."""
+def read_json(path: Path) -> dict | None:
+    """The JSON object in the file at ``path``; None if the file is absent, unreadable or not an object."""
     try:
-        state = json.loads((Path(path) / SCAN_STATE).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_scan_state(path: Path) -> dict | None:
+    """The interrupted scan's ``scan-state.json`` in folder ``path``; None if absent or unreadable."""
+    return read_json(Path(path) / SCAN_STATE)
 
 
 def _read_manifest(path: Path) -> dict | None:

@@ -22,6 +22,8 @@ def main() -> None:
     st.set_page_config(page_title="SliceScope", page_icon=":material/search:", layout="wide")
     pages = [
         st.Page(ROOT / "pages" / "slices.py", title="Slices", icon=":material/scatter_plot:", default=True),
+        st.Page(ROOT / "pages" / "mitigate.py", title="Mitigate", icon=":material/healing:"),
+        st.Page(ROOT / "pages" / "versions.py", title="Versions", icon=":material/history:"),
         st.Page(ROOT / "pages" / "report.py", title="Workspace report", icon=":material/description:"),
     ]
     navigation = st.navigation(pages)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.errors import SliceScopeError
 from core.mitigation import (
     DEFAULT_THRESHOLD,
     MitigationJob,
@@ -46,6 +47,15 @@ class Slicing:
     def resolve(self, workspace: Workspace) -> tuple[str, np.ndarray]:
         params = self.params or SliceParams(k=default_k(len(workspace.images)))
         return slicing_name(self.representation, params), find_slices(workspace, self.representation, params)
+
+    @classmethod
+    def from_name(cls, name: str) -> Slicing:
+        """The slicing that :func:`core.slicing.slicing_name` calls ``name``, e.g. ``attribution:k=50:seed=0``."""
+        try:
+            representation, k, seed = name.split(":")
+            return cls(representation, SliceParams(k=int(k.removeprefix("k=")), seed=int(seed.removeprefix("seed="))))
+        except ValueError:
+            raise SliceScopeError(f"'{name}' does not name a slicing", "expected e.g. attribution:k=50:seed=0") from None
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,40 @@ def plan_mitigation(
     )
 
 
+def mitigate_arguments(job: MitigationJob, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """The ``python -m core`` arguments that plan ``job`` again and run it; an unfinished job resumes from its last epoch.
+
+    The weight decay and seed of ``job.params`` have no CLI flag: a job must keep their defaults to be run this way.
+    """
+    slicing = Slicing.from_name(job.slicing)
+    params, training = job.params, job.training
+    arguments = [
+        "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--threshold", repr(threshold),
+        "--epochs", str(params.epochs), "--lr", repr(params.learning_rate), "--batch-size", str(params.batch_size),
+        "--sigma", repr(params.sigma), "--train-data", str(training.data),
+        "--representation", slicing.representation, "--k", str(slicing.params.k), "--seed", str(slicing.params.seed),
+    ]
+    if training.split is not None:
+        arguments += ["--train-split", training.split]
+    if training.validation_split is not None:
+        arguments += ["--val-split", training.validation_split]
+    return arguments
+
+
+def resume_arguments(job: MitigationJob, state: AnnotationState) -> list[str]:
+    """:func:`mitigate_arguments` that pick ``job``'s treated slices again, given the parent's annotations ``state``.
+
+    job.json keeps the slices a propagation treated, not the threshold that picked
+    them. The lowest spuriousness among them picks the same slices: every slice
+    scoring that much or more was treated. Annotations changed since then
+    change the scores, and the CLI refuses the different job it would plan.
+    """
+    if job.source != "propagation":
+        return mitigate_arguments(job)
+    scores = spuriousness(Workspace(job.parent), state)
+    return mitigate_arguments(job, float(np.nanmin(scores[list(job.treated_slices)])))
+
+
 def mitigate(job: MitigationJob, state: AnnotationState, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> Workspace:
     return run_mitigation(job, state.slice_ids, progress, should_stop)
 
@@ -147,6 +191,7 @@ def version_board(workspace: Workspace) -> pd.DataFrame:
             "created": info.get("created", member.manifest.get("created", "")),
             **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc")},
             "worst_group": metrics.get("worst_group", ""),
+            "regions": metrics.get("regions", ""),
         })
     return pd.DataFrame(rows)
 

@@ -29,7 +29,7 @@ def test_main_page_opens_on_the_demo_with_a_slice_table(app, tiny_demo):
     assert {"slice", "size", "accuracy", "dominant_label", "dominant_prediction"} <= set(table.columns)
     assert table["size"].sum() == len(workspace.images)
     assert table["accuracy"].is_monotonic_increasing  # worst slices first
-    assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Layout", "Colour encoding", "Slice on"]
+    assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Layout", "Colour encoding", "Slice on", "Kernel"]
 
 
 def test_switching_model_version_and_representation(app, tiny_demo):

@@ -168,3 +168,13 @@ def test_clicking_a_mosaic_tile_shows_the_slice_with_its_typical_images(page):
     expect(panel.get_by_role("button", name=f"Annotate slice {number}")).to_be_visible()
     assert re.search(rf"[?&]slices={number}(&|$)", page.url), page.url
     assert_no_errors(page)
+
+
+def test_versions_page_lists_the_model_versions(page):
+    page.goto(page.app_url + "versions")
+    expect(page.locator("h1")).to_have_text(re.compile(r"^Versions · demo · biased model"))
+    table = page.locator(TABLE).first
+    expect(table).to_be_visible()
+    wait_until_idle(page)
+    expect(page.get_by_role("button", name=re.compile(r"^Evaluate \d+ version"))).to_be_visible()
+    assert_no_errors(page)

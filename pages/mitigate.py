@@ -1,0 +1,423 @@
+"""Mitigate page: choose the slices to treat, preview CoRM, retrain in the background and watch it live.
+
+The retraining is ``python -m core mitigate`` in a process of its own session,
+so the page stays responsive and the job outlives the browser tab and the
+server. Its folder (``<out>.training``) holds job.json, status.json (which the
+classifier board polls), the last finished epoch and the log. Cancel leaves a
+``cancel`` file there; Resume runs the same command again, which continues
+from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app.annotations import Annotations, annotated_table, load_annotations, spuriousness_column
+from app.board import history_figure, model_downloads, show_metric_changes, switch_version
+from app.store import configured_database_url, store_for
+from app.ui import load_images, load_slices, load_workspace, show_error
+from core.errors import SliceScopeError
+from core.loop import AnnotationState, Slicing, mitigate_arguments, plan_mitigation, read_annotations, resume_arguments
+from core.mitigation import (
+    DEFAULT_THRESHOLD,
+    SOURCES,
+    TrainingParams,
+    choose_treated_slices,
+    corm_preview,
+    job_folder,
+    next_version_path,
+    read_job,
+    read_status,
+    request_cancel,
+    unfinished_jobs,
+    version_root,
+)
+from core.robustness import read_metrics
+from core.spuriousness import PropagationParams
+from core.store import DATABASE_URL_ENV
+from core.views import typical_members
+from core.workspace import Workspace, is_workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_FILE = "mitigate.log"
+LAUNCH_MARK = "=== launched"
+WATCHED_KEY = "mitigation_jobs"  # per version line (its root's path): the out folder of the job this session watches
+POLL_SECONDS = 2
+PREVIEW_COUNT, PREVIEW_WIDTH = 6, 110
+SOURCE_LABELS = {"annotations": "Slices annotated spurious", "propagation": "Propagated spuriousness ≥ threshold"}
+# What the board says in each phase; the live ones are polled.
+PHASES = {
+    "starting": "starting…",
+    "preparing": "preparing the training images…",
+    "training": "retraining…",
+    "scanning": "scanning the evaluation images with the new model…",
+    "evaluating": "evaluating the new version and its parent…",
+    "done": "done",
+    "cancelled": "cancelled — Resume continues from the last finished epoch",
+    "failed": "failed",
+    "interrupted": "interrupted — its process stopped; Resume continues from the last finished epoch",
+}
+LIVE = ("starting", "preparing", "training", "scanning", "evaluating")
+CANCELLABLE = ("starting", "preparing", "training")
+
+
+# ---------------------------------------------------------------------------- background jobs
+
+
+@st.cache_resource(show_spinner=False)
+def _children() -> dict[str, subprocess.Popen]:
+    """The retraining processes this server started, by out folder; polling them reaps them when they end."""
+    return {}
+
+
+def _process_alive(out: Path, pid: int) -> bool:
+    child = _children().get(str(out))
+    if child is not None and child.pid == pid:
+        return child.poll() is None
+    # Started before a server restart, or by another server: ask the system.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_phase(out: Path, status: dict | None) -> str:
+    """Where the job at ``out`` stands (a key of PHASES): status.json, read against whether its process still runs."""
+    child = _children().get(str(out))
+    if child is not None and child.poll() is None and (status is None or status["pid"] != child.pid):
+        return "starting"  # launched, and has not written its own status yet
+    if status is None:
+        return "failed"  # the command stopped before the job began: its log says why
+    alive = _process_alive(out, status["pid"])
+    if status["state"] == "done":
+        return "evaluating" if alive else "done"
+    if status["state"] in ("preparing", "training", "scanning"):
+        return status["state"] if alive else "interrupted"
+    return status["state"]
+
+
+def _watch(line: Workspace, out: Path) -> None:
+    st.session_state.setdefault(WATCHED_KEY, {})[str(line.path)] = str(out)
+
+
+def _watched(line: Workspace) -> Path | None:
+    out = st.session_state.get(WATCHED_KEY, {}).get(str(line.path))
+    return None if out is None else Path(out)
+
+
+def launch(arguments: list[str], out: Path, line: Workspace) -> None:
+    """Run ``python -m core ARGUMENTS`` in the background, logging into the job folder, and watch it."""
+    folder = job_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "core", *arguments]
+    environment = dict(os.environ)
+    configured = configured_database_url()
+    if configured:
+        # The job must read the annotations from the database the app uses.
+        environment[DATABASE_URL_ENV] = configured
+    with open(folder / LOG_FILE, "a") as log:
+        log.write(f"{LAUNCH_MARK} {datetime.now(UTC).isoformat(timespec='seconds')}: {shlex.join(command)}\n")
+        log.flush()
+        # A session of its own: the job survives the server, and a Ctrl-C in the server's terminal does not reach it.
+        child = subprocess.Popen(command, cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    _children()[str(out)] = child
+    _watch(line, out)
+
+
+def last_error(out: Path) -> str | None:
+    """The ``error: …`` line the command printed in its latest launch, if any."""
+    try:
+        text = (job_folder(out) / LOG_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    errors = [line.removeprefix("error: ") for line in text.rsplit(LAUNCH_MARK, 1)[-1].splitlines() if line.startswith("error: ")]
+    return errors[-1] if errors else None
+
+
+def resume(out: Path) -> None:
+    """Run the job at ``out`` again with the settings it recorded; it continues from its last finished epoch."""
+    job = read_job(out)
+    if job is None:
+        raise SliceScopeError(f"{job_folder(out)} does not record the job's settings", "start a new retraining instead")
+    parent = Workspace(job.parent)
+    state = read_annotations(store_for(str(parent.path)), parent, Slicing.from_name(job.slicing))
+    launch(resume_arguments(job, state), out, version_root(parent))
+
+
+# ---------------------------------------------------------------------------- classifier board
+
+
+def _board(out: Path, polled: bool) -> None:
+    status = read_status(out)
+    phase = job_phase(out, status)
+    if polled and phase not in LIVE:
+        st.rerun()  # the job ended: redraw the whole page, outside the polled fragment (results, start form)
+    job = read_job(out)
+    history = status["history"] if status else []
+    epochs = status["epochs"] if status else (job.params.epochs if job else 0)
+    with st.container(border=True):
+        st.markdown(f"**{out.name}** · {PHASES[phase]}")
+        if phase in LIVE:
+            done = f"epoch {len(history)} of {epochs} done"
+            message = status["message"] if status else ""
+            st.progress(min(1.0, len(history) / epochs) if epochs else 0.0, text=done if message in ("", done) else f"{done} · {message}")
+        elif phase in ("failed", "cancelled", "interrupted"):
+            reason = last_error(out) or (status["message"] if status else None)
+            if reason and phase == "failed":
+                st.error(reason, icon=":material/error:")
+            elif reason:
+                st.caption(reason)
+            st.caption(f"Log: {job_folder(out) / LOG_FILE}")
+        if status and "treated_images" in status:
+            st.caption(f"{status['treated_images']:,} training images of the treated slices get CoRM noise.")
+        if history:
+            st.plotly_chart(history_figure(history, epochs), width="stretch", key=f"history-{out.name}")
+        if phase in CANCELLABLE:
+            if st.button("Cancel", key=f"cancel-{out.name}", icon=":material/stop_circle:"):
+                request_cancel(out)
+                st.toast("The retraining stops at the next batch; Resume continues from the last finished epoch.", icon=":material/stop_circle:")
+        elif phase in ("failed", "cancelled", "interrupted"):
+            if st.button("Resume", key=f"resume-{out.name}", icon=":material/play_arrow:", type="primary"):
+                try:
+                    resume(out)
+                except SliceScopeError as error:
+                    show_error(error)
+                else:
+                    st.rerun()
+        elif phase == "done":
+            results(out, job.parent if job else None)
+
+
+def results(out: Path, parent: Path | None) -> None:
+    """The new version's metrics against its parent's, a switch to it and its model files."""
+    new = read_metrics(Workspace(out)) if is_workspace(out) else None
+    old = read_metrics(Workspace(parent)) if parent is not None and is_workspace(parent) else None
+    if new is not None and old is not None:
+        show_metric_changes(old, new, f"before: {Workspace(parent).name}", f"after: {Workspace(out).name}")
+        st.caption(f"Regions: {new['regions']} · noise σ = {new['sigma']}")
+    else:
+        st.info("The new version is not evaluated yet: evaluate it on the Versions page.", icon=":material/info:")
+    switch, downloads = st.columns([1, 2])
+    switch.button("Switch the app to this version", key=f"switch-{out.name}", on_click=switch_version, args=(str(out),),
+                  icon=":material/swap_horiz:", type="primary")
+    with downloads:
+        model_downloads(out, key=f"model-{out.name}")
+
+
+def board(out: Path) -> None:
+    """The classifier board of one job, polled every few seconds while it runs."""
+    if job_phase(out, read_status(out)) in LIVE:
+        st.fragment(_board, run_every=POLL_SECONDS)(out, True)
+    else:
+        # Drawn with the page, so that its buttons (Resume, switch version) rerun the whole app.
+        _board(out, False)
+
+
+# ---------------------------------------------------------------------------- page sections
+
+
+SLICE_COLUMNS = {
+    "slice": st.column_config.NumberColumn("Slice", width="small"),
+    "annotation": st.column_config.TextColumn("Annotation", width="large"),
+    "size": st.column_config.NumberColumn("Size", width="small"),
+    "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
+    "dominant_label": "Label",
+    "dominant_prediction": "Prediction",
+}
+
+
+def annotations_view(state: AnnotationState, table: pd.DataFrame, columns: dict) -> None:
+    st.subheader("Annotations")
+    annotated = table[table["slice"].isin(state.kinds)]
+    st.dataframe(annotated[["slice", "annotation", "size", "accuracy", "spuriousness"]], hide_index=True, column_config=columns)
+    relabelled = len(state.relabels)
+    st.caption(f"{len(annotated)} annotated slice{'s' if len(annotated) != 1 else ''} in {state.slicing} · {relabelled:,} image{'s' if relabelled != 1 else ''} marked mislabelled"
+               + (" get their corrected label when retraining." if relabelled else "."))
+    with st.expander("Spuriousness of every slice"):
+        # The retraining job plans with the default propagation settings, so this page shows what they give.
+        st.caption("Spread from the core and spurious annotations with the default propagation settings, as the retraining uses them.")
+        shown = table.sort_values("spuriousness", ascending=False)
+        st.dataframe(shown[["slice", "annotation", "size", "accuracy", "spuriousness", "dominant_label", "dominant_prediction"]],
+                     hide_index=True, column_config=columns)
+
+
+def choose_slices(annotations: Annotations, table: pd.DataFrame, columns: dict) -> tuple[str, float, list[int]]:
+    """The source radio and threshold, and the slices they treat (empty when none qualifies, with the reason shown)."""
+    st.subheader("Slices to treat")
+    source = st.radio("Treat", SOURCES, format_func=SOURCE_LABELS.get, horizontal=True, key="mitigate_source")
+    threshold = DEFAULT_THRESHOLD
+    if source == "propagation":
+        threshold = st.slider("Spuriousness threshold", 0.0, 1.0, DEFAULT_THRESHOLD, 0.05, key="mitigate_threshold",
+                              help="Every slice whose propagated spuriousness reaches this is treated, except slices annotated core.")
+    scores = annotations.spuriousness if source == "propagation" else None
+    try:
+        treated = choose_treated_slices(annotations.state.kinds, scores, source, threshold)
+    except SliceScopeError as error:
+        show_error(error)
+        return source, threshold, []
+    chosen = table[table["slice"].isin(treated)]
+    st.dataframe(chosen[["slice", "annotation", "size", "accuracy", "spuriousness", "dominant_label", "dominant_prediction"]], hide_index=True,
+                 column_config=columns)
+    st.caption(f"{len(treated)} slice{'s' if len(treated) != 1 else ''} with {int(chosen['size'].sum()):,} evaluation images. Their nearest training images "
+               "(by attribution-weighted features) get CoRM noise on the region the model attends to.")
+    return source, threshold, treated
+
+
+def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> float:
+    """x' = x + m ⊙ z on a few images of the treated slices; returns the chosen σ."""
+    st.subheader("CoRM preview")
+    sigma = st.slider("Noise σ (pixel values are in [0, 1])", 0.0, 2.0, TrainingParams().sigma, 0.1, key="mitigate_sigma",
+                      help="The Gaussian noise z added on the attribution mask m of each treated training image; the same σ is used to retrain.")
+    workspace = load_workspace(workspace_path)
+    features = workspace.array("attribution_features")
+    # The most typical images of the first treated slices, as many from each as fill one row.
+    shown = treated[:PREVIEW_COUNT]
+    per_slice = -(-PREVIEW_COUNT // len(shown))
+    rows = [int(row) for slice_id in shown for row in typical_members(features, state.slice_ids, slice_id, per_slice)][:PREVIEW_COUNT]
+    labels = workspace.images["label"].to_numpy()
+    captions = [f"slice {state.slice_ids[row]} · {labels[row]}" for row in rows]
+    size = int(workspace.manifest["transforms"]["image_size"])
+    try:
+        noisy = corm_preview(workspace, rows, sigma)
+    except SliceScopeError as error:
+        show_error(error)
+        return sigma
+    for title, pictures in (
+        ("Original x", load_images(workspace_path, tuple(rows), size, False)),
+        ("Attribution mask m (GradCAM): where the noise goes", load_images(workspace_path, tuple(rows), size, True)),
+        (f"x + m ⊙ z, σ = {sigma:.1f}", noisy),
+    ):
+        st.caption(title)
+        st.image(pictures, caption=captions, width=PREVIEW_WIDTH)
+    return sigma
+
+
+def start_form(workspace: Workspace, state: AnnotationState, source: str, threshold: float, sigma: float, busy: bool) -> None:
+    st.subheader("Retrain")
+    defaults = TrainingParams()
+    with st.form("mitigate_training"):
+        columns = st.columns(3)
+        epochs = columns[0].number_input("Epochs", 1, 200, defaults.epochs, key="mitigate_epochs")
+        learning_rate = columns[1].number_input("Learning rate", 1e-5, 0.5, defaults.learning_rate, format="%.4f", step=1e-4, key="mitigate_lr",
+                                                help="Peak of the one-cycle schedule.")
+        batch_size = columns[2].number_input("Batch size", 1, 4096, defaults.batch_size, key="mitigate_batch_size")
+        st.caption(f"Fine-tunes {workspace.name} with CoRM noise σ = {sigma:.1f} (set above) and the relabels, then scans the evaluation "
+                   f"images into a new version and evaluates it. It runs in the background: you can leave this page.")
+        started = st.form_submit_button("Start retraining", type="primary", icon=":material/model_training:", disabled=busy)
+    if busy:
+        st.caption("A retraining is running: wait for it, or cancel it, to start another.")
+    if not started:
+        return
+    try:
+        params = TrainingParams(epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size), sigma=float(sigma))
+        job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params)
+    except SliceScopeError as error:
+        show_error(error)
+        return
+    launch(mitigate_arguments(job, threshold), job.out, version_root(workspace))
+    st.rerun()
+
+
+def other_jobs(workspace: Workspace, watched: Path | None) -> None:
+    """Retrainings of this line that this session does not watch: interrupted ones (after a restart) or running elsewhere."""
+    jobs = [out for out in unfinished_jobs(workspace) if out != watched]
+    if not jobs:
+        return
+    st.subheader("Unfinished retrainings")
+    for out in jobs:
+        status = read_status(out)
+        phase = job_phase(out, status)
+        row = st.columns([4, 1], vertical_alignment="center")
+        row[0].markdown(f"**{out.name}** · {PHASES[phase]} · {len(status['history'])} of {status['epochs']} epochs done")
+        if phase in LIVE:
+            row[1].button("Watch", key=f"watch-{out.name}", on_click=_watch, args=(version_root(workspace), out), icon=":material/visibility:")
+        elif row[1].button("Resume", key=f"resume-{out.name}", icon=":material/play_arrow:"):
+            try:
+                resume(out)
+            except SliceScopeError as error:
+                show_error(error)
+            else:
+                st.rerun()
+
+
+def exports(workspace: Workspace, state: AnnotationState, table: pd.DataFrame, source: str, threshold: float, treated: list[int]) -> None:
+    st.subheader("Export")
+    exported = store_for(str(workspace.path)).export(workspace.fingerprint, state.slicing, workspace.dataset_fingerprint)
+    exported.update(
+        workspace=str(workspace.path), source=source, threshold=threshold if source == "propagation" else None, treated_slices=treated,
+        spuriousness={str(s): (None if np.isnan(v) else float(v)) for s, v in zip(table["slice"], table["spuriousness"])},
+    )
+    frame = table[["slice", "size", "accuracy", "spuriousness"]].assign(
+        annotation=table["slice"].map(state.kinds).fillna(""), note=table["slice"].map(state.notes).fillna(""),
+        treated=table["slice"].isin(treated),
+    )
+    columns = st.columns(2)
+    columns[0].download_button("Annotations and treated slices (JSON)", json.dumps(exported, indent=2), file_name=f"{workspace.path.name}-annotations.json",
+                               mime="application/json", on_click="ignore", icon=":material/download:", key="export_json", width="stretch")
+    columns[1].download_button("Slices with annotations, spuriousness, treated (CSV)", frame.to_csv(index=False), file_name=f"{workspace.path.name}-slices.csv",
+                               mime="text/csv", on_click="ignore", icon=":material/download:", key="export_csv", width="stretch")
+
+
+def main() -> None:
+    selection = st.session_state.get("selection")
+    if selection is None:
+        st.title("Mitigate")
+        st.info("Choose a workspace in the System Menu on the left.")
+        return
+    path = str(selection.workspace)
+    workspace = load_workspace(path)
+    st.title(f"Mitigate · {workspace.name}")
+    annotations = load_annotations(selection, PropagationParams())
+    if annotations is None:
+        return
+    state = annotations.state
+    try:
+        _, table = load_slices(path, selection.slice_on, selection.k)
+    except SliceScopeError as error:
+        show_error(error)
+        return
+    table = annotated_table(table, annotations)
+    columns = {**SLICE_COLUMNS, "spuriousness": spuriousness_column(annotations)}
+
+    watched = _watched(version_root(workspace))
+    other_jobs(workspace, watched)
+    if watched is not None:
+        st.subheader("Classifier board")
+        board(watched)
+
+    if not state.kinds:
+        st.info(
+            f"No slice of {state.slicing} is annotated yet. On the Slices page, pick slices whose images show a shortcut "
+            "(a background, a colour, a watermark) and annotate them **spurious**, and a few that show the object itself **core**; "
+            "then come back here to retrain the model without those shortcuts. From a terminal: "
+            f"`python -m core annotate {workspace.path} --slice N --kind spurious`.",
+            icon=":material/edit_note:",
+        )
+        return
+    annotations_view(state, table, columns)
+    source, threshold, treated = choose_slices(annotations, table, columns)
+    if treated:
+        sigma = preview(path, state, treated)
+        busy = watched is not None and job_phase(watched, read_status(watched)) in LIVE
+        start_form(workspace, state, source, threshold, sigma, busy)
+    try:
+        exports(workspace, state, table, source, threshold, treated)
+    except SliceScopeError as error:
+        show_error(error)
+
+
+main()

@@ -18,6 +18,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.extract import rebuild_workspace
+from core.mitigation import mitigation_unfinished
 from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
 from core.progress import ProgressFn
 from core.render import render_images
@@ -98,14 +99,16 @@ def discover_workspaces() -> list[Path]:
     """The demo's workspaces plus any under the folders in ``$SLICESCOPE_WORKSPACES``.
 
     Half-built, outdated and damaged workspaces are included, so the menu can
-    say what is wrong with them and offer to finish or rebuild them.
+    say what is wrong with them and offer to finish or rebuild them; a version
+    whose mitigation has not finished is left out (its job, not the menu,
+    finishes it, and the Mitigate page resumes it).
     """
     roots = [default_demo_dir()]
     roots += [Path(p).expanduser() for p in os.environ.get("SLICESCOPE_WORKSPACES", "").split(os.pathsep) if p]
     found: list[Path] = []
     for root in roots:
         candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
-        found += [p.resolve() for p in candidates if looks_like_workspace(p)]
+        found += [p.resolve() for p in candidates if looks_like_workspace(p) and not mitigation_unfinished(p)]
     return list(dict.fromkeys(found))
 
 

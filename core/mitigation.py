@@ -161,6 +161,12 @@ def read_status(out: Path) -> dict | None:
     return read_json(job_folder(out) / STATUS_FILE)
 
 
+def mitigation_unfinished(out: Path) -> bool:
+    """Whether ``out`` is the new version of a mitigation that has not finished (its scan may be half-built)."""
+    status = read_status(out)
+    return status is not None and status["state"] != "done"
+
+
 def request_cancel(out: Path) -> None:
     folder = job_folder(out)
     if folder.is_dir():
@@ -465,8 +471,7 @@ def unfinished_jobs(workspace: Workspace) -> list[Path]:
     found = []
     for folder in sorted(root.path.parent.glob(f"{root.path.name}-v*.training")):
         out = folder.with_name(folder.name.removesuffix(".training"))
-        status = read_status(out)
-        if status is not None and status["state"] != "done":
+        if mitigation_unfinished(out):
             found.append(out)
     return found
 

@@ -20,6 +20,7 @@ from core.mitigation import (
     TORCHSCRIPT_FILE,
     TrainingParams,
     choose_treated_slices,
+    mitigation_unfinished,
     next_version_path,
     read_job,
     read_status,
@@ -131,11 +132,11 @@ def test_a_crash_mid_training_keeps_the_parent_and_resumes(line, store):
         run_mitigation(job, state.slice_ids, should_stop=crash_in_second_epoch)
     assert tree_digest(line.path) == before and not out.exists()
     assert [row["epoch"] for row in read_status(out)["history"]] == [1]
-    assert unfinished_jobs(line) == [out]
+    assert unfinished_jobs(line) == [out] and mitigation_unfinished(out)
 
     version = run_mitigation(job, state.slice_ids)
     assert [row["epoch"] for row in read_status(out)["history"]] == [1, 2]
-    assert version.path == out and unfinished_jobs(line) == []
+    assert version.path == out and unfinished_jobs(line) == [] and not mitigation_unfinished(out)
 
 
 def test_cancel_stops_at_the_next_batch_and_says_how_to_resume(line, store):

@@ -49,6 +49,18 @@ def test_pixels_outside_the_tile_stay_black(model):
     assert inverted[0][masks[0] == 1].max() > 0
 
 
+def test_a_tiles_features_average_only_the_grid_cells_it_covers(model):
+    images = torch.rand(2, 3, SIZE, SIZE)
+    left_half = torch.zeros(2, 1, SIZE, SIZE)
+    left_half[..., : SIZE // 2] = 1.0
+    with torch.no_grad():
+        _, activation = model.forward_with_activation(images)
+        masked = target_layer_features(model, images, left_half)
+        everywhere = target_layer_features(model, images, torch.ones(2, 1, SIZE, SIZE))
+    torch.testing.assert_close(masked, activation[..., : activation.shape[-1] // 2].mean(dim=(2, 3)))
+    torch.testing.assert_close(everywhere, activation.mean(dim=(2, 3)))
+
+
 def test_targets_of_the_wrong_width_are_refused(model):
     with pytest.raises(SliceScopeError, match="feature vector per tile"):
         invert_features(model, np.ones((1, model.feature_dim + 1), np.float32))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | slices | annotate | mitigate | evaluate``.
+"""Command line: ``python -m core demo | scan | slices | annotate | mitigate | evaluate | concepts``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -22,7 +22,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="build the built-in demo: data, two trained models and a workspace")
     demo.add_argument("--out", type=Path, required=True, help="folder to build the demo in (data/, models/, workspace/)")
-    demo.add_argument("--preset", default="full", help="size of the demo: full (default) or tiny (for tests)")
+    demo.add_argument("--preset", default="full", help="size of the demo: full (default), small (the mosaic meaning test) or tiny (fast tests)")
 
     scan = commands.add_parser("scan", help="extract predictions, features and GradCAM for a dataset and model into a workspace")
     scan.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label (paths relative to the CSV)")
@@ -84,6 +84,18 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--regions", default="auto", choices=["auto", "ground_truth", "attribution"], help="core/spurious regions: the dataset's object masks (auto when it has mask_path) or the annotated slices' attribution masks")
     evaluate.add_argument("--sigma", type=float, default=0.5, help="evaluation noise, in [0, 1] pixel units (default 0.5)")
     _add_slicing_arguments(evaluate)
+
+    concepts = commands.add_parser("concepts", help="SECA: reconcile crowd annotations into concepts; rank the concepts typical of each predicted class")
+    concepts.add_argument("annotations", type=Path, help="CSV: image_id,worker_id,box_id,entity_type,attribute, plus prediction (and label) unless --images")
+    concepts.add_argument("--images", type=Path, help="CSV: image_id,prediction[,label] (default: the prediction column of the annotations)")
+    concepts.add_argument("--out", type=Path, required=True, help="CSV of findings: concept,kind,class,p_value,cramers_v,frequency,...")
+    concepts.add_argument("--fasttext", type=Path, help="embed terms with this fastText .bin model (default: the bundled MiniLM)")
+    concepts.add_argument("--vocabulary", type=Path, help="use this (edited) vocabulary CSV instead of reconciling again")
+    concepts.add_argument("--save-vocabulary", type=Path, help="write the vocabulary (term → concept) here, to edit and pass back with --vocabulary")
+    concepts.add_argument("--table", type=Path, help="also write the images × concepts table here")
+    concepts.add_argument("--query", action="append", default=[], help="validation query, e.g. 'stamp AND NOT fish_body' (repeatable; always reported)")
+    concepts.add_argument("--min-typicality", type=float, default=0.2, help="keep findings with Cramér's V at least this (default 0.2)")
+    concepts.add_argument("--alpha", type=float, default=0.05, help="significance level of the chi-square tests (default 0.05)")
     return parser
 
 
@@ -240,9 +252,49 @@ def _print_annotations(store, workspace, slicing: str) -> None:
         print(f"  {paths.get(relabel.image_id, relabel.image_id)} should be {relabel.label} ({relabel.analyst}, {relabel.created_at:%Y-%m-%d %H:%M} UTC)")
 
 
+def _run_concepts(args) -> None:
+    import pandas as pd
+
+    from core.concepts import (
+        FastTextEmbedder,
+        MiniLMEmbedder,
+        Vocabulary,
+        build_concept_table,
+        filter_results,
+        mine_concepts,
+        query_concepts,
+        read_annotations_csv,
+        reconcile,
+    )
+
+    annotations, images = read_annotations_csv(args.annotations, args.images)
+    if args.vocabulary is not None:
+        vocabulary = Vocabulary.read_csv(args.vocabulary)
+    else:
+        embedder = FastTextEmbedder(args.fasttext) if args.fasttext else MiniLMEmbedder()
+        vocabulary = reconcile(annotations, embedder, progress=tqdm_progress())
+    if args.save_vocabulary is not None:
+        vocabulary.terms.to_csv(args.save_vocabulary, index=False)
+        print(f"wrote the vocabulary ({len(vocabulary.terms)} terms, {len(vocabulary.concepts)} concepts) to {args.save_vocabulary}")
+    table = build_concept_table(annotations, images, vocabulary)
+    if args.table is not None:
+        table.to_frame().to_csv(args.table)
+    findings = filter_results(mine_concepts(table), args.min_typicality, args.alpha)
+    answers = [query_concepts(table, text) for text in args.query]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([findings, *answers], ignore_index=True).to_csv(args.out, index=False)
+    print(f"{table.concepts.shape[0]} images, {table.concepts.shape[1]} concepts; wrote {len(findings)} findings to {args.out}")
+    for name, rows in findings.sort_values("cramers_v", ascending=False).groupby("class"):
+        print(f"  most typical of {name}: " + " · ".join(f"{concept} (V {v:.2f})" for concept, v in zip(rows["concept"].head(3), rows["cramers_v"])))
+    for answer in answers:
+        print(f"  {answer['concept'].iloc[0]}: " + " · ".join(
+            f"{row['class']} {row['frequency']:.0%} vs {row['frequency_outside']:.0%} elsewhere (V {row['cramers_v']:.2f}, p {row['p_value']:.2g})"
+            for row in answer.to_dict("records")))
+
+
 COMMANDS = {
     "demo": _run_demo, "scan": _run_scan, "slices": _run_slices, "annotate": _run_annotate,
-    "mitigate": _run_mitigate, "evaluate": _run_evaluate,
+    "mitigate": _run_mitigate, "evaluate": _run_evaluate, "concepts": _run_concepts,
 }
 
 

@@ -15,6 +15,7 @@ import base64
 from dataclasses import dataclass
 from io import BytesIO
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -279,3 +280,53 @@ def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: lis
         _add_tiles(figure, cell.mosaic, metrics, picked, hover, {"row": row, "col": col}, metric)
     _mosaic_layout(figure, f"Data Slice Mosaic per confusion-matrix cell · border: {CONTINUOUS_SCALES[metric][1]} · click a tile's number to select its slice", height, metric)
     return figure
+
+
+def thumbnail_scatter(data: ScatterData, options: ScatterOptions, rows: np.ndarray, thumbnails: list[str]) -> alt.Chart:
+    """The scatter as a Vega-Lite chart whose hover shows each image's thumbnail.
+
+    Plotly's hover labels cannot hold images (plotly.js#1323); Vega-Lite's
+    tooltip draws a field named ``image`` as a picture. It draws SVG, so this
+    view is for the few thousand points a thumbnail per point allows; the
+    Plotly scatter stays the view for large workspaces.
+    """
+    images = data.images.iloc[rows]
+    frame = pd.DataFrame({
+        "row": rows, "x": data.layout[rows, 0], "y": data.layout[rows, 1], "image": thumbnails,
+        "what": [cell_title(label, prediction) for label, prediction in zip(images["label"], images["prediction"])],
+        "confidence": images["confidence"].to_numpy(), "slice": data.slice_ids[rows],
+        "outcome": np.where(images["correct"].to_numpy(), "correct", "misclassified"),
+        "label": images["label"].to_numpy(), "prediction": images["prediction"].to_numpy(),
+        "highlighted": np.ones(len(rows), bool) if options.highlighted is None else np.isin(rows, options.highlighted),
+    })
+    if options.colour in ("accuracy", "spuriousness"):
+        frame["value"] = (data.slice_accuracy if options.colour == "accuracy" else data.slice_spuriousness)[rows]
+    colour = {
+        "slice": alt.Color("slice:N", legend=None, scale=alt.Scale(range=SLICE_PALETTE)),
+        "classes": alt.Color("label:N", title="label (fill)", scale=alt.Scale(range=CLASS_PALETTE)),
+        "correct": alt.Color("outcome:N", title=None, scale=alt.Scale(domain=["misclassified", "correct"], range=CORRECT_COLOURS)),
+        "confidence": alt.Color("confidence:Q", title="confidence", scale=alt.Scale(scheme="viridis", domain=[0, 1])),
+        "accuracy": alt.Color("value:Q", title="slice accuracy", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1])),
+        "spuriousness": alt.Color("value:Q", title="spuriousness", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1], reverse=True)),
+    }[options.colour]
+    stroke = alt.Stroke("prediction:N", title="prediction (border)", scale=alt.Scale(range=CLASS_PALETTE)) if options.colour == "classes" else alt.value(None)
+    picked = alt.selection_point(name="picked", fields=["row"], on="click")
+    brush = alt.selection_interval(name="brush")
+    return (
+        alt.Chart(frame)
+        .mark_point(filled=True, size=60, strokeWidth=2)
+        .encode(
+            x=alt.X("x:Q", axis=None, scale=alt.Scale(zero=False)),
+            y=alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False)),
+            color=colour,
+            stroke=stroke,
+            shape=alt.Shape("outcome:N", title=None, scale=alt.Scale(domain=["correct", "misclassified"], range=["circle", "diamond"])),
+            opacity=alt.condition("datum.highlighted", alt.value(0.9), alt.value(DIMMED_OPACITY)),
+            tooltip=[
+                alt.Tooltip("image:N"), alt.Tooltip("what:N", title="cell"),
+                alt.Tooltip("confidence:Q", format=".0%"), alt.Tooltip("slice:Q"),
+            ],
+        )
+        .add_params(picked, brush)
+        .properties(height=560, title="● correct  ◆ misclassified · hover: image · click or drag: select")
+    )

@@ -21,7 +21,7 @@ from core.extract import rebuild_workspace
 from core.mitigation import mitigation_unfinished
 from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
 from core.progress import ProgressFn
-from core.render import render_images
+from core.render import render_images, thumbnail_data_uris
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
 from core.workspace import REPRESENTATIONS, Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
 
@@ -245,6 +245,13 @@ def load_cell_mosaics(path: str, k: int) -> list[CellMosaic]:
         "the Data Slice Mosaic of each confusion cell",
     )
     return _cached_cell_mosaics(path, k)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_thumbnail_uris(path: str, rows: tuple[int, ...]) -> list[str]:
+    """Tooltip thumbnails of the given images as data URIs; read once per set of rows."""
+    with st.spinner(f"Preparing {len(rows):,} thumbnails (first time only)…"):
+        return thumbnail_data_uris(load_workspace(path), list(rows))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -8,6 +8,8 @@ the pixels that drove the prediction.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,6 +108,20 @@ def render_images(workspace: Workspace, rows: Sequence[int], size: int = 128, ov
             picture = gradcam_overlay(picture, gradcam[row])
         rendered.append(picture)
     return rendered
+
+
+def thumbnail_data_uris(workspace: Workspace, rows: Sequence[int], size: int = 56, quality: int = 80) -> list[str]:
+    """Small JPEG thumbnails as ``data:`` URIs, for charts whose tooltips show images (Vega-Lite's ``image`` field).
+
+    JPEG at this size is a few kB per image, so a chart of a few thousand points
+    stays a few MB; placeholders stand in for unreadable files as in a gallery.
+    """
+    uris = []
+    for picture in render_images(workspace, rows, size=size):
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
+        uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return uris
 
 
 def _read_thumbnail(path: Path, size: int) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from app.annotations import (
     relabels_of,
     spuriousness_column,
 )
-from app.figures import TILE_METRICS, ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure
+from app.figures import TILE_METRICS, ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure, thumbnail_scatter
 from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
@@ -35,6 +35,7 @@ from app.ui import (
     load_layout,
     load_mosaic,
     load_slices,
+    load_thumbnail_uris,
     load_workspace,
     show_error,
 )
@@ -44,6 +45,7 @@ from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in
 PAGE_SIZE = 24
 THUMBNAIL_SIZE = 128
 TYPICAL_COUNT = 6  # images in a picked tile's strip: one row under the mosaic
+THUMBNAIL_POINTS_MAX = 3000  # one JPEG per point travels with the chart: a few MB at most
 TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
 # The slice the analyst asked to annotate; the annotation form reads it.
 ANNOTATE_KEY = "annotate_slice"
@@ -110,6 +112,18 @@ def _pick_tiles(mosaic_key: str) -> None:
     st.session_state["picked_slices"] = sorted(_selected_ids(mosaic_key))
     if st.session_state["picked_points"]:
         _clear_points()
+
+
+def _pick_thumbnail_points(chart_key: str, layout: np.ndarray, rows: np.ndarray) -> None:
+    """Thumbnail-chart callback: clicked points, or the points inside the dragged box, become the point selection."""
+    selection = st.session_state[chart_key].selection
+    clicked = {int(point["row"]) for point in selection.get("picked", []) if "row" in point}
+    box = selection.get("brush") or {}
+    if "x" in box and "y" in box:
+        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        inside = (layout[rows, 0] >= x0) & (layout[rows, 0] <= x1) & (layout[rows, 1] >= y0) & (layout[rows, 1] <= y1)
+        clicked |= {int(row) for row in rows[inside]}
+    st.session_state["picked_points"] = sorted(clicked)
 
 
 def _clear_points() -> None:
@@ -211,7 +225,22 @@ def _captions(images, rows: np.ndarray) -> list[str]:
     ]
 
 
-def scatter_view(selection, data: ScatterData, colour: str) -> None:
+def thumbnail_view(path: str, data: ScatterData, options: ScatterOptions) -> None:
+    """The scatter with an image on hover; all points of a small workspace, else the picked or highlighted ones."""
+    rows = np.arange(len(data.images))
+    if len(rows) > THUMBNAIL_POINTS_MAX:
+        focus = options.highlighted if options.highlighted is not None else rows
+        rows = np.sort(np.random.default_rng(0).permutation(np.asarray(focus))[:THUMBNAIL_POINTS_MAX])
+        st.caption(f"Thumbnails for {len(rows):,} of {len(data.images):,} points ({'of the selection' if options.highlighted is not None else 'a fixed sample'}); "
+                   "the Scatter view shows them all.")
+    chart_key = f"thumbnails-{st.session_state['scatter_generation']}"
+    st.altair_chart(
+        thumbnail_scatter(data, options, rows, load_thumbnail_uris(path, tuple(int(r) for r in rows))),
+        width="stretch", key=chart_key, on_select=partial(_pick_thumbnail_points, chart_key, data.layout, rows),
+    )
+
+
+def scatter_view(selection, data: ScatterData, colour: str, thumbnails: bool) -> None:
     picked_slices = st.session_state["picked_slices"]
     points = st.session_state["picked_points"]
     highlighted = np.asarray(points) if points else (members(data.slice_ids, picked_slices) if picked_slices else None)
@@ -227,6 +256,9 @@ def scatter_view(selection, data: ScatterData, colour: str) -> None:
         density=density,
         confusion=selection.layout == "confusion",
     )
+    if thumbnails:
+        thumbnail_view(str(selection.workspace), data, options)
+        return
     scatter_key = f"scatter-{st.session_state['scatter_generation']}"
     st.plotly_chart(
         scatter_figure(data, options), width="stretch", key=scatter_key,
@@ -325,13 +357,14 @@ def main() -> None:
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
         spuriousness = None if colour != "spuriousness" else table.set_index("slice")["spuriousness"].reindex(slice_ids).to_numpy()
         data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes, spuriousness)
-        view = "Scatter"
-        if selection.representation == "attribution":
-            view = st.segmented_control("View", ["Scatter", "Data Slice Mosaic"], default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
+        views = ["Scatter", "Thumbnails on hover"] + (["Data Slice Mosaic"] if selection.representation == "attribution" else [])
+        if st.session_state.get("plot_view") not in views:
+            st.session_state["plot_view"] = "Scatter"  # the mosaic exists only for the attribution space
+        view = st.segmented_control("View", views, default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
         if view == "Data Slice Mosaic":
             mosaic_view(selection, table, slice_ids, colour if colour in TILE_METRICS else "accuracy")
         else:
-            scatter_view(selection, data, colour)
+            scatter_view(selection, data, colour, thumbnails=view == "Thumbnails on hover")
     if st.session_state["picked_slices"]:
         st.query_params["slices"] = ",".join(map(str, st.session_state["picked_slices"]))
     else:

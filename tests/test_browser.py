@@ -178,3 +178,24 @@ def test_versions_page_lists_the_model_versions(page):
     wait_until_idle(page)
     expect(page.get_by_role("button", name=re.compile(r"^Evaluate \d+ version"))).to_be_visible()
     assert_no_errors(page)
+
+
+def test_hovering_a_point_shows_its_thumbnail(page):
+    open_slices_page(page)
+    page.get_by_role("radiogroup", name="View").get_by_role("radio", name="Thumbnails on hover").click()
+    chart = page.get_by_test_id("stVegaLiteChart")
+    expect(chart).to_be_visible(timeout=TIMEOUT_MS)
+    wait_until_idle(page)
+    box = chart.bounding_box()
+    tooltip = page.locator("#vg-tooltip-element.visible")
+    # Sweep the pointer over the plot until it rests on a point.
+    for step in range(400):
+        page.mouse.move(box["x"] + 20 + (step % 20) * (box["width"] - 40) / 20, box["y"] + 40 + (step // 20) * (box["height"] - 80) / 20)
+        if tooltip.count():
+            break
+    expect(tooltip.locator("img")).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
+    expect(tooltip).to_contain_text(re.compile(r"label: \S+ · prediction: \S+"))
+    page.mouse.down()  # a click on the point selects it, as in the Plotly scatter
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"^1 points selected in the scatter"))).to_be_visible(timeout=TIMEOUT_MS)
+    assert_no_errors(page)

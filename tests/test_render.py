@@ -115,3 +115,21 @@ def test_render_images_on_a_real_workspace(tiny_demo):
         tint = np.abs(after.astype(int) - before).max()
         assert tint > 20 if has_map[row] else tint <= 1
     assert render_images(workspace, [], size=40) == []
+
+
+def test_thumbnail_data_uris_are_small_jpegs_of_the_images(tiny_demo):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from core.demo import workspace_dir
+    from core.render import render_images, thumbnail_data_uris
+    from core.workspace import Workspace
+
+    workspace = Workspace(workspace_dir(tiny_demo, "biased"))
+    uris = thumbnail_data_uris(workspace, [0, 3], size=32)
+    assert len(uris) == 2 and all(uri.startswith("data:image/jpeg;base64,") for uri in uris)
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[1].split(",", 1)[1]))).convert("RGB"), dtype=np.float32)
+    expected = render_images(workspace, [3], size=32)[0].astype(np.float32)
+    assert decoded.shape == (32, 32, 3) and np.abs(decoded - expected).mean() < 12  # JPEG is lossy, but it is this image

@@ -22,6 +22,7 @@ The database is a SQLite file in the workspace unless a URL is configured
 from __future__ import annotations
 
 import os
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,8 +59,9 @@ ANNOTATION_KINDS = ("core", "spurious", "wrong_labels", "other")
 NOTE_MAX_CHARS = 500
 ANALYST_MAX_CHARS = 64
 # Image ids, labels, scopes and slicing names come from the workspace, not from free typing; the bound keeps rows small.
-_NAME_MAX_CHARS = 200
+NAME_MAX_CHARS = 200
 DATABASE_URL_ENV = "SLICESCOPE_DATABASE_URL"
+_SETUP_ATTEMPTS = 6  # waits of 0.05 … 1.6 s: enough for a few dozen sessions opening a fresh database together
 SQLITE_FILE = "annotations.sqlite"
 _CONFIGURE_URL = f"set {DATABASE_URL_ENV} or [database] url in .streamlit/secrets.toml to a reachable database"
 
@@ -70,14 +72,14 @@ events = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("analyst", String(ANALYST_MAX_CHARS), nullable=False),
-    Column("scope", String(_NAME_MAX_CHARS), nullable=False),
-    Column("slicing", String(_NAME_MAX_CHARS), nullable=False),
+    Column("scope", String(NAME_MAX_CHARS), nullable=False),
+    Column("slicing", String(NAME_MAX_CHARS), nullable=False),
     Column("target_type", String(8), nullable=False),
-    Column("target", String(_NAME_MAX_CHARS), nullable=False),
+    Column("target", String(NAME_MAX_CHARS), nullable=False),
     Column("action", String(8), nullable=False),
     Column("kind", String(32)),
     Column("note", Text, nullable=False),
-    Column("label", String(_NAME_MAX_CHARS)),
+    Column("label", String(NAME_MAX_CHARS)),
     # Unique: two sessions undoing the same event at once cannot both succeed.
     Column("undoes", Integer, ForeignKey("annotation_events.id"), unique=True),
     # The current state of one scope's slices or images, and the latest event per target.
@@ -144,7 +146,46 @@ def _create_engine(url: URL) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
-def _clean(text: object, what: str, max_chars: int, required: bool = True) -> str:
+@contextmanager
+def database_errors_explained(shown_url: str) -> Iterator[None]:
+    """Turns the database being down, locked or forbidden into a SliceScopeError naming ``shown_url`` (password hidden)."""
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as error:
+        # Our statements are fixed, so these come from the database's state: down, locked, or a user without rights.
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else "no connection"
+        raise SliceScopeError(
+            f"the annotation database at {shown_url} cannot be used ({reason})",
+            f"check that it runs and that its user may create and write tables, or {_CONFIGURE_URL}",
+        ) from None
+
+
+def open_database(url: str, metadata: MetaData) -> tuple[Engine, str]:
+    """An engine on ``url`` with ``metadata``'s tables created if missing, and the URL to show (password hidden)."""
+    parsed = _engine_url(url)
+    shown_url = parsed.render_as_string(hide_password=True)
+    engine = _create_engine(parsed)
+    with database_errors_explained(shown_url):
+        for attempt in range(_SETUP_ATTEMPTS):
+            try:
+                # Connect first, so that an unreachable database fails once and clearly.
+                with engine.connect():
+                    pass
+                metadata.create_all(engine)
+                break
+            except DBAPIError as error:
+                # Sessions starting together on a fresh database race: to create the tables (the losers' CREATE
+                # fails because the winner's table now exists) and, on SQLite, to switch the new file to WAL,
+                # which reports "database is locked" at once instead of waiting for the busy timeout. A short
+                # wait and a second, checked pass see the finished state; other errors are real.
+                racing = isinstance(error, IntegrityError | ProgrammingError) or "locked" in str(error.orig) or "exists" in str(error.orig)
+                if not racing or attempt == _SETUP_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+    return engine, shown_url
+
+
+def clean_text(text: object, what: str, max_chars: int, required: bool = True) -> str:
     """``text`` on one line without control characters, checked against its limit."""
     if not isinstance(text, str):
         raise SliceScopeError(f"the {what} must be text, not {type(text).__name__}", f"pass the {what} as a string")
@@ -177,7 +218,7 @@ def _scopes(scopes: str | Sequence[str]) -> list[str]:
     return [scopes] if isinstance(scopes, str) else list(scopes)
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite hands timestamps back without their zone (they were written in UTC); PostgreSQL in the session's zone.
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -201,19 +242,7 @@ class AnnotationStore:
     """Annotations in the database at ``url`` (SQLite or PostgreSQL); creates its table if missing."""
 
     def __init__(self, url: str):
-        self._url = _engine_url(url)
-        self.url = self._url.render_as_string(hide_password=True)
-        self._engine = _create_engine(self._url)
-        with self._errors_explained():
-            # Connect first, so that an unreachable database fails once and clearly.
-            with self._engine.connect():
-                pass
-            try:
-                _metadata.create_all(self._engine)
-            except DBAPIError:
-                # Sessions starting together on a fresh database race to create the table; the losers' CREATE
-                # fails because the winner's table now exists, which a second, checked pass sees.
-                _metadata.create_all(self._engine)
+        self._engine, self.url = open_database(url, _metadata)
 
     @classmethod
     def for_workspace(cls, workspace_path: str | Path, configured: str | None = None) -> AnnotationStore:
@@ -223,25 +252,13 @@ class AnnotationStore:
         """Close the pooled connections (the store reopens them if used again)."""
         self._engine.dispose()
 
-    @contextmanager
-    def _errors_explained(self) -> Iterator[None]:
-        try:
-            yield
-        except (OperationalError, ProgrammingError) as error:
-            # Our statements are fixed, so these come from the database's state: down, locked, or a user without rights.
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else "no connection"
-            raise SliceScopeError(
-                f"the annotation database at {self.url} cannot be used ({reason})",
-                f"check that it runs and that its user may create and write tables, or {_CONFIGURE_URL}",
-            ) from None
-
     def _rows(self, statement) -> list:
-        with self._errors_explained(), self._engine.connect() as connection:
+        with database_errors_explained(self.url), self._engine.connect() as connection:
             return list(connection.execute(statement))
 
     def _insert(self, **values) -> tuple[int, datetime]:
         created_at = datetime.now(UTC)
-        with self._errors_explained(), self._engine.begin() as connection:
+        with database_errors_explained(self.url), self._engine.begin() as connection:
             result = connection.execute(insert(events).values(created_at=created_at, **values))
             return result.inserted_primary_key[0], created_at
 
@@ -261,16 +278,16 @@ class AnnotationStore:
     def set_slice(self, scope: str, slicing: str, slice_id: int, kind: str, note: str, analyst: str) -> SliceAnnotation:
         """Annotate (or re-annotate) slice ``slice_id`` of ``slicing`` in the workspace ``scope``."""
         slice_id, kind = _slice_id(slice_id), _kind(kind)
-        note, analyst = _clean(note, "note", NOTE_MAX_CHARS, required=False), _clean(analyst, "analyst name", ANALYST_MAX_CHARS)
+        note, analyst = clean_text(note, "note", NOTE_MAX_CHARS, required=False), clean_text(analyst, "analyst name", ANALYST_MAX_CHARS)
         event_id, created_at = self._insert(
-            scope=_clean(scope, "scope", _NAME_MAX_CHARS), slicing=_clean(slicing, "slicing", _NAME_MAX_CHARS),
+            scope=clean_text(scope, "scope", NAME_MAX_CHARS), slicing=clean_text(slicing, "slicing", NAME_MAX_CHARS),
             target_type="slice", target=str(slice_id), action="set", kind=kind, note=note, analyst=analyst,
         )
         return SliceAnnotation(slice_id, kind, note, analyst, created_at, event_id)
 
     def clear_slice(self, scope: str, slicing: str, slice_id: int, analyst: str) -> None:
         """Remove slice ``slice_id``'s annotation; refused when it has none."""
-        slice_id, analyst = _slice_id(slice_id), _clean(analyst, "analyst name", ANALYST_MAX_CHARS)
+        slice_id, analyst = _slice_id(slice_id), clean_text(analyst, "analyst name", ANALYST_MAX_CHARS)
         current = self._current(scope, "slice", slicing, str(slice_id))
         if not current or current[0].action != "set":
             raise SliceScopeError(f"slice {slice_id} has no annotation to clear", "annotate it first, or pick an annotated slice")
@@ -279,24 +296,24 @@ class AnnotationStore:
     def slice_annotations(self, scope: str, slicing: str) -> dict[int, SliceAnnotation]:
         """The current annotation of every annotated slice of ``slicing``, by slice id."""
         return {
-            int(row.target): SliceAnnotation(int(row.target), row.kind, row.note, row.analyst, _utc(row.created_at), row.id)
+            int(row.target): SliceAnnotation(int(row.target), row.kind, row.note, row.analyst, as_utc(row.created_at), row.id)
             for row in self._current(scope, "slice", slicing) if row.action == "set"
         }
 
     # -- images ------------------------------------------------------------
     def mark_mislabelled(self, scope: str, image_id: str, label: str, analyst: str) -> Relabel:
         """Record that image ``image_id`` of the dataset ``scope`` should be labelled ``label``."""
-        image_id, label = _clean(image_id, "image id", _NAME_MAX_CHARS), _clean(label, "label", _NAME_MAX_CHARS)
-        analyst = _clean(analyst, "analyst name", ANALYST_MAX_CHARS)
+        image_id, label = clean_text(image_id, "image id", NAME_MAX_CHARS), clean_text(label, "label", NAME_MAX_CHARS)
+        analyst = clean_text(analyst, "analyst name", ANALYST_MAX_CHARS)
         event_id, created_at = self._insert(
-            scope=_clean(scope, "scope", _NAME_MAX_CHARS), slicing="", target_type="image", target=image_id,
+            scope=clean_text(scope, "scope", NAME_MAX_CHARS), slicing="", target_type="image", target=image_id,
             action="set", label=label, note="", analyst=analyst,
         )
         return Relabel(image_id, label, analyst, created_at, event_id)
 
     def unmark_mislabelled(self, scope: str, image_id: str, analyst: str) -> None:
         """Take back that image ``image_id`` is mislabelled; refused when it is not marked."""
-        analyst = _clean(analyst, "analyst name", ANALYST_MAX_CHARS)
+        analyst = clean_text(analyst, "analyst name", ANALYST_MAX_CHARS)
         current = self._current(scope, "image", "", image_id)
         if not current or current[0].action != "set":
             raise SliceScopeError(f"image {image_id} is not marked as mislabelled", "mark it first, or pick a marked image")
@@ -305,7 +322,7 @@ class AnnotationStore:
     def relabels(self, scope: str) -> dict[str, Relabel]:
         """Every image of the dataset ``scope`` currently marked as mislabelled, by image id."""
         return {
-            row.target: Relabel(row.target, row.label, row.analyst, _utc(row.created_at), row.id)
+            row.target: Relabel(row.target, row.label, row.analyst, as_utc(row.created_at), row.id)
             for row in self._current(scope, "image", "") if row.action == "set"
         }
 
@@ -315,7 +332,7 @@ class AnnotationStore:
 
         Returns what was undone, in words, or None when there is nothing left to undo.
         """
-        analyst = _clean(analyst, "analyst name", ANALYST_MAX_CHARS)
+        analyst = clean_text(analyst, "analyst name", ANALYST_MAX_CHARS)
         latest = (
             select(events)
             .where(events.c.scope.in_(_scopes(scopes)), events.c.analyst == analyst, events.c.action.in_(("set", "clear")), _not_undone())

@@ -45,6 +45,15 @@ def _spuriousness(path: str, slice_on: str, k: int, kinds: tuple[tuple[int, str]
     return slice_spuriousness(features, slice_ids, dict(kinds), PropagationParams(*params))
 
 
+def current_propagation() -> PropagationParams:
+    """The propagation settings chosen on the Slices page (defaults until the analyst changes them)."""
+    state, defaults = st.session_state, PropagationParams()
+    return PropagationParams(
+        kernel=state.get("propagation_kernel", defaults.kernel), gamma=state.get("propagation_gamma") or None,
+        n_neighbors=int(state.get("propagation_neighbours", defaults.n_neighbors)), alpha=state.get("propagation_alpha", defaults.alpha),
+    )
+
+
 def propagation_settings() -> PropagationParams:
     """Label Spreading's kernel and parameters, in a popover (defaults suit most workspaces)."""
     with st.popover("Propagation settings", icon=":material/share:"):

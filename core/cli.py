@@ -70,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     mitigate.add_argument("--from", dest="source", required=True, choices=["annotations", "propagation"], help="treat the slices annotated spurious, or every slice whose propagated spuriousness reaches --threshold")
     mitigate.add_argument("--out", type=Path, required=True, help="folder for the new version's workspace (its model goes to OUT.training)")
     mitigate.add_argument("--threshold", type=float, default=0.5, help="spuriousness at which --from propagation treats a slice (default 0.5)")
+    mitigate.add_argument("--slices", help="treat exactly these slices, e.g. 1,2,3 (instead of choosing them by --from; --from is kept as the record of why)")
     mitigate.add_argument("--epochs", type=int, default=8)
     mitigate.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 0.002)")
     mitigate.add_argument("--batch-size", type=int, default=64)
@@ -112,6 +113,15 @@ def _slicing(args):
     return Slicing(args.representation, None if args.k is None else SliceParams(k=args.k, seed=args.seed))
 
 
+def _slice_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SliceScopeError(f"--slices {text!r} is not a list of slice numbers", "write them like --slices 1,2,3") from None
+
+
 def _print_metrics(name: str, metrics) -> None:
     print(f"{name}: clean {metrics.clean_acc:.1%} · core {metrics.core_acc:.1%} · spurious {metrics.spurious_acc:.1%} · "
           f"RCS {metrics.rcs:.3f} · worst group {metrics.worst_group_acc:.1%} ({metrics.worst_group}) — regions: {metrics.regions}")
@@ -131,7 +141,7 @@ def _run_mitigate(args) -> None:
     store = open_store(workspace)
     try:
         state = read_annotations(store, workspace, _slicing(args))
-        job = plan_mitigation(workspace, state, args.source, args.out, args.threshold, params, training)
+        job = plan_mitigation(workspace, state, args.source, args.out, args.threshold, params, training, treated=_slice_list(args.slices))
         print(f"treating slices {', '.join(map(str, job.treated_slices))}; {len(job.relabels)} images relabelled")
         version = mitigate(job, state, progress=tqdm_progress())
         print(f"new version ready: {version.path} (model: {job.folder})")

@@ -9,7 +9,7 @@ is what makes the numbers of two versions comparable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,25 +100,39 @@ def plan_mitigation(
     params: TrainingParams = TrainingParams(),
     training: TrainingData | None = None,
     propagation: PropagationParams = PropagationParams(),
+    treated: Sequence[int] | None = None,
 ) -> MitigationJob:
-    """The job that treats the slices ``source`` picks (annotations, or propagation ≥ threshold)."""
-    scores = spuriousness(workspace, state, propagation) if source == "propagation" else None
-    treated = choose_treated_slices(state.kinds, scores, source, threshold)
+    """The job that treats the slices ``source`` picks (annotations, or propagation ≥ threshold), or exactly ``treated``.
+
+    An explicit ``treated`` list is how the app hands the CLI the slices the analyst saw
+    (with the propagation settings of their page) and how a job is resumed unchanged.
+    """
+    if treated is None:
+        scores = spuriousness(workspace, state, propagation) if source == "propagation" else None
+        treated = choose_treated_slices(state.kinds, scores, source, threshold)
+    else:
+        treated = sorted({int(s) for s in treated})
+        n_slices = int(state.slice_ids.max()) + 1
+        if not treated or treated[0] < 0 or treated[-1] >= n_slices:
+            raise SliceScopeError(f"slices {', '.join(map(str, treated)) or '(none)'} are not all in {state.slicing}", f"name slices from 0 to {n_slices - 1}")
     return MitigationJob(
         parent=workspace.path, out=Path(out).expanduser().resolve(), source=source, treated_slices=tuple(treated),
         slicing=state.slicing, relabels=dict(state.relabels), training=training or default_training_data(workspace), params=params,
     )
 
 
-def mitigate_arguments(job: MitigationJob, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
-    """The ``python -m core`` arguments that plan ``job`` again and run it; an unfinished job resumes from its last epoch.
+def mitigate_arguments(job: MitigationJob) -> list[str]:
+    """The ``python -m core`` arguments that plan ``job`` again (its treated slices named explicitly) and run it.
+
+    An unfinished job resumes from its last epoch; annotations changed since only
+    matter through the relabels, and a changed job is refused by the CLI.
 
     The weight decay and seed of ``job.params`` have no CLI flag: a job must keep their defaults to be run this way.
     """
     slicing = Slicing.from_name(job.slicing)
     params, training = job.params, job.training
     arguments = [
-        "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--threshold", repr(threshold),
+        "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--slices", ",".join(map(str, job.treated_slices)),
         "--epochs", str(params.epochs), "--lr", repr(params.learning_rate), "--batch-size", str(params.batch_size),
         "--sigma", repr(params.sigma), "--train-data", str(training.data),
         "--representation", slicing.representation, "--k", str(slicing.params.k), "--seed", str(slicing.params.seed),
@@ -128,20 +142,6 @@ def mitigate_arguments(job: MitigationJob, threshold: float = DEFAULT_THRESHOLD)
     if training.validation_split is not None:
         arguments += ["--val-split", training.validation_split]
     return arguments
-
-
-def resume_arguments(job: MitigationJob, state: AnnotationState) -> list[str]:
-    """:func:`mitigate_arguments` that pick ``job``'s treated slices again, given the parent's annotations ``state``.
-
-    job.json keeps the slices a propagation treated, not the threshold that picked
-    them. The lowest spuriousness among them picks the same slices: every slice
-    scoring that much or more was treated. Annotations changed since then
-    change the scores, and the CLI refuses the different job it would plan.
-    """
-    if job.source != "propagation":
-        return mitigate_arguments(job)
-    scores = spuriousness(Workspace(job.parent), state)
-    return mitigate_arguments(job, float(np.nanmin(scores[list(job.treated_slices)])))
 
 
 def mitigate(job: MitigationJob, state: AnnotationState, progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> Workspace:

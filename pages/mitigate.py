@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.annotations import Annotations, annotated_table, load_annotations, spuriousness_column
+from app.annotations import Annotations, annotated_table, current_propagation, load_annotations, spuriousness_column
 from app.board import history_figure, model_downloads, show_metric_changes, switch_version
 from app.store import configured_database_url, store_for
 from app.ui import load_images, load_slices, load_workspace, show_error
 from core.errors import SliceScopeError
-from core.loop import AnnotationState, Slicing, mitigate_arguments, plan_mitigation, read_annotations, resume_arguments
+from core.loop import AnnotationState, mitigate_arguments, plan_mitigation
 from core.mitigation import (
     DEFAULT_THRESHOLD,
     SOURCES,
@@ -43,7 +43,6 @@ from core.mitigation import (
     version_root,
 )
 from core.robustness import read_metrics
-from core.spuriousness import PropagationParams
 from core.store import DATABASE_URL_ENV
 from core.views import typical_members
 from core.workspace import Workspace, is_workspace
@@ -153,9 +152,7 @@ def resume(out: Path) -> None:
     job = read_job(out)
     if job is None:
         raise SliceScopeError(f"{job_folder(out)} does not record the job's settings", "start a new retraining instead")
-    parent = Workspace(job.parent)
-    state = read_annotations(store_for(str(parent.path)), parent, Slicing.from_name(job.slicing))
-    launch(resume_arguments(job, state), out, version_root(parent))
+    launch(mitigate_arguments(job), out, version_root(Workspace(job.parent)))
 
 
 # ---------------------------------------------------------------------------- classifier board
@@ -248,8 +245,8 @@ def annotations_view(state: AnnotationState, table: pd.DataFrame, columns: dict)
     st.caption(f"{len(annotated)} annotated slice{'s' if len(annotated) != 1 else ''} in {state.slicing} · {relabelled:,} image{'s' if relabelled != 1 else ''} marked mislabelled"
                + (" get their corrected label when retraining." if relabelled else "."))
     with st.expander("Spuriousness of every slice"):
-        # The retraining job plans with the default propagation settings, so this page shows what they give.
-        st.caption("Spread from the core and spurious annotations with the default propagation settings, as the retraining uses them.")
+        st.caption("Spread from the core and spurious annotations with the propagation settings of the Slices page; "
+                   "the retraining treats exactly the slices listed below.")
         shown = table.sort_values("spuriousness", ascending=False)
         st.dataframe(shown[["slice", "annotation", "size", "accuracy", "spuriousness", "dominant_label", "dominant_prediction"]],
                      hide_index=True, column_config=columns)
@@ -306,7 +303,7 @@ def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> 
     return sigma
 
 
-def start_form(workspace: Workspace, state: AnnotationState, source: str, threshold: float, sigma: float, busy: bool) -> None:
+def start_form(workspace: Workspace, state: AnnotationState, source: str, threshold: float, treated: list[int], sigma: float, busy: bool) -> None:
     st.subheader("Retrain")
     defaults = TrainingParams()
     with st.form("mitigate_training"):
@@ -324,11 +321,11 @@ def start_form(workspace: Workspace, state: AnnotationState, source: str, thresh
         return
     try:
         params = TrainingParams(epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size), sigma=float(sigma))
-        job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params)
+        job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params, treated=treated)
     except SliceScopeError as error:
         show_error(error)
         return
-    launch(mitigate_arguments(job, threshold), job.out, version_root(workspace))
+    launch(mitigate_arguments(job), job.out, version_root(workspace))
     st.rerun()
 
 
@@ -381,7 +378,7 @@ def main() -> None:
     path = str(selection.workspace)
     workspace = load_workspace(path)
     st.title(f"Mitigate · {workspace.name}")
-    annotations = load_annotations(selection, PropagationParams())
+    annotations = load_annotations(selection, current_propagation())
     if annotations is None:
         return
     state = annotations.state
@@ -413,7 +410,7 @@ def main() -> None:
     if treated:
         sigma = preview(path, state, treated)
         busy = watched is not None and job_phase(watched, read_status(watched)) in LIVE
-        start_form(workspace, state, source, threshold, sigma, busy)
+        start_form(workspace, state, source, threshold, treated, sigma, busy)
     try:
         exports(workspace, state, table, source, threshold, treated)
     except SliceScopeError as error:

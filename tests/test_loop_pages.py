@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.loop import Slicing, open_store, plan_mitigation, read_annotations, resume_arguments
-from core.mitigation import job_folder, read_status
+from core.errors import SliceScopeError
+from core.loop import Slicing, mitigate_arguments, open_store, plan_mitigation, read_annotations
+from core.mitigation import job_folder, read_job, read_status
 from core.slicing import SliceParams, default_k
 from core.workspace import Workspace
 
@@ -196,18 +197,17 @@ def test_cancel_stops_the_retraining(home, root):
     rerun_until(app, "**workspace-v2** · cancelled — Resume continues from the last finished epoch")
     assert f"Log: {job_folder(out) / 'mitigate.log'}" in [caption.value for caption in app.caption]
 
-    # Annotations changed since: resuming would treat other slices, which the command refuses, and the board says so.
+    # Annotations changed since do not change the job: Resume continues the same slices from the kept epochs.
     annotate(root, {2: "spurious"})
+    kept = status["history"]
     app.button(key="resume-workspace-v2").click().run()
     assert not app.exception, app.exception
-    refusal = "holds an unfinished mitigation with other settings — resume it with the same settings, or choose another --out folder"
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not any(refusal in caption.value for caption in app.caption) and time.monotonic() < deadline:
-        time.sleep(0.3)
-        app.run()
-    assert any(refusal in caption.value for caption in app.caption)
-    assert board_text(app) == ["**workspace-v2** · cancelled — Resume continues from the last finished epoch"]
-    assert read_status(out)["history"] == status["history"]  # the finished epochs are kept for a resume with the same settings
+    resumed = wait_for(out, lambda status: status["state"] == "training" and len(status["history"]) > len(kept), "a resumed epoch")
+    assert resumed["history"][: len(kept)] == kept
+    assert read_job(out).treated_slices == (0,)
+    app.run()
+    app.button(key="cancel-workspace-v2").click().run()
+    wait_for(out, lambda status: status["state"] == "cancelled", "cancelled again")
 
 
 def test_an_interrupted_job_is_found_after_a_restart_and_resumes(home, root):
@@ -232,17 +232,20 @@ def test_an_interrupted_job_is_found_after_a_restart_and_resumes(home, root):
     assert Workspace(out).name == "demo · biased model · v2"
 
 
-def test_resume_arguments_pick_the_same_propagated_slices(root):
+def test_the_cli_arguments_plan_the_same_job_again(root):
     annotate(root, {0: "spurious", 1: "core"})
     store = open_store(root)
     state = read_annotations(store, root)
     store.close()
     job = plan_mitigation(root, state, "propagation", root.path.with_name("workspace-v2"), threshold=0.2)
-    arguments = resume_arguments(job, state)
-    threshold = float(arguments[arguments.index("--threshold") + 1])
-    assert threshold > 0.2 and plan_mitigation(root, state, "propagation", job.out, threshold) == job
+    arguments = mitigate_arguments(job)
+    treated = [int(s) for s in arguments[arguments.index("--slices") + 1].split(",")]
+    assert tuple(treated) == job.treated_slices
+    assert plan_mitigation(root, state, "propagation", job.out, threshold=0.9, treated=treated) == job  # the named slices win
     assert Slicing.from_name(job.slicing) == Slicing("attribution", SliceParams(k=default_k(len(root.images))))
     assert arguments[arguments.index("--k") + 1] == str(default_k(len(root.images)))
+    with pytest.raises(SliceScopeError, match="are not all in"):
+        plan_mitigation(root, state, "propagation", job.out, treated=[999])
 
 
 def test_versions_page_evaluates_with_the_chosen_regions(home, root):

@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (
@@ -48,7 +47,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.concepts.annotations import ANNOTATION_COLUMNS, MAX_TERM_CHARS
 from core.errors import SliceScopeError
-from core.store import NAME_MAX_CHARS, as_utc, clean_text, database_errors_explained, database_url, open_database
+from core.store import NAME_MAX_CHARS, DatabaseStore, as_utc, clean_text, database_errors_explained
 
 MAX_IMAGES = 10_000
 MAX_IMAGES_PER_TASK = 50
@@ -294,23 +293,10 @@ def _platform_id(value: object, what: str) -> str | None:
     return clean_text(value, what, PLATFORM_ID_MAX_CHARS, required=False) or None
 
 
-class CampaignStore:
+class CampaignStore(DatabaseStore):
     """Crowd campaigns in the database at ``url`` (SQLite or PostgreSQL), beside the annotations; creates its tables if missing."""
 
-    def __init__(self, url: str):
-        self._engine, self.url = open_database(url, metadata)
-
-    @classmethod
-    def for_workspace(cls, workspace_path: str | Path, configured: str | None = None) -> CampaignStore:
-        return cls(database_url(workspace_path, configured))
-
-    def close(self) -> None:
-        """Close the pooled connections (the store reopens them if used again)."""
-        self._engine.dispose()
-
-    def _rows(self, statement) -> list:
-        with database_errors_explained(self.url), self._engine.connect() as connection:
-            return list(connection.execute(statement))
+    tables = metadata
 
     # -- the analyst's side ----------------------------------------------------
     def create_campaign(self, scope: str, name: str, image_ids: Sequence[str], settings: CampaignSettings = CampaignSettings()) -> Campaign:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import index
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 from sqlalchemy import (
@@ -238,14 +239,16 @@ def _describe(row) -> str:
     return f"marking image {row.target} as mislabelled (should be {row.label})"
 
 
-class AnnotationStore:
-    """Annotations in the database at ``url`` (SQLite or PostgreSQL); creates its table if missing."""
+class DatabaseStore:
+    """What every store shares: one engine on a database URL (its ``tables`` created if missing), reads, closing."""
+
+    tables: MetaData
 
     def __init__(self, url: str):
-        self._engine, self.url = open_database(url, _metadata)
+        self._engine, self.url = open_database(url, self.tables)
 
     @classmethod
-    def for_workspace(cls, workspace_path: str | Path, configured: str | None = None) -> AnnotationStore:
+    def for_workspace(cls, workspace_path: str | Path, configured: str | None = None) -> Self:
         return cls(database_url(workspace_path, configured))
 
     def close(self) -> None:
@@ -255,6 +258,12 @@ class AnnotationStore:
     def _rows(self, statement) -> list:
         with database_errors_explained(self.url), self._engine.connect() as connection:
             return list(connection.execute(statement))
+
+
+class AnnotationStore(DatabaseStore):
+    """Annotations in the database at ``url`` (SQLite or PostgreSQL); creates its table if missing."""
+
+    tables = _metadata
 
     def _insert(self, **values) -> tuple[int, datetime]:
         created_at = datetime.now(UTC)

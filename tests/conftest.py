@@ -158,3 +158,19 @@ def postgres_url():
         if started:
             run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """An empty database: a SQLite file, or the session's PostgreSQL server, emptied again after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'annotations.sqlite'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    yield server
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()

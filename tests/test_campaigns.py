@@ -16,7 +16,6 @@ from core.campaigns import (
     assignments,
     boxes,
     canvas_to_image_box,
-    metadata,
 )
 from core.concepts.annotations import ANNOTATION_COLUMNS, validate_annotations
 from core.errors import SliceScopeError
@@ -28,19 +27,6 @@ SETTINGS = CampaignSettings(images_per_task=2, workers_per_task=2, min_seconds_p
 
 def _engine(url: str):
     return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    """An empty database: a SQLite file, or the session's PostgreSQL server with the campaign tables dropped after each test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'annotations.sqlite'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    yield server
-    engine = _engine(server)
-    metadata.drop_all(engine)
-    engine.dispose()
 
 
 @pytest.fixture

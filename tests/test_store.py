@@ -10,22 +10,9 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from core.errors import SliceScopeError
-from core.store import ANALYST_MAX_CHARS, NOTE_MAX_CHARS, AnnotationStore, database_url, events
+from core.store import ANALYST_MAX_CHARS, NOTE_MAX_CHARS, AnnotationStore, database_url
 
 WS, DATASET, SLICING = "workspace-fp", "dataset-fp", "attribution:k=50:seed=0"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    """An empty annotation database: a SQLite file, or the session's PostgreSQL server with the table dropped after each test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'annotations.sqlite'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    yield server
-    engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1))
-    events.drop(engine, checkfirst=True)
-    engine.dispose()
 
 
 @pytest.fixture

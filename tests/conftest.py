@@ -17,9 +17,7 @@ from tests.helpers import (
     CHROMIUM_ARGS,
     build_small_net,
     free_port,
-    start_streamlit,
-    stop_process,
-    wait_until_healthy,
+    running_app,
     write_image_folder,
 )
 
@@ -54,15 +52,8 @@ def tiny_demo(demo_home) -> Path:
 @pytest.fixture(scope="session")
 def streamlit_server(demo_home, tmp_path_factory):
     """``streamlit run app/main.py`` on the tiny demo, on a free port, once per session; yields its base URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    process = start_streamlit(demo_home, port, log_path)
-    base_url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_healthy(process, base_url, log_path, timeout=60)
+    with running_app(demo_home, tmp_path_factory.mktemp("streamlit")) as base_url:
         yield base_url
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Importable as ``tests.helpers`` so that the factory path
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,7 @@ def start_streamlit(home: Path, port: int, log_path: Path):
 
     env = {**os.environ, "SLICESCOPE_HOME": str(home)}
     env.pop("SLICESCOPE_WORKSPACES", None)
+    env.pop("SLICESCOPE_DATABASE_URL", None)  # annotations made by tests stay in the test's workspaces
     command = [
         sys.executable, "-m", "streamlit", "run", "app/main.py",
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
@@ -127,3 +129,32 @@ def stop_process(process, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=timeout)
+
+
+@contextmanager
+def running_app(home: Path, log_dir: Path):
+    """``streamlit run app/main.py`` on ``home``'s demo, on a free port, until the block ends; yields its base URL."""
+    port = free_port()
+    log_path = log_dir / "streamlit.log"
+    process = start_streamlit(home, port, log_path)
+    base_url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_healthy(process, base_url, log_path, timeout=60)
+        yield base_url
+    finally:
+        stop_process(process)
+
+
+@contextmanager
+def browser_page(browser, app_url: str, timeout_ms: int):
+    """A fresh browser context and page on ``app_url``; uncaught JavaScript errors are collected in ``page.js_errors``."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(timeout_ms)
+    page = context.new_page()
+    page.js_errors = []
+    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
+    page.app_url = app_url
+    try:
+        yield page
+    finally:
+        context.close()

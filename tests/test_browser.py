@@ -12,6 +12,7 @@ import pytest
 
 from core.demo import workspace_dir
 from core.workspace import Workspace
+from tests.helpers import browser_page
 
 TIMEOUT_MS = 60_000  # per wait: generous for a slow CI machine, but bounded
 MOSAIC_BUILD_TIMEOUT_MS = 300_000  # a mosaic's first request runs 256 inversion steps; minutes on a busy 2-core machine
@@ -24,16 +25,8 @@ CELL_TITLE = re.compile(r"^label: (\S+) · prediction: (\S+)$")
 @pytest.fixture
 def page(chromium_executable, chromium_browser, streamlit_server):
     """A fresh browser context and page; uncaught JavaScript errors are collected in ``page.js_errors``."""
-    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
-    page.app_url = streamlit_server
-    try:
-        yield page
-    finally:
-        context.close()
+    with browser_page(chromium_browser, streamlit_server, TIMEOUT_MS) as fresh:
+        yield fresh
 
 
 def expect(*args, **kwargs):

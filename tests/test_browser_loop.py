@@ -14,7 +14,7 @@ import pytest
 from core.demo import workspace_dir
 from core.loop import open_store, read_annotations
 from core.workspace import Workspace
-from tests.helpers import free_port, start_streamlit, stop_process, wait_until_healthy
+from tests.helpers import browser_page, running_app
 from tests.test_browser import TABLE, TIMEOUT_MS, assert_no_errors, expect, open_slices_page, wait_until_idle
 
 RETRAIN_TIMEOUT_MS = 300_000  # 1 epoch on the tiny demo, its scan and evaluation; minutes on a busy 2-core machine
@@ -29,37 +29,15 @@ def loop_home(demo_home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loop_server(loop_home, tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.delenv("SLICESCOPE_DATABASE_URL", raising=False)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("loop-streamlit") / "streamlit.log"
-    process = start_streamlit(loop_home, port, log_path)
-    base_url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_healthy(process, base_url, log_path, timeout=60)
+def loop_server(loop_home, tmp_path_factory):
+    with running_app(loop_home, tmp_path_factory.mktemp("loop-streamlit")) as base_url:
         yield base_url
-    finally:
-        stop_process(process)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 @pytest.fixture
 def page(chromium_executable, chromium_browser, loop_server):
-    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
-    page.app_url = loop_server
-    try:
-        yield page
-    finally:
-        context.close()
+    with browser_page(chromium_browser, loop_server, TIMEOUT_MS) as fresh:
+        yield fresh
 
 
 def test_annotate_retrain_and_compare_in_the_browser(page, loop_home):

@@ -147,6 +147,16 @@ def last_error(out: Path) -> str | None:
     return errors[-1] if errors else None
 
 
+def resume_or_explain(out: Path) -> None:
+    """Resume the job at ``out`` and redraw, or say in one line why it cannot be resumed."""
+    try:
+        resume(out)
+    except SliceScopeError as error:
+        show_error(error)
+    else:
+        st.rerun()
+
+
 def resume(out: Path) -> None:
     """Run the job at ``out`` again with the settings it recorded; it continues from its last finished epoch."""
     job = read_job(out)
@@ -189,12 +199,7 @@ def _board(out: Path, polled: bool) -> None:
                 st.toast("The retraining stops at the next batch; Resume continues from the last finished epoch.", icon=":material/stop_circle:")
         elif phase in ("failed", "cancelled", "interrupted"):
             if st.button("Resume", key=f"resume-{out.name}", icon=":material/play_arrow:", type="primary"):
-                try:
-                    resume(out)
-                except SliceScopeError as error:
-                    show_error(error)
-                else:
-                    st.rerun()
+                resume_or_explain(out)
         elif phase == "done":
             results(out, job.parent if job else None)
 
@@ -343,12 +348,7 @@ def other_jobs(workspace: Workspace, watched: Path | None) -> None:
         if phase in LIVE:
             row[1].button("Watch", key=f"watch-{out.name}", on_click=_watch, args=(version_root(workspace), out), icon=":material/visibility:")
         elif row[1].button("Resume", key=f"resume-{out.name}", icon=":material/play_arrow:"):
-            try:
-                resume(out)
-            except SliceScopeError as error:
-                show_error(error)
-            else:
-                st.rerun()
+            resume_or_explain(out)
 
 
 def exports(workspace: Workspace, state: AnnotationState, table: pd.DataFrame, source: str, threshold: float, treated: list[int]) -> None:

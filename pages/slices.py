@@ -233,6 +233,8 @@ def thumbnail_view(path: str, data: ScatterData, options: ScatterOptions) -> Non
         rows = np.sort(np.random.default_rng(0).permutation(np.asarray(focus))[:THUMBNAIL_POINTS_MAX])
         st.caption(f"Thumbnails for {len(rows):,} of {len(data.images):,} points ({'of the selection' if options.highlighted is not None else 'a fixed sample'}); "
                    "the Scatter view shows them all.")
+    if options.confusion:
+        st.caption("Thumbnails are drawn in the combined layout; the Scatter view splits by confusion-matrix cell.")
     chart_key = f"thumbnails-{st.session_state['scatter_generation']}"
     st.altair_chart(
         thumbnail_scatter(data, options, rows, load_thumbnail_uris(path, tuple(int(r) for r in rows))),

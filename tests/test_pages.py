@@ -280,3 +280,12 @@ def test_marking_an_image_mislabelled_flags_it_in_the_detail_view(demo_home, mon
     assert {image: relabel.label for image, relabel in relabels.items()} == {biased.images["image_id"].iat[shown]: "star"}
     detail_captions = app.get("image")[-1].captions
     assert detail_captions[0].endswith("⚑ should be star") and not any("⚑" in caption for caption in detail_captions[1:])
+
+
+def test_thumbnail_view_carries_an_image_per_point(demo_home, monkeypatch, biased):
+    app = open_app(demo_home, monkeypatch, layout="confusion")
+    app.segmented_control(key="plot_view").set_value("Thumbnails on hover").run()
+    assert not app.exception, app.exception
+    assert any("Thumbnails are drawn in the combined layout" in caption.value for caption in app.caption)
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["tooltip"][0]["field"] == "image"

@@ -24,6 +24,7 @@ from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 KIND_LABELS = {"core": "Core", "spurious": "Spurious", "wrong_labels": "Wrong labels", "other": "Other"}
 NO_SPURIOUSNESS_HINT = "annotate a core or spurious slice"
+ERROR_KEY = "annotation_error"  # the last refused change, shown under the form until one succeeds
 
 
 @dataclass(frozen=True)
@@ -106,38 +107,50 @@ def spuriousness_column(annotations: Annotations | None):
     )
 
 
-def _save(path: str, slicing: str, slices: list[int], kind_key: str, note_key: str) -> None:
-    store, workspace, analyst = store_for(path), load_workspace(path), st.session_state.get("analyst", "")
+def _change(path: str, apply, icon: str) -> None:
+    """Run one store change from a widget callback: ``apply(store, workspace, analyst)`` returns the toast's text.
+
+    A refusal (bad text, unreachable database) is kept as one line under the form, so nothing typed is lost.
+    """
     try:
-        for slice_id in slices:
-            store.set_slice(workspace.fingerprint, slicing, slice_id, st.session_state[kind_key], st.session_state[note_key], analyst)
+        message = apply(store_for(path), load_workspace(path), st.session_state.get("analyst", ""))
     except SliceScopeError as error:
-        st.session_state["annotation_error"] = str(error)
+        st.session_state[ERROR_KEY] = str(error)
         return
-    st.session_state.pop("annotation_error", None)
-    st.toast(f"Saved: slice{'s' if len(slices) > 1 else ''} {', '.join(map(str, slices))} → {KIND_LABELS[st.session_state[kind_key]]}", icon=":material/check:")
+    st.session_state.pop(ERROR_KEY, None)
+    st.toast(message, icon=icon)
+
+
+def _slices_text(slices: list[int]) -> str:
+    return f"slice{'s' if len(slices) > 1 else ''} {', '.join(map(str, slices))}"
+
+
+def _save(path: str, slicing: str, slices: list[int], kind_key: str, note_key: str) -> None:
+    kind, note = st.session_state[kind_key], st.session_state[note_key]
+
+    def apply(store, workspace, analyst) -> str:
+        for slice_id in slices:
+            store.set_slice(workspace.fingerprint, slicing, slice_id, kind, note, analyst)
+        return f"Saved: {_slices_text(slices)} → {KIND_LABELS[kind]}"
+
+    _change(path, apply, ":material/check:")
 
 
 def _clear(path: str, slicing: str, slices: list[int]) -> None:
-    store, workspace, analyst = store_for(path), load_workspace(path), st.session_state.get("analyst", "")
-    try:
+    def apply(store, workspace, analyst) -> str:
         for slice_id in slices:
             store.clear_slice(workspace.fingerprint, slicing, slice_id, analyst)
-    except SliceScopeError as error:
-        st.session_state["annotation_error"] = str(error)
-        return
-    st.session_state.pop("annotation_error", None)
-    st.toast(f"Cleared the annotation of slice{'s' if len(slices) > 1 else ''} {', '.join(map(str, slices))}", icon=":material/backspace:")
+        return f"Cleared the annotation of {_slices_text(slices)}"
+
+    _change(path, apply, ":material/backspace:")
 
 
 def _undo(path: str) -> None:
-    store, workspace, analyst = store_for(path), load_workspace(path), st.session_state.get("analyst", "")
-    try:
+    def apply(store, workspace, analyst) -> str:
         undone = store.undo_last(analyst, (workspace.fingerprint, workspace.dataset_fingerprint))
-    except SliceScopeError as error:
-        st.session_state["annotation_error"] = str(error)
-        return
-    st.toast(undone.capitalize() if undone else "Nothing of yours to undo here", icon=":material/undo:")
+        return undone.capitalize() if undone else "Nothing of yours to undo here"
+
+    _change(path, apply, ":material/undo:")
 
 
 def annotation_form(path: str, annotations: Annotations, slices: list[int]) -> None:
@@ -172,8 +185,8 @@ def annotation_form(path: str, annotations: Annotations, slices: list[int]) -> N
                         on_click=_undo, args=(path,), key="annotation_undo")
             if disabled:
                 st.caption("Type your name in the sidebar's Analyst field to annotate.")
-        if "annotation_error" in st.session_state:
-            st.error(st.session_state["annotation_error"], icon=":material/error:")
+        if ERROR_KEY in st.session_state:
+            st.error(st.session_state[ERROR_KEY], icon=":material/error:")
         with st.expander("History"):
             history(path)
 
@@ -193,25 +206,24 @@ def history(path: str) -> None:
 
 
 def _mark(path: str, rows_key: str, label_key: str) -> None:
-    workspace, analyst = load_workspace(path), st.session_state.get("analyst", "")
-    store = store_for(path)
-    image_ids = workspace.images["image_id"]
-    try:
-        for row in st.session_state[rows_key]:
-            store.mark_mislabelled(workspace.dataset_fingerprint, image_ids.iat[row], st.session_state[label_key], analyst)
-    except SliceScopeError as error:
-        st.session_state["annotation_error"] = str(error)
-        return
-    st.toast(f"Marked {len(st.session_state[rows_key])} image(s) as mislabelled", icon=":material/flag:")
-    st.session_state[rows_key] = []
+    rows, label = list(st.session_state[rows_key]), st.session_state[label_key]
+
+    def apply(store, workspace, analyst) -> str:
+        for row in rows:
+            store.mark_mislabelled(workspace.dataset_fingerprint, workspace.images["image_id"].iat[row], label, analyst)
+        return f"Marked {len(rows)} image(s) as mislabelled"
+
+    _change(path, apply, ":material/flag:")
+    if ERROR_KEY not in st.session_state:
+        st.session_state[rows_key] = []
 
 
 def _unmark(path: str, image_id: str) -> None:
-    workspace = load_workspace(path)
-    try:
-        store_for(path).unmark_mislabelled(workspace.dataset_fingerprint, image_id, st.session_state.get("analyst", ""))
-    except SliceScopeError as error:
-        st.session_state["annotation_error"] = str(error)
+    def apply(store, workspace, analyst) -> str:
+        store.unmark_mislabelled(workspace.dataset_fingerprint, image_id, analyst)
+        return "Unmarked the image"
+
+    _change(path, apply, ":material/outlined_flag:")
 
 
 def relabels_of(path: str) -> dict[str, str]:

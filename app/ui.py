@@ -215,36 +215,28 @@ def _first_build(built: bool, build: Callable[[ProgressFn], object], what: str) 
         box.update(label="Mosaic ready", state="complete", expanded=False)
 
 
-@st.cache_resource(show_spinner=False)
-def _cached_mosaic(path: str, k: int) -> Mosaic:
-    return build_mosaic(load_workspace(path), SliceParams(k=k))
-
-
-def load_mosaic(path: str, k: int) -> Mosaic:
-    """The Data Slice Mosaic; the first request optimises it with a progress bar, later ones read it."""
-    workspace = load_workspace(path)
-    _first_build(
-        is_mosaic_built(workspace, SliceParams(k=k)),
-        lambda progress: build_mosaic(workspace, SliceParams(k=k), progress=progress),
-        "the Data Slice Mosaic",
-    )
-    return _cached_mosaic(path, k)
+# The mosaic per layout: how it is built, whether it already is, and what the progress box calls it.
+_MOSAICS = {
+    "combined": (build_mosaic, is_mosaic_built, "the Data Slice Mosaic"),
+    "confusion": (build_cell_mosaics, is_cell_mosaics_built, "the Data Slice Mosaic of each confusion cell"),
+}
 
 
 @st.cache_resource(show_spinner=False)
-def _cached_cell_mosaics(path: str, k: int) -> list[CellMosaic]:
-    return build_cell_mosaics(load_workspace(path), SliceParams(k=k))
+def _cached_mosaic(path: str, k: int, layout: str) -> Mosaic | list[CellMosaic]:
+    build, _, _ = _MOSAICS[layout]
+    return build(load_workspace(path), SliceParams(k=k))
 
 
-def load_cell_mosaics(path: str, k: int) -> list[CellMosaic]:
-    """The Data Slice Mosaic of each confusion cell; built like :func:`load_mosaic`."""
+def load_mosaic(path: str, k: int, layout: str) -> Mosaic | list[CellMosaic]:
+    """The Data Slice Mosaic (``combined``) or one per confusion cell (``confusion``).
+
+    The first request optimises it with a progress bar; later ones read it.
+    """
+    build, is_built, name = _MOSAICS[layout]
     workspace = load_workspace(path)
-    _first_build(
-        is_cell_mosaics_built(workspace, SliceParams(k=k)),
-        lambda progress: build_cell_mosaics(workspace, SliceParams(k=k), progress=progress),
-        "the Data Slice Mosaic of each confusion cell",
-    )
-    return _cached_cell_mosaics(path, k)
+    _first_build(is_built(workspace, SliceParams(k=k)), lambda progress: build(workspace, SliceParams(k=k), progress=progress), name)
+    return _cached_mosaic(path, k, layout)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -30,7 +30,6 @@ from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
     REPRESENTATION_LABELS,
-    load_cell_mosaics,
     load_images,
     load_layout,
     load_mosaic,
@@ -165,9 +164,9 @@ def mosaic_view(selection, table, slice_ids: np.ndarray, metric: str) -> None:
     path, picked = str(selection.workspace), st.session_state["picked_slices"]
     try:
         if selection.layout == "confusion":
-            figure = cell_mosaic_figure(load_cell_mosaics(path, selection.k), table, picked, load_workspace(path).classes, metric)
+            figure = cell_mosaic_figure(load_mosaic(path, selection.k, "confusion"), table, picked, load_workspace(path).classes, metric)
         else:
-            figure = mosaic_figure(load_mosaic(path, selection.k), table, picked, metric)
+            figure = mosaic_figure(load_mosaic(path, selection.k, "combined"), table, picked, metric)
     except SliceScopeError as error:
         show_error(error)
         return

@@ -34,10 +34,12 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     insert,
     select,
@@ -54,6 +56,7 @@ MAX_IMAGES_PER_TASK = 50
 MAX_WORKERS_PER_TASK = 20
 MAX_BOXES_PER_IMAGE = 50
 MAX_ATTRIBUTES_PER_BOX = 10
+MAX_PNG_BYTES = 5_000_000  # a display copy, not the original: a 1,024-pixel PNG is well under this
 INSTRUCTIONS_MAX_CHARS = 5_000
 # MTurk worker, assignment and HIT ids and Prolific ids are well under this.
 PLATFORM_ID_MAX_CHARS = 64
@@ -117,6 +120,20 @@ boxes = Table(
     Column("entity_type", String(MAX_TERM_CHARS), nullable=False),
     Column("attributes", JSON, nullable=False),  # one to MAX_ATTRIBUTES_PER_BOX terms
 )
+# The pictures a worker sees live in the database, not in a workspace folder: the worker app then needs only the
+# database URL, reads nothing from disk, and a token reaches exactly its task's rows.
+campaign_pictures = Table(
+    "crowd_images",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", Integer, ForeignKey("crowd_campaigns.id"), nullable=False, index=True),
+    Column("image_id", String(NAME_MAX_CHARS), nullable=False),
+    Column("width", Integer, nullable=False),  # of the original image: boxes are stored in these pixels
+    Column("height", Integer, nullable=False),
+    Column("image_png", LargeBinary, nullable=False),
+    Column("saliency_png", LargeBinary, nullable=False),
+    UniqueConstraint("campaign_id", "image_id"),
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,17 @@ class TaskView:
     campaign_id: int
     instructions: str
     image_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CampaignImage:
+    """What a worker is shown for one image: the picture and its saliency overlay (PNG, any display size), and the
+    original image's size in pixels, which boxes are converted to."""
+
+    width: int
+    height: int
+    image_png: bytes
+    saliency_png: bytes
 
 
 @dataclass(frozen=True)
@@ -287,6 +315,26 @@ def _rejection(seconds: Mapping[str, float], minimum: float) -> str | None:
     return f"{len(hasty)} of {len(seconds)} images answered in under {minimum:g} s ({shown})"
 
 
+def _checked_pictures(pictures: Mapping[str, CampaignImage] | None, image_ids: Sequence[str]) -> list[dict]:
+    if pictures is None:
+        return []
+    missing = [image_id for image_id in image_ids if image_id not in pictures]
+    if missing:
+        raise SliceScopeError(f"no picture was given for image {missing[0]!r}", "render every campaign image (core.crowd does)")
+    rows = []
+    for image_id in image_ids:
+        picture = pictures[image_id]
+        if not isinstance(picture, CampaignImage):
+            raise SliceScopeError(f"the picture of image {image_id!r} must be a CampaignImage, not {type(picture).__name__}", "build it with CampaignImage(...)")
+        for what, png in (("picture", picture.image_png), ("saliency overlay", picture.saliency_png)):
+            if not isinstance(png, bytes) or not png.startswith(b"\x89PNG") or len(png) > MAX_PNG_BYTES:
+                raise SliceScopeError(f"the {what} of image {image_id!r} is not a PNG under {MAX_PNG_BYTES // 1_000_000} MB", "render it as a display-sized PNG")
+        rows.append({"image_id": image_id, "width": _whole(picture.width, "image width", 1, 100_000),
+                     "height": _whole(picture.height, "image height", 1, 100_000),
+                     "image_png": picture.image_png, "saliency_png": picture.saliency_png})
+    return rows
+
+
 def _platform_id(value: object, what: str) -> str | None:
     if value is None:
         return None
@@ -299,8 +347,13 @@ class CampaignStore(DatabaseStore):
     tables = metadata
 
     # -- the analyst's side ----------------------------------------------------
-    def create_campaign(self, scope: str, name: str, image_ids: Sequence[str], settings: CampaignSettings = CampaignSettings()) -> Campaign:
-        """A campaign over ``image_ids`` (in task order), with its tasks and assignments; the only time the tokens are returned."""
+    def create_campaign(self, scope: str, name: str, image_ids: Sequence[str], settings: CampaignSettings = CampaignSettings(),
+                        pictures: Mapping[str, CampaignImage] | None = None) -> Campaign:
+        """A campaign over ``image_ids`` (in task order), with its tasks and assignments; the only time the tokens are returned.
+
+        ``pictures`` gives what workers see for each image (:func:`core.crowd.create_workspace_campaign` renders them);
+        without it the campaign is only a record of tasks, for answers collected elsewhere.
+        """
         scope, name = clean_text(scope, "scope", NAME_MAX_CHARS), clean_text(name, "campaign name", NAME_MAX_CHARS)
         settings = _checked_settings(settings)
         if isinstance(image_ids, str) or not isinstance(image_ids, Sequence) or not 1 <= len(image_ids) <= MAX_IMAGES:
@@ -309,6 +362,7 @@ class CampaignStore(DatabaseStore):
         repeated = [image_id for image_id, count in Counter(images).items() if count > 1]
         if repeated:
             raise SliceScopeError(f"image {repeated[0]!r} is listed more than once", "list every image once")
+        picture_rows = _checked_pictures(pictures, images)
         created_at = datetime.now(UTC)
         expires_at = created_at + timedelta(hours=settings.hours_valid)
         size = settings.images_per_task
@@ -317,6 +371,8 @@ class CampaignStore(DatabaseStore):
             campaign_id = connection.execute(insert(campaigns).values(
                 scope=scope, name=name, settings={**asdict(settings), "n_images": len(images)}, created_at=created_at,
             )).inserted_primary_key[0]
+            if picture_rows:
+                connection.execute(insert(campaign_pictures), [{"campaign_id": campaign_id, **row} for row in picture_rows])
             for start in range(0, len(images), size):
                 task_id = connection.execute(insert(tasks).values(campaign_id=campaign_id, image_ids=images[start:start + size])).inserted_primary_key[0]
                 for _ in range(settings.workers_per_task):
@@ -414,6 +470,16 @@ class CampaignStore(DatabaseStore):
             return self._assignment(token).completion_code
         return code
 
+    def task_picture(self, token: str, image_id: str) -> CampaignImage:
+        """What the worker holding ``token`` is shown for ``image_id``, which must be one of their task's images."""
+        row = self._assignment(token)
+        if row.status == "submitted":
+            raise SliceScopeError("this task was already submitted", "thank you: there is nothing more to do on it")
+        self._refuse_expired(row)
+        if image_id not in row.image_ids:
+            raise SliceScopeError("this image is not part of your task", "use the task's own pages")
+        return self.picture(row.campaign_id, image_id)
+
     # -- results -------------------------------------------------------------------
     def progress(self, campaign_id: int) -> pd.DataFrame:
         """One row per assignment: its status (open, started, submitted, expired) and its task's (open, in progress, done),
@@ -451,6 +517,21 @@ class CampaignStore(DatabaseStore):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
 
+    def picture(self, campaign_id: int, image_id: str) -> CampaignImage:
+        """The picture and overlay workers were shown for ``image_id`` in the campaign."""
+        rows = self._rows(select(campaign_pictures).where(campaign_pictures.c.campaign_id == campaign_id, campaign_pictures.c.image_id == image_id))
+        if not rows:
+            raise SliceScopeError(f"campaign {campaign_id} holds no picture of image {str(image_id)[:40]!r}",
+                                  "create campaigns with core.crowd.create_workspace_campaign, which stores them")
+        row = rows[0]
+        return CampaignImage(row.width, row.height, row.image_png, row.saliency_png)
+
+    def picture_sizes(self, campaign_id: int) -> dict[str, tuple[int, int]]:
+        """Each stored picture's original (width, height), by image id."""
+        statement = select(campaign_pictures.c.image_id, campaign_pictures.c.width, campaign_pictures.c.height).where(
+            campaign_pictures.c.campaign_id == campaign_id)
+        return {row.image_id: (row.width, row.height) for row in self._rows(statement)}
+
     def _boxes(self, campaign_id: int, include_rejected: bool) -> list:
         self.campaign(campaign_id)
         statement = (
@@ -476,12 +557,14 @@ class CampaignStore(DatabaseStore):
         ]
         return pd.DataFrame(records, columns=list(ANNOTATION_COLUMNS), dtype=object)
 
-    def export_coco(self, campaign_id: int, image_sizes: Mapping[str, tuple[int, int]], include_rejected: bool = False) -> dict:
-        """The campaign as COCO detection JSON: ``image_sizes`` gives each image's (width, height); categories are entity types.
+    def export_coco(self, campaign_id: int, image_sizes: Mapping[str, tuple[int, int]] | None = None, include_rejected: bool = False) -> dict:
+        """The campaign as COCO detection JSON: ``image_sizes`` gives each image's (width, height) (default: the stored
+        pictures' sizes); categories are entity types.
 
         Each annotation also carries the worker, the seconds spent on its image and the typed terms.
         """
         campaign = self.campaign(campaign_id)
+        image_sizes = self.picture_sizes(campaign_id) if image_sizes is None else image_sizes
         image_ids = [image_id for row in self._rows(select(tasks.c.image_ids).where(tasks.c.campaign_id == campaign_id).order_by(tasks.c.id))
                      for image_id in row.image_ids]
         missing = [image_id for image_id in image_ids if image_id not in image_sizes]

@@ -6,19 +6,10 @@ import getpass
 
 import streamlit as st
 
+from app.database import configured_database_url
 from core.loop import open_store
 from core.store import ANALYST_MAX_CHARS, AnnotationStore
 from core.workspace import Workspace
-
-
-def configured_database_url() -> str | None:
-    """``[database] url`` from ``.streamlit/secrets.toml``; None when no secrets file gives one."""
-    try:
-        url = st.secrets["database"]["url"]
-    except (FileNotFoundError, KeyError, TypeError):
-        # No secrets file is the normal case (annotations then go to $SLICESCOPE_DATABASE_URL or the workspace).
-        return None
-    return str(url).strip() or None
 
 
 @st.cache_resource(show_spinner=False)

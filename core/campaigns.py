@@ -232,7 +232,7 @@ def _checked_settings(settings: CampaignSettings) -> CampaignSettings:
         workers_per_task=_whole(settings.workers_per_task, "workers_per_task", 1, MAX_WORKERS_PER_TASK),
         min_seconds_per_image=_number(settings.min_seconds_per_image, "min_seconds_per_image", 0, 3600),
         hours_valid=_number(settings.hours_valid, "hours_valid", 0.01, 24 * 365),
-        instructions=clean_text(settings.instructions, "instructions", INSTRUCTIONS_MAX_CHARS, required=False),
+        instructions=clean_text(settings.instructions, "instructions", INSTRUCTIONS_MAX_CHARS, required=False, multiline=True),
         sampling=clean_text(settings.sampling, "sampling", MAX_TERM_CHARS),
         saliency_method=clean_text(settings.saliency_method, "saliency method", MAX_TERM_CHARS),
         saliency_params=json.loads(params),
@@ -419,6 +419,12 @@ class CampaignStore(DatabaseStore):
     def _refuse_expired(row) -> None:
         if as_utc(row.expires_at) <= datetime.now(UTC):
             raise SliceScopeError("this task has expired", "ask the requester for a new task")
+
+    def preview(self, token: str) -> str:
+        """The campaign's instructions, for a platform's preview of the task: the assignment is not marked as opened."""
+        row = self._assignment(token)
+        self._refuse_expired(row)
+        return row.settings["instructions"]
 
     def open_task(self, token: str) -> TaskView:
         """What the worker holding ``token`` may see; refused for a forged, expired or already submitted token."""

@@ -186,12 +186,19 @@ def open_database(url: str, metadata: MetaData) -> tuple[Engine, str]:
     return engine, shown_url
 
 
-def clean_text(text: object, what: str, max_chars: int, required: bool = True) -> str:
-    """``text`` on one line without control characters, checked against its limit."""
+def _one_line(text: str) -> str:
+    # Control characters (NUL, terminal escapes) are dropped; line breaks and other whitespace runs become one space.
+    return " ".join("".join(char for char in text if char.isspace() or unicodedata.category(char) != "Cc").split())
+
+
+def clean_text(text: object, what: str, max_chars: int, required: bool = True, multiline: bool = False) -> str:
+    """``text`` on one line (or, if ``multiline``, with its line breaks kept) without control characters, checked against its limit."""
     if not isinstance(text, str):
         raise SliceScopeError(f"the {what} must be text, not {type(text).__name__}", f"pass the {what} as a string")
-    # Control characters (NUL, terminal escapes) are dropped; line breaks and other whitespace runs become one space.
-    cleaned = " ".join("".join(char for char in text if char.isspace() or unicodedata.category(char) != "Cc").split())
+    if multiline:
+        cleaned = "\n".join(_one_line(line) for line in text.splitlines()).strip("\n")
+    else:
+        cleaned = _one_line(text)
     if required and not cleaned:
         raise SliceScopeError(f"the {what} is empty", f"give a {what}")
     if len(cleaned) > max_chars:

@@ -79,8 +79,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_streamlit(home: Path, port: int, log_path: Path):
-    """``streamlit run app/main.py`` on ``port`` with ``$SLICESCOPE_HOME=home``; output goes to ``log_path``."""
+def start_streamlit(home: Path, port: int, log_path: Path, script: str = "app/main.py", database_url: str | None = None):
+    """``streamlit run script`` on ``port`` with ``$SLICESCOPE_HOME=home``; output goes to ``log_path``."""
     import os
     import subprocess
     import sys
@@ -88,8 +88,10 @@ def start_streamlit(home: Path, port: int, log_path: Path):
     env = {**os.environ, "SLICESCOPE_HOME": str(home)}
     env.pop("SLICESCOPE_WORKSPACES", None)
     env.pop("SLICESCOPE_DATABASE_URL", None)  # annotations made by tests stay in the test's workspaces
+    if database_url:
+        env["SLICESCOPE_DATABASE_URL"] = database_url
     command = [
-        sys.executable, "-m", "streamlit", "run", "app/main.py",
+        sys.executable, "-m", "streamlit", "run", script,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--server.address", "127.0.0.1", "--server.port", str(port),
         "--server.fileWatcherType", "none",  # edits to the sources during a run must not rerun the app
@@ -132,11 +134,11 @@ def stop_process(process, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def running_app(home: Path, log_dir: Path):
-    """``streamlit run app/main.py`` on ``home``'s demo, on a free port, until the block ends; yields its base URL."""
+def running_app(home: Path, log_dir: Path, script: str = "app/main.py", database_url: str | None = None):
+    """``streamlit run script`` (the analyst app) on ``home``'s demo, on a free port, until the block ends; yields its base URL."""
     port = free_port()
     log_path = log_dir / "streamlit.log"
-    process = start_streamlit(home, port, log_path)
+    process = start_streamlit(home, port, log_path, script, database_url)
     base_url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_healthy(process, base_url, log_path, timeout=60)

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, func, inspect, select, update
 
 from core.campaigns import (
     Box,
+    CampaignImage,
     CampaignSettings,
     CampaignStore,
     answers,
@@ -286,3 +287,42 @@ def test_for_workspace_shares_the_annotation_database(tmp_path, monkeypatch):
     assert store.url == f"sqlite:///{tmp_path.resolve() / 'annotations.sqlite'}"
     with pytest.raises(SliceScopeError, match="SQLite or PostgreSQL, not mysql"):
         CampaignStore("mysql://127.0.0.1/annotations")
+
+
+def _png(size: int = 8, value: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_pictures_reach_only_their_task(store, url):
+    pictures = {image_id: CampaignImage(64, 48, _png(value=number), _png(value=200 + number)) for number, image_id in enumerate(IMAGES)}
+    settings = CampaignSettings(images_per_task=2, workers_per_task=1, instructions="Box it.\n\n- good: **stamp**\r\n- bad:\x00 thing")
+    campaign = store.create_campaign(WS, "pictures", IMAGES, settings, pictures=pictures)
+    first, second = campaign.tokens[0].token, campaign.tokens[1].token
+    # Line breaks survive for the instructions' Markdown; control characters do not.
+    assert store.preview(first) == "Box it.\n\n- good: **stamp**\n- bad: thing"
+    assert store.progress(campaign.id)["status"].iloc[0] == "open"  # a preview does not start the task
+    assert store.task_picture(first, "img-1") == pictures["img-1"]
+    with pytest.raises(SliceScopeError, match="^this image is not part of your task"):
+        store.task_picture(first, "img-2")  # img-2 is in the second task
+    assert store.task_picture(second, "img-2") == pictures["img-2"]
+    with pytest.raises(SliceScopeError, match="this task link is not valid"):
+        store.task_picture("forged", "img-0")
+    store.submit(first, _answer(["img-0", "img-1"]), _seconds(["img-0", "img-1"]))
+    with pytest.raises(SliceScopeError, match="already submitted"):
+        store.task_picture(first, "img-0")
+    assert store.picture_sizes(campaign.id) == {image_id: (64, 48) for image_id in IMAGES}
+    coco = store.export_coco(campaign.id)  # sizes come from the stored pictures
+    assert {(image["width"], image["height"]) for image in coco["images"]} == {(64, 48)}
+
+    for bad, message in [({"img-0": pictures["img-0"]}, "no picture was given for image 'img-1'"),
+                         ({**pictures, "img-0": CampaignImage(64, 48, b"GIF89a", _png())}, "picture of image 'img-0' is not a PNG"),
+                         ({**pictures, "img-0": CampaignImage(0, 48, _png(), _png())}, "image width must be a whole number")]:
+        with pytest.raises(SliceScopeError, match=message):
+            store.create_campaign(WS, "bad", IMAGES, settings, pictures=bad)
+    assert len(store.campaigns(WS)) == 1

@@ -1,0 +1,186 @@
+"""The crowd worker app in a real browser: ``streamlit run annotate/main.py`` driven by Playwright and Debian's Chromium.
+
+A worker opens a task link, draws boxes by dragging the mouse on the saliency overlay, types terms and submits;
+the boxes must arrive in the store in image pixels. Forged links, previews and hostile text are driven the same way.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.campaigns import CampaignImage, CampaignSettings, CampaignStore
+from tests.helpers import browser_page, running_app
+
+TIMEOUT_MS = 60_000
+IMAGE_SIZE = 64  # pictures are 64 px, shown on a 400-px canvas: 6.25 canvas pixels per image pixel
+CANVAS_PER_IMAGE_PIXEL = 400 / IMAGE_SIZE
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((320, 320), Image.NEAREST).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A two-image task for three workers, with pictures, in its own SQLite database."""
+    folder = tmp_path_factory.mktemp("worker-campaign")
+    url = f"sqlite:///{folder / 'campaign.sqlite'}"
+    rng = np.random.default_rng(0)
+    pictures = {}
+    for image_id in ("img-a", "img-b"):
+        pixels = (rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype(np.uint8)
+        pictures[image_id] = CampaignImage(IMAGE_SIZE, IMAGE_SIZE, _png(pixels), _png(255 - pixels))
+    store = CampaignStore(url)
+    created = store.create_campaign("ws", "browser", list(pictures), CampaignSettings(
+        images_per_task=2, workers_per_task=3, min_seconds_per_image=0, instructions="Box **each** highlighted area."), pictures=pictures)
+    yield store, created, url, folder
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def worker_server(campaign):
+    _, _, url, folder = campaign
+    with running_app(folder, folder, script="annotate/main.py", database_url=url) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def page(chromium_executable, chromium_browser, worker_server):
+    with browser_page(chromium_browser, worker_server, TIMEOUT_MS) as fresh:
+        fresh.dialogs = []
+        fresh.on("dialog", lambda dialog: (fresh.dialogs.append(dialog.message), dialog.dismiss()))
+        yield fresh
+
+
+def expect(*args, **kwargs):
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
+    return playwright_expect(*args, **kwargs)
+
+
+def wait_until_idle(page) -> None:
+    expect(page.get_by_test_id("stStatusWidget")).to_be_hidden()
+
+
+def drag_box(page, corners: tuple[float, float, float, float], label: str) -> None:
+    """Drag from one corner to the other on the canvas (canvas pixels) until the box's fields appear.
+
+    A canvas just mounted ignores the mouse until its drawing tool is set up (it draws nothing then, so a worker
+    simply drags again); the test does what the worker does, a bounded number of times.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    field = page.get_by_label(f"Box {label}: what is it? (one noun)")
+    for _ in range(5):
+        wait_until_idle(page)
+        canvas = page.locator("canvas.upper-canvas")
+        expect(canvas).to_have_count(1)
+        origin = canvas.bounding_box()
+        x0, y0, x1, y1 = corners
+        page.mouse.move(origin["x"] + x0, origin["y"] + y0)
+        page.mouse.down()
+        page.mouse.move(origin["x"] + (x0 + x1) / 2, origin["y"] + (y0 + y1) / 2, steps=6)
+        page.mouse.move(origin["x"] + x1, origin["y"] + y1, steps=6)
+        page.mouse.up()
+        try:
+            field.wait_for(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    expect(field).to_be_visible()
+
+
+def name_box(page, label: str, entity_type: str, attributes: str) -> None:
+    for field, text in ((f"Box {label}: what is it? (one noun)", entity_type),
+                        (f"Box {label}: what is it like? (adjectives, comma-separated)", attributes)):
+        box = page.get_by_label(field)
+        box.fill(text)
+        box.press("Enter")
+        wait_until_idle(page)
+
+
+def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campaign):
+    store, created, _, _ = campaign
+    token = created.tokens[0]
+    page.goto(f"{page.app_url}?token={token.token}&workerId=W-17&assignmentId=A-1&hitId=H-9"
+              "&turkSubmitTo=https%3A%2F%2Fworkersandbox.mturk.com")
+    expect(page.get_by_text("highlighted area")).to_be_visible()  # the instructions come first
+    page.get_by_role("button", name="Start the task").click()
+    expect(page.get_by_text("Image 1 of 2")).to_be_visible()
+    expect(page.get_by_text("0 of 2 images have boxes")).to_be_visible()
+    submit = page.get_by_role("button", name="Submit my answer")
+    expect(submit).to_be_disabled()
+
+    drag_box(page, (50, 60, 150, 160), "1")
+    name_box(page, "1", HOSTILE, "white, square")
+    page.get_by_role("button", name="Next image →").click()
+    expect(page.get_by_text("Image 2 of 2")).to_be_visible()
+    expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
+    expect(page.get_by_text("Image 2 has no box yet.")).to_be_visible()
+    drag_box(page, (300, 20, 200, 100), "1")  # dragged up and left
+    name_box(page, "1", "stamp", "grey")
+    # Back and forth keeps the first image's box and its terms.
+    for button, shown, entity_type in (("← Previous image", "Image 1 of 2", HOSTILE), ("Next image →", "Image 2 of 2", "stamp")):
+        page.get_by_role("button", name=button).click()
+        expect(page.get_by_text(shown)).to_be_visible()
+        field = page.get_by_label("Box 1: what is it? (one noun)")
+        expect(field).to_have_count(1)  # the other image's field, shown faded while the page reruns, is gone
+        expect(field).to_have_value(entity_type)
+
+    expect(submit).to_be_enabled()
+    submit.click()
+    expect(page.get_by_text("Thank you: your answer is saved.")).to_be_visible()
+    code = page.locator('[data-testid="stCode"]').inner_text().strip()
+    link = page.get_by_role("link", name="Send your answer to Mechanical Turk")
+    assert link.get_attribute("href") == f"https://workersandbox.mturk.com/mturk/externalSubmit?assignmentId=A-1&completion_code={code}"
+    assert not page.dialogs and not page.js_errors  # the hostile term was never run as HTML
+
+    frame = store.annotations_frame(created.id)
+    progress = store.progress(created.id).set_index("assignment_id").loc[token.assignment_id]
+    assert (progress["status"], progress["worker_id"], progress["boxes"]) == ("submitted", "W-17", 2)
+    coco = store.export_coco(created.id)
+    by_image = {image["id"]: image["file_name"] for image in coco["images"]}
+    boxes = {by_image[annotation["image_id"]]: annotation for annotation in coco["annotations"]}
+    # Canvas (50, 60)-(150, 160) on a 400-px canvas of a 64-px image → image pixels (8, 9.6)-(24, 25.6).
+    expected = {"img-a": (50, 60, 150, 160), "img-b": (200, 20, 300, 100)}
+    for image_id, (x0, y0, x1, y1) in expected.items():
+        x, y, width, height = boxes[image_id]["bbox"]
+        assert np.allclose((x, y, x + width, y + height), np.divide((x0, y0, x1, y1), CANVAS_PER_IMAGE_PIXEL), atol=0.75), boxes[image_id]
+    assert boxes["img-a"]["entity_type"] == HOSTILE and boxes["img-a"]["attributes"] == ["white", "square"]
+    assert set(frame["attribute"]) == {"white", "square", "grey"}
+
+    # The same link again: the answer stands, the task is not shown again.
+    page.goto(f"{page.app_url}?token={token.token}")
+    expect(page.get_by_text("this task was already submitted")).to_be_visible()
+    expect(page.locator("canvas")).to_have_count(0)
+
+
+@pytest.mark.parametrize("query, message", [
+    ("?token=forged-token-that-is-not-ours", "this task link is not valid"),
+    ("?token=%27%20OR%201%3D1%20--", "this task link is not valid"),
+    ("", "Open this page with the task link you were given"),
+])
+def test_forged_or_missing_links_see_no_task(page, query, message):
+    page.goto(page.app_url + query)
+    expect(page.get_by_text(message)).to_be_visible()
+    wait_until_idle(page)
+    assert page.locator("canvas").count() == 0 and page.locator("img").count() == 0
+
+
+def test_platform_preview_shows_instructions_not_the_task(page, campaign):
+    store, created, _, _ = campaign
+    token = created.tokens[1]
+    page.goto(f"{page.app_url}?token={token.token}&assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE&hitId=H-9")
+    expect(page.get_by_text("This is a preview: accept the task to start annotating.")).to_be_visible()
+    expect(page.get_by_text("highlighted area")).to_be_visible()
+    wait_until_idle(page)
+    assert page.locator("canvas").count() == 0
+    assert store.progress(created.id).set_index("assignment_id").loc[token.assignment_id, "status"] == "open"

@@ -23,7 +23,7 @@ from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is
 from core.progress import ProgressFn
 from core.render import render_images, thumbnail_data_uris
 from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
-from core.workspace import REPRESENTATIONS, Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
+from core.workspace import Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
 
 REPRESENTATION_LABELS = {
     "attribution": "Attribution space (F_W)",
@@ -179,7 +179,7 @@ def system_menu() -> Selection | None:
     versions = [path for path in workspaces if summaries[path]["dataset"] == dataset]
     workspace = _choose("Model version", versions, lambda p: summaries[p]["model_label"], "workspace", key="menu_workspace")
     representation = _choose(
-        "Representation", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "representation", key="menu_representation",
+        "Representation", list(REPRESENTATION_LABELS), REPRESENTATION_LABELS.get, "representation", key="menu_representation",
         help="The 2-D layout. Switching keeps the selected slices and points, so you can see whether neighbours in one space are neighbours in the other.",
     )
     layout = _choose("Layout", list(LAYOUT_LABELS), LAYOUT_LABELS.get, "layout", key="menu_layout")
@@ -187,7 +187,7 @@ def system_menu() -> Selection | None:
     n_images = len(load_workspace(workspace).images)
     with st.sidebar.expander("Slicing settings"):
         slice_on = _choose(
-            "Slice on", list(REPRESENTATIONS), REPRESENTATION_LABELS.get, "slice_on", key="menu_slice_on", container=st,
+            "Slice on", list(REPRESENTATION_LABELS), REPRESENTATION_LABELS.get, "slice_on", key="menu_slice_on", container=st,
             help="AttributionScanner clusters the attribution-weighted features F_W; plain features are there for comparison.",
         )
         largest_k = max(2, min(500, n_images))

@@ -54,6 +54,22 @@ def build_small_net(num_classes: int = 3) -> SmallNet:
     return SmallNet(num_classes)
 
 
+def train_small_net(image_folder: Path, checkpoint: Path, steps: int = 60) -> Path:
+    """SmallNet fitted to a :func:`write_image_folder` dataset (colour classes: a few Adam steps separate them)."""
+    classes = sorted(CLASS_COLOURS)
+    paths = sorted(image_folder.glob("*/*.png"))
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1) for path in paths])
+    labels = torch.tensor([classes.index(path.parent.name) for path in paths])
+    model = build_small_net(len(classes))
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimiser.step()
+    torch.save(model.state_dict(), checkpoint)
+    return checkpoint
+
+
 def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> ScanConfig:
     """A scan of a :func:`write_image_folder` dataset with SmallNet, in chunks of 8 so that it has several."""
     options = {"image_size": 32, "normalize": "none", "batch_size": 4, "chunk_size": 8, "workers": 0}

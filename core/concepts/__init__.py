@@ -30,10 +30,10 @@ from core.concepts.mining import (
 )
 from core.concepts.query import parse_query, query_concepts
 from core.concepts.reconcile import Vocabulary, reconcile
-from core.concepts.table import ConceptTable, build_concept_table
+from core.concepts.table import ConceptTable, build_concept_table, concept_boxes
 
 __all__ = [
     "ANNOTATION_COLUMNS", "IMAGE_COLUMNS", "RESULT_COLUMNS", "RESULT_KINDS", "AssociationRules", "ConceptStatistics", "ConceptTable",
-    "Embedder", "FastTextEmbedder", "MiniLMEmbedder", "TreeRules", "Vocabulary", "build_concept_table", "concept_statistics",
+    "Embedder", "FastTextEmbedder", "MiniLMEmbedder", "TreeRules", "Vocabulary", "build_concept_table", "concept_boxes", "concept_statistics",
     "filter_results", "mine_concepts", "normalise_term", "parse_query", "query_concepts", "read_annotations_csv", "reconcile",
 ]

@@ -94,3 +94,15 @@ def build_concept_table(annotations: pd.DataFrame, images: pd.DataFrame, vocabul
     concepts = concepts[order].rename_axis(index="image_id", columns=None)
     label = images.loc[annotated, LABEL_COLUMN].rename("label") if LABEL_COLUMN in images.columns else None
     return ConceptTable(concepts, images.loc[annotated, "prediction"].rename("prediction"), label, kinds.loc[order])
+
+
+def concept_boxes(annotations: pd.DataFrame, vocabulary: Vocabulary, concept: str) -> pd.DataFrame:
+    """The boxes that put ``concept`` in the table (``image_id, worker_id, box_id``): its type, one of its attributes,
+    or, for a pair "attribute-type", both in one box."""
+    annotations = validate_annotations(annotations)
+    mapping = vocabulary.mapping()
+    boxes = annotations.assign(type=_concepts_of(annotations["entity_type"], mapping),
+                               attribute=_concepts_of(annotations["attribute"], mapping))
+    pair = boxes["attribute"] + "-" + boxes["type"]
+    hits = boxes[(boxes["type"] == concept) | (boxes["attribute"] == concept) | (pair == concept)]
+    return hits[["image_id", "worker_id", "box_id"]].drop_duplicates(ignore_index=True)

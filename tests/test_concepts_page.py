@@ -1,0 +1,135 @@
+"""The Concepts page, driven with AppTest on private copies of the tiny demo (whose build adds a simulated campaign)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.concepts import campaign_store
+from core.campaigns import Box, CampaignStore
+from core.crowd import CampaignPlan, create_workspace_campaign, saved_vocabulary
+from core.crowd_sim import DEMO_CAMPAIGN_NAME
+from core.extract import scan
+from core.saliency import SaliencyParams
+from core.workspace import Workspace
+from tests.helpers import small_scan_config, train_small_net
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = ROOT / "app" / "main.py"
+
+
+# What the test's own crowd calls the regions of each predicted class: a stand-in for people, chosen so that every
+# class has concepts typical of it and the page has findings to show.
+TERMS = {"apple": ("stamp", "white"), "leaf": ("water", "blue"), "sky": ("grass", "green")}
+
+
+def open_concepts(workspace: Workspace | None = None) -> AppTest:
+    app = AppTest.from_file(str(MAIN), default_timeout=180)
+    if workspace is not None:
+        app.query_params["workspace"] = str(workspace.path)
+    app.switch_page(str(ROOT / "pages" / "concepts.py")).run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.fixture
+def trained_workspace(demo_home, image_folder, tmp_path, monkeypatch) -> Workspace:
+    """A scan of the colour-class images by a SmallNet trained on them, listed beside the tiny demo; no campaign yet."""
+    checkpoint = train_small_net(image_folder, tmp_path / "trained.pt")
+    workspace = scan(small_scan_config(image_folder, checkpoint, tmp_path / "workspaces" / "colours"))
+    assert workspace.images["prediction"].nunique() == 3
+    monkeypatch.setenv("SLICESCOPE_HOME", str(demo_home))
+    monkeypatch.setenv("SLICESCOPE_WORKSPACES", str(tmp_path / "workspaces"))
+    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    return workspace
+
+
+@pytest.fixture
+def answered_workspace(trained_workspace) -> Workspace:
+    """The trained workspace with a campaign over all its images, answered by two workers per task."""
+    store = CampaignStore.for_workspace(trained_workspace.path)
+    plan = CampaignPlan(n_images=len(trained_workspace.images), images_per_task=6, workers_per_task=2, min_seconds_per_image=1,
+                        saliency=SaliencyParams(method="gradcam"))
+    campaign = create_workspace_campaign(trained_workspace, store, "colours", plan)
+    prediction = trained_workspace.images.set_index("image_id")["prediction"]
+    for number, token in enumerate(campaign.tokens):
+        image_ids = store.open_task(token.token).image_ids
+        boxes = [Box(image_id, 2, 2, 20, 20, TERMS[prediction[image_id]][0], (TERMS[prediction[image_id]][1],)) for image_id in image_ids]
+        store.submit(token.token, boxes, {image_id: 8.0 for image_id in image_ids}, worker_id=f"W{number % 3}")
+    store.close()
+    return trained_workspace
+
+
+def test_the_tiny_demo_ships_a_simulated_campaign(tiny_demo, monkeypatch):
+    monkeypatch.setenv("SLICESCOPE_HOME", str(tiny_demo.parent))
+    monkeypatch.delenv("SLICESCOPE_WORKSPACES", raising=False)
+    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    app = open_concepts()
+    assert any(DEMO_CAMPAIGN_NAME in option for option in app.selectbox(key="campaign_pick").options)
+    assert any("simulated crowd" in caption.value for caption in app.caption)
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["Open"] == "0" and metrics["In progress"] == "0"
+
+
+def test_a_campaign_is_mined_into_findings_queries_and_images(answered_workspace):
+    app = open_concepts(answered_workspace)
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert (metrics["Tasks done"], metrics["Answers"], metrics["Rejected"]) == ("3 / 3", "6 / 6", "0")
+    tables = [frame.value for frame in app.dataframe if "cramers_v" in frame.value.columns]
+    findings = tables[0]  # at the default typicality (Cramér's V ≥ 0.2, p < 0.05)
+    assert (findings["cramers_v"] >= 0.2).all() and (findings["p_value"] < 0.05).all()
+    prediction = answered_workspace.images["prediction"]
+    for name, (entity_type, attribute) in TERMS.items():
+        if (prediction == name).any():
+            typical = findings[(findings["class"] == name) & findings["kind"].isin(("type", "attribute"))]
+            assert {entity_type, attribute} <= set(typical["concept"]), (name, typical)
+
+    # A query naming a misspelt concept gets a one-line answer with the nearest names, not a traceback.
+    concept = tables[0]["concept"].iloc[0].split("-")[0]
+    app.text_input(key="concept_query").input(f"{concept}x AND NOT nothing_like_this").run()
+    assert not app.exception
+    assert any(f"there is no concept '{concept}x'" in error.value and "did you mean" in error.value for error in app.error)
+    app.text_input(key="concept_query").input(f"{concept} OR NOT {concept}").run()
+    answers = [frame.value for frame in app.dataframe if "kind" in frame.value.columns and (frame.value["kind"] == "query").any()]
+    assert answers and set(answers[0]["frequency"]) == {1.0}  # true on every image of every class
+
+    # Images per concept: pictures with their boxes drawn, captioned with label and prediction.
+    captions = [caption for image in app.get("image") for caption in image.captions if "predicted" in caption]
+    concept = app.selectbox(key="images_concept").value
+    named_by = {term: name for name, terms in TERMS.items() for term in terms}
+    assert concept in named_by, concept  # the page opens on the most typical concept
+    assert len(captions) == (prediction == named_by[concept]).sum()
+    assert all(caption.endswith(f"predicted {named_by[concept]}") for caption in captions), captions
+
+
+def test_vocabulary_edits_are_saved_with_the_workspace(answered_workspace):
+    app = open_concepts(answered_workspace)
+    concept = app.selectbox(key="rename_concept").value
+    app.text_input(key="rename_to").input("renamed concept").run()
+    app.button[[button.label for button in app.button].index("Rename")].click().run()
+    assert not app.exception, app.exception
+    campaign = campaign_store(str(answered_workspace.path)).campaigns(answered_workspace.fingerprint)[-1]
+    saved = saved_vocabulary(answered_workspace, campaign.id)
+    assert saved is not None and "renamed_concept" in set(saved.terms["concept"]) and concept not in set(saved.terms["concept"])
+    # The page now mines with the edited vocabulary and offers to discard the edits.
+    assert "renamed_concept" in app.selectbox(key="rename_concept").options
+    app.button[[button.label for button in app.button].index("Discard my edits (reconcile again)")].click().run()
+    assert saved_vocabulary(answered_workspace, campaign.id) is None
+
+
+def test_a_new_campaign_hands_out_its_links_once(trained_workspace):
+    workspace = trained_workspace
+    app = open_concepts(workspace)
+    assert any("No crowd campaign on this workspace yet" in info.value for info in app.info)
+    settings = {"Images to annotate": 8, "Images per task": 4, "Workers per task": 2, "SmoothGrad samples": 2}
+    for widget in app.number_input:
+        if widget.label in settings:
+            widget.set_value(settings[widget.label])
+    app.button[[button.label for button in app.button].index("Create campaign")].click().run()
+    assert not app.exception, app.exception
+    assert any("4 task links were made" in warning.value for warning in app.warning)
+    campaigns = campaign_store(str(workspace.path)).campaigns(workspace.fingerprint)
+    assert len(campaigns) == 1 and campaigns[0].n_images == 8
+    assert any("No answer yet" in info.value for info in app.info)

@@ -523,6 +523,12 @@ class CampaignStore(DatabaseStore):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
 
+    def image_ids(self, campaign_id: int) -> list[str]:
+        """The campaign's images in task order."""
+        self.campaign(campaign_id)
+        statement = select(tasks.c.image_ids).where(tasks.c.campaign_id == campaign_id).order_by(tasks.c.id)
+        return [image_id for row in self._rows(statement) for image_id in row.image_ids]
+
     def picture(self, campaign_id: int, image_id: str) -> CampaignImage:
         """The picture and overlay workers were shown for ``image_id`` in the campaign."""
         rows = self._rows(select(campaign_pictures).where(campaign_pictures.c.campaign_id == campaign_id, campaign_pictures.c.image_id == image_id))
@@ -571,8 +577,7 @@ class CampaignStore(DatabaseStore):
         """
         campaign = self.campaign(campaign_id)
         image_sizes = self.picture_sizes(campaign_id) if image_sizes is None else image_sizes
-        image_ids = [image_id for row in self._rows(select(tasks.c.image_ids).where(tasks.c.campaign_id == campaign_id).order_by(tasks.c.id))
-                     for image_id in row.image_ids]
+        image_ids = self.image_ids(campaign_id)
         missing = [image_id for image_id in image_ids if image_id not in image_sizes]
         if missing:
             raise SliceScopeError(f"the size of image {missing[0]!r} is not known", "pass every campaign image's (width, height)")

@@ -206,13 +206,13 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _whole(value: object, what: str, low: int, high: int) -> int:
+def checked_whole(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SliceScopeError(f"{what} must be a whole number from {low} to {high}, not {value!r}", f"set {what} between {low} and {high}")
+        raise SliceScopeError(f"{what} must be a whole number from {low} to {high}, not {str(value)[:40]!r}", f"set {what} between {low} and {high}")
     return value
 
 
-def _number(value: object, what: str, low: float, high: float) -> float:
+def checked_number(value: object, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and low <= value <= high):
         raise SliceScopeError(f"{what} must be a number from {low:g} to {high:g}, not {str(value)[:40]!r}", f"give {what} as a number")
     return float(value)
@@ -228,10 +228,10 @@ def _checked_settings(settings: CampaignSettings) -> CampaignSettings:
     if not isinstance(settings.saliency_params, dict) or len(params) > _SALIENCY_PARAMS_MAX_CHARS:
         raise SliceScopeError(f"the saliency parameters must be a dict of at most {_SALIENCY_PARAMS_MAX_CHARS} characters as JSON", "pass fewer, shorter parameters")
     return CampaignSettings(
-        images_per_task=_whole(settings.images_per_task, "images_per_task", 1, MAX_IMAGES_PER_TASK),
-        workers_per_task=_whole(settings.workers_per_task, "workers_per_task", 1, MAX_WORKERS_PER_TASK),
-        min_seconds_per_image=_number(settings.min_seconds_per_image, "min_seconds_per_image", 0, 3600),
-        hours_valid=_number(settings.hours_valid, "hours_valid", 0.01, 24 * 365),
+        images_per_task=checked_whole(settings.images_per_task, "images_per_task", 1, MAX_IMAGES_PER_TASK),
+        workers_per_task=checked_whole(settings.workers_per_task, "workers_per_task", 1, MAX_WORKERS_PER_TASK),
+        min_seconds_per_image=checked_number(settings.min_seconds_per_image, "min_seconds_per_image", 0, 3600),
+        hours_valid=checked_number(settings.hours_valid, "hours_valid", 0.01, 24 * 365),
         instructions=clean_text(settings.instructions, "instructions", INSTRUCTIONS_MAX_CHARS, required=False, multiline=True),
         sampling=clean_text(settings.sampling, "sampling", MAX_TERM_CHARS),
         saliency_method=clean_text(settings.saliency_method, "saliency method", MAX_TERM_CHARS),
@@ -248,10 +248,10 @@ def canvas_to_image_box(
     """
     (canvas_w, canvas_h), (image_w, image_h) = canvas_size, image_size
     for what, value in (("canvas width", canvas_w), ("canvas height", canvas_h), ("image width", image_w), ("image height", image_h)):
-        _number(value, what, 1, 1e6)
+        checked_number(value, what, 1, 1e6)
     if isinstance(box, str) or not isinstance(box, Sequence) or len(box) != 4:
         raise SliceScopeError("a box has 4 coordinates (x0, y0, x1, y1)", "send the two corners of each box")
-    x0, y0, x1, y1 = (_number(value, "a box coordinate", -1e6, 1e6) for value in box)
+    x0, y0, x1, y1 = (checked_number(value, "a box coordinate", -1e6, 1e6) for value in box)
     scale_x, scale_y = image_w / canvas_w, image_h / canvas_h
 
     def pixels(a: float, b: float, scale: float, limit: float) -> tuple[float, float]:
@@ -274,7 +274,7 @@ def _checked_boxes(submitted: object, image_ids: Sequence[str]) -> list[dict]:
             raise SliceScopeError(f"a box must be a Box, not {type(box).__name__}", "build each box with Box(...)")
         if box.image_id not in image_ids:
             raise SliceScopeError(f"a box is on image {str(box.image_id)[:40]!r}, which is not in this task", "draw boxes only on this task's images")
-        coordinates = [_number(value, "a box coordinate", 0, 1e6) for value in (box.x0, box.y0, box.x1, box.y1)]
+        coordinates = [checked_number(value, "a box coordinate", 0, 1e6) for value in (box.x0, box.y0, box.x1, box.y1)]
         if coordinates[0] >= coordinates[2] or coordinates[1] >= coordinates[3]:
             raise SliceScopeError(f"a box on image {box.image_id!r} has no area", "convert it with canvas_to_image_box")
         entity_type = clean_text(box.entity_type, f"entity type of a box on image {box.image_id!r}", MAX_TERM_CHARS)
@@ -303,7 +303,7 @@ def _checked_seconds(seconds_per_image: object, image_ids: Sequence[str]) -> dic
     missing = [image_id for image_id in image_ids if image_id not in seconds_per_image]
     if missing:
         raise SliceScopeError(f"no time was recorded for image {missing[0]!r}", "send the seconds spent on every image of the task")
-    return {image_id: _number(seconds_per_image[image_id], f"the seconds on image {image_id!r}", 0, 7 * 24 * 3600) for image_id in image_ids}
+    return {image_id: checked_number(seconds_per_image[image_id], f"the seconds on image {image_id!r}", 0, 7 * 24 * 3600) for image_id in image_ids}
 
 
 def _rejection(seconds: Mapping[str, float], minimum: float) -> str | None:
@@ -329,8 +329,8 @@ def _checked_pictures(pictures: Mapping[str, CampaignImage] | None, image_ids: S
         for what, png in (("picture", picture.image_png), ("saliency overlay", picture.saliency_png)):
             if not isinstance(png, bytes) or not png.startswith(b"\x89PNG") or len(png) > MAX_PNG_BYTES:
                 raise SliceScopeError(f"the {what} of image {image_id!r} is not a PNG under {MAX_PNG_BYTES // 1_000_000} MB", "render it as a display-sized PNG")
-        rows.append({"image_id": image_id, "width": _whole(picture.width, "image width", 1, 100_000),
-                     "height": _whole(picture.height, "image height", 1, 100_000),
+        rows.append({"image_id": image_id, "width": checked_whole(picture.width, "image width", 1, 100_000),
+                     "height": checked_whole(picture.height, "image height", 1, 100_000),
                      "image_png": picture.image_png, "saliency_png": picture.saliency_png})
     return rows
 

@@ -22,7 +22,6 @@ are this model's, so another version's workspace has campaigns of its own.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +39,8 @@ from core.campaigns import (
     CampaignImage,
     CampaignSettings,
     CampaignStore,
+    checked_number,
+    checked_whole,
 )
 from core.concepts import ANNOTATION_COLUMNS, ConceptTable, Embedder, Vocabulary, build_concept_table, mine_concepts, reconcile
 from core.errors import SliceScopeError
@@ -69,18 +70,6 @@ entity type *stamp*; attributes *white*, *rectangular*.
 it does not say what the red area shows."""
 
 
-def _whole(value: object, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SliceScopeError(f"{what} must be a whole number from {low} to {high}, not {str(value)[:40]!r}", f"set {what} between {low} and {high}")
-    return value
-
-
-def _number(value: object, what: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and low <= value <= high):
-        raise SliceScopeError(f"{what} must be a number from {low:g} to {high:g}, not {str(value)[:40]!r}", f"give {what} as a number in that range")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class CampaignPlan:
     """What a campaign asks of the crowd (defaults: the paper's §6.1.2 set-up, 300 images, tasks of 10, 3 workers each).
@@ -102,19 +91,19 @@ class CampaignPlan:
     display_size: int = 320
 
     def __post_init__(self):
-        _whole(self.n_images, "the number of images", 1, MAX_IMAGES)
+        checked_whole(self.n_images, "the number of images", 1, MAX_IMAGES)
         if self.sampling not in SAMPLINGS:
             raise SliceScopeError(f"unknown sampling {str(self.sampling)[:40]!r}", f"use one of: {', '.join(SAMPLINGS)}")
         if not isinstance(self.saliency, SaliencyParams):
             raise SliceScopeError(f"the saliency settings must be SaliencyParams, not {type(self.saliency).__name__}", "build them with SaliencyParams(...)")
-        _whole(self.images_per_task, "images per task", 1, MAX_IMAGES_PER_TASK)
-        _whole(self.workers_per_task, "workers per task", 1, MAX_WORKERS_PER_TASK)
-        _number(self.min_seconds_per_image, "the minimum seconds per image", 0, 3600)
-        _number(self.hours_valid, "the hours a task link stays valid", 0.01, 24 * 365)
+        checked_whole(self.images_per_task, "images per task", 1, MAX_IMAGES_PER_TASK)
+        checked_whole(self.workers_per_task, "workers per task", 1, MAX_WORKERS_PER_TASK)
+        checked_number(self.min_seconds_per_image, "the minimum seconds per image", 0, 3600)
+        checked_number(self.hours_valid, "the hours a task link stays valid", 0.01, 24 * 365)
         if not isinstance(self.instructions, str) or len(self.instructions) > INSTRUCTIONS_MAX_CHARS:
             raise SliceScopeError(f"the instructions must be text of at most {INSTRUCTIONS_MAX_CHARS} characters", "shorten them")
-        _whole(self.seed, "the sampling seed", 0, 2**32 - 1)
-        _whole(self.display_size, "the display size", 16, 2048)
+        checked_whole(self.seed, "the sampling seed", 0, 2**32 - 1)
+        checked_whole(self.display_size, "the display size", 16, 2048)
 
     def settings(self) -> CampaignSettings:
         """The store's record of this plan."""
@@ -137,7 +126,7 @@ def sample_images(images: pd.DataFrame, n: int, sampling: str = "random", seed: 
     """
     if sampling not in SAMPLINGS:
         raise SliceScopeError(f"unknown sampling {str(sampling)[:40]!r}", f"use one of: {', '.join(SAMPLINGS)}")
-    _whole(n, "the number of images", 1, MAX_IMAGES)
+    checked_whole(n, "the number of images", 1, MAX_IMAGES)
     if "image_id" not in images.columns or (sampling == "stratified" and "prediction" not in images.columns):
         raise SliceScopeError("the images table needs image_id (and prediction, to stratify) columns", "pass the workspace's images table")
     table = images.drop_duplicates("image_id").sort_values("image_id", kind="stable").reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | slices | annotate | mitigate | evaluate | concepts``.
+"""Command line: ``python -m core demo | scan | attach-train | slices | annotate | mitigate | evaluate | campaign | concepts``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -40,11 +40,26 @@ def _build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects (runs their code: only for files you trust)")
     scan.add_argument("--overwrite", action="store_true", help="replace a workspace built from other inputs")
     scan.add_argument("--out", type=Path, required=True, help="workspace folder to create (or resume)")
+    scan.add_argument("--train-data", type=Path, help="the data the model was trained on (ImageFolder or CSV manifest), recorded for influence embeddings")
+    scan.add_argument("--train-split", help="split of --train-data the model was trained on")
+
+    attach = commands.add_parser("attach-train", help="record the training data a workspace's model was fitted on (influence embeddings need it)")
+    attach.add_argument("workspace", type=Path)
+    attach.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label, of the training images")
+    attach.add_argument("--split", help="keep only manifest rows whose split column equals this (the demo: train for the biased model)")
+    attach.add_argument("--layers", help="modules whose gradients count, comma-separated (default: the last block and the head)")
+    attach.add_argument("--arnoldi-dim", type=int, help="P, Arnoldi iterations of the Hessian factorisation (default 200; the paper: 500)")
+    attach.add_argument("--embedding-dim", type=int, help="D, the influence embedding's dimension (default 100)")
+    attach.add_argument("--hessian-images", type=int, help="training images the Hessian is estimated on, a seeded random subset (default 1000)")
 
     slices = commands.add_parser("slices", help="cluster a workspace into slices and write one row per image")
     slices.add_argument("workspace", type=Path)
-    slices.add_argument("--method", default="attribution", help="attribution (F_W, the attribution space) or features (plain pooled features F)")
+    slices.add_argument("--method", default="attribution", help="attribution (F_W, the attribution space), features (plain pooled features F), "
+                        "influence (InfEmbed: K-Means on influence embeddings) or influence-rule (InfEmbed-Rule); the influence methods need attach-train")
     slices.add_argument("--k", type=int, default=50, help="number of K-Means slices (default 50)")
+    slices.add_argument("--accuracy", type=float, default=0.4, help="influence-rule: a slice is flagged at this accuracy or below (default 0.4)")
+    slices.add_argument("--min-size", type=int, default=25, help="influence-rule: smallest slice (default 25)")
+    slices.add_argument("--branching", type=int, default=3, help="influence-rule: K-Means clusters per split (default 3)")
     slices.add_argument("--seed", type=int, default=0)
     slices.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
     slices.add_argument("--min-dist", type=float, default=0.05, help="UMAP min_dist")
@@ -86,9 +101,27 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sigma", type=float, default=0.5, help="evaluation noise, in [0, 1] pixel units (default 0.5)")
     _add_slicing_arguments(evaluate)
 
+    campaign = commands.add_parser("campaign", help="SECA: a crowd campaign on a workspace: sample images, compute saliency, store tasks and write their links")
+    campaign.add_argument("workspace", type=Path)
+    campaign.add_argument("--images", type=int, default=300, help="images to annotate (default 300; clamped to the workspace's size)")
+    campaign.add_argument("--sampling", default="random", choices=["random", "stratified"], help="random (default) or stratified by predicted class")
+    campaign.add_argument("--saliency", default="smoothgrad", choices=["smoothgrad", "gradcam"], help="saliency method of the predicted class (default smoothgrad)")
+    campaign.add_argument("--sigma", type=float, default=0.15, help="SmoothGrad noise, as a fraction of the input range (default 0.15)")
+    campaign.add_argument("--samples", type=int, default=25, help="SmoothGrad noisy copies per image (default 25)")
+    campaign.add_argument("--images-per-task", type=int, default=10, help="images per task (default 10)")
+    campaign.add_argument("--workers-per-task", type=int, default=3, help="workers per task (default 3)")
+    campaign.add_argument("--min-seconds", type=float, default=5.0, help="answers faster than this per image are stored as rejected (default 5)")
+    campaign.add_argument("--hours", type=float, default=72.0, help="how long the task links stay valid (default 72)")
+    campaign.add_argument("--seed", type=int, default=0, help="seed of the sampling and of SmoothGrad's noise")
+    campaign.add_argument("--name", help="campaign name (default: 'Campaign <date>', or 'Simulated crowd <date>' with --simulate)")
+    campaign.add_argument("--base-url", default="http://localhost:8502", help="address of the worker app, for the links (default http://localhost:8502)")
+    campaign.add_argument("--links", type=Path, help="CSV to write the task links to (default WS/campaign-<id>-links.csv); they are shown only once")
+    campaign.add_argument("--simulate", action="store_true", help="answer the campaign with the SIMULATED crowd (demo workspaces only: needs their ground truth)")
+
     concepts = commands.add_parser("concepts", help="SECA: reconcile crowd annotations into concepts; rank the concepts typical of each predicted class")
-    concepts.add_argument("annotations", type=Path, help="CSV: image_id,worker_id,box_id,entity_type,attribute, plus prediction (and label) unless --images")
-    concepts.add_argument("--images", type=Path, help="CSV: image_id,prediction[,label] (default: the prediction column of the annotations)")
+    concepts.add_argument("annotations", type=Path, help="a workspace (mines its crowd campaign) or a CSV: image_id,worker_id,box_id,entity_type,attribute, plus prediction (and label) unless --images")
+    concepts.add_argument("--campaign", type=int, help="with a workspace: the campaign to mine (default: the workspace's latest)")
+    concepts.add_argument("--images", type=Path, help="with a CSV: image_id,prediction[,label] (default: the prediction column of the annotations)")
     concepts.add_argument("--out", type=Path, required=True, help="CSV of findings: concept,kind,class,p_value,cramers_v,frequency,...")
     concepts.add_argument("--fasttext", type=Path, help="embed terms with this fastText .bin model (default: the bundled MiniLM)")
     concepts.add_argument("--vocabulary", type=Path, help="use this (edited) vocabulary CSV instead of reconciling again")
@@ -180,6 +213,8 @@ def _run_scan(args) -> None:
 
     if args.batch_size < 1:
         raise SliceScopeError("--batch-size must be at least 1", "e.g. --batch-size 64")
+    if args.train_split is not None and args.train_data is None:
+        raise SliceScopeError("--train-split needs --train-data", "pass --train-data PATH with it")
     spec = ModelSpec(checkpoint=args.model, arch=args.arch, num_classes=args.num_classes, factory=args.factory, trust_checkpoint=args.trust_checkpoint)
     classes = tuple(name.strip() for name in args.classes.split(",")) if args.classes else None
     config = ScanConfig(
@@ -191,6 +226,63 @@ def _run_scan(args) -> None:
     report = workspace.report
     print(f"workspace ready: {workspace.path}")
     print(f"{report['num_images']} images, accuracy {report['accuracy']:.1%}, {report['num_skipped']} skipped (listed in report.json)")
+    if args.train_data is not None:
+        from core.influence import attach_training_data
+
+        training = attach_training_data(workspace, args.train_data, args.train_split)
+        print(f"training data recorded: {training.num_images} images of {training.data}" + (f" (split {training.split})" if training.split else ""))
+
+
+def _run_attach_train(args) -> None:
+    from dataclasses import replace
+
+    from core.influence import attach_training_data, influence_params
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    layers = tuple(name.strip() for name in args.layers.split(",")) if args.layers is not None else None
+    given = {"layers": layers, "arnoldi_dim": args.arnoldi_dim, "embedding_dim": args.embedding_dim, "hessian_images": args.hessian_images}
+    params = replace(influence_params(workspace), **{name: value for name, value in given.items() if value is not None})
+    training = attach_training_data(workspace, args.data, args.split, params)
+    split = f", split {training.split}" if training.split else ""
+    print(f"attached {training.num_images} training images ({training.data}{split}) to {workspace.path}")
+    print(f"influence settings: layers {', '.join(params.layers) if params.layers else 'the last block and the head'}, "
+          f"P = {params.arnoldi_dim}, D = {params.embedding_dim}, Hessian on {params.hessian_images} images")
+    print(f"slice with: python -m core slices {workspace.path} --method influence --out slices.csv")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _influence_slices_frame(args, workspace, projection):
+    """The CSV of ``slices --method influence | influence-rule``: the ``slices`` columns (+ slice_path, flagged for the rule)."""
+    import pandas as pd
+
+    from core.influence import estimate_seconds, influence_embeddings, is_computed, require_training_data
+    from core.influence_rule import RuleParams, infembed_slices, rule_slices
+    from core.slicing import SliceParams, project
+
+    require_training_data(workspace)
+    if not is_computed(workspace):
+        print(f"computing influence embeddings, once: about {_duration(estimate_seconds(workspace))} on this machine", flush=True)
+    progress = tqdm_progress()
+    influence_embeddings(workspace, progress=progress)
+    images = workspace.images
+    frame = pd.DataFrame({column: images[column] for column in ("path", "label", "prediction", "confidence")})
+    if args.method == "influence":
+        frame["slice"] = infembed_slices(workspace, SliceParams(k=args.k, seed=args.seed), progress=progress)
+        rule = None
+    else:
+        rule = rule_slices(workspace, RuleParams(args.accuracy, args.min_size, args.branching, seed=args.seed), progress=progress)
+        frame["slice"] = rule.slice_ids
+    layout = project(workspace, "influence", projection, progress)
+    frame["x"], frame["y"] = layout[:, 0], layout[:, 1]
+    if rule is not None:
+        frame["slice_path"] = rule.slices.set_index("slice")["path"].reindex(rule.slice_ids).to_numpy()
+        frame["flagged"] = rule.slices.set_index("slice")["flagged"].reindex(rule.slice_ids).to_numpy()
+        print(f"InfEmbed-Rule: {len(rule.flagged)} of {len(rule.slices)} slices have accuracy ≤ {args.accuracy:.0%} on ≥ {args.min_size} images")
+    return frame
 
 
 def _run_slices(args) -> None:
@@ -198,11 +290,11 @@ def _run_slices(args) -> None:
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
-    frame = slices_frame(
-        workspace, args.method, SliceParams(k=args.k, seed=args.seed),
-        ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, seed=args.seed),
-        progress=tqdm_progress(),
-    )
+    projection = ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, seed=args.seed)
+    if args.method in ("influence", "influence-rule"):
+        frame = _influence_slices_frame(args, workspace, projection)
+    else:
+        frame = slices_frame(workspace, args.method, SliceParams(k=args.k, seed=args.seed), projection, progress=tqdm_progress())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     worst = slice_table(workspace.images, frame["slice"].to_numpy()).nsmallest(5, "accuracy")
@@ -262,6 +354,76 @@ def _print_annotations(store, workspace, slicing: str) -> None:
         print(f"  {paths.get(relabel.image_id, relabel.image_id)} should be {relabel.label} ({relabel.analyst}, {relabel.created_at:%Y-%m-%d %H:%M} UTC)")
 
 
+def _open_campaign_store(workspace):
+    from core.campaigns import CampaignStore
+    from core.mitigation import version_root
+    from core.store import database_url
+
+    return CampaignStore(database_url(version_root(workspace).path, None))
+
+
+def _run_campaign(args) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from core.crowd import CampaignPlan, create_workspace_campaign, task_links
+    from core.saliency import SaliencyParams
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    plan = CampaignPlan(
+        n_images=args.images, sampling=args.sampling, saliency=SaliencyParams(args.saliency, args.sigma, args.samples, args.seed),
+        images_per_task=args.images_per_task, workers_per_task=args.workers_per_task, min_seconds_per_image=args.min_seconds,
+        hours_valid=args.hours, seed=args.seed,
+    )
+    name = args.name or f"{'Simulated crowd' if args.simulate else 'Campaign'} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    store = _open_campaign_store(workspace)
+    try:
+        campaign = create_workspace_campaign(workspace, store, name, plan, progress=tqdm_progress())
+        links = task_links(campaign, args.base_url)
+        path = args.links or workspace.path / f"campaign-{campaign.id}-links.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        links.to_csv(path, index=False)
+        os.chmod(path, 0o600)  # each link opens a task: keep them to whoever hands them out
+        tasks = links["task_id"].nunique()
+        print(f"campaign {campaign.id} ({campaign.name}): {campaign.n_images} images in {tasks} tasks × {plan.workers_per_task} workers, "
+              f"stored in {store.url}")
+        print(f"wrote {len(links)} task links to {path} (they are not stored anywhere else)")
+        if args.simulate:
+            from core.crowd_sim import simulate_campaign
+
+            answered = simulate_campaign(workspace, store, campaign, seed=args.seed, progress=tqdm_progress())
+            lazy = answered[answered["lazy"]]
+            print(f"SIMULATED crowd: {len(answered)} assignments answered by {answered['worker_id'].nunique()} simulated workers "
+                  f"({len(lazy)} by the lazy one, {lazy['worker_id'].iloc[0] if len(lazy) else '-'}, stored as rejected)")
+        print(f"mine it with: python -m core concepts {workspace.path} --campaign {campaign.id} --out concepts.csv")
+    finally:
+        store.close()
+
+
+def _campaign_concepts(args, embedder, vocabulary):
+    """The workspace mode of ``concepts``: the campaign's table, vocabulary and findings, through core.crowd.mine_campaign."""
+    from core.crowd import latest_campaign, mine_campaign
+    from core.workspace import Workspace
+
+    if args.images is not None:
+        raise SliceScopeError("--images goes with an annotation CSV, not with a workspace", "drop --images: the workspace knows each image's prediction")
+    workspace = Workspace(args.annotations)
+    store = _open_campaign_store(workspace)
+    try:
+        if args.campaign is None:
+            latest = latest_campaign(workspace, store)
+            if latest is None:
+                raise SliceScopeError(f"workspace {workspace.name} has no crowd campaign", f"create one with: python -m core campaign {workspace.path}")
+            args.campaign = latest.id
+        mined = mine_campaign(workspace, store, args.campaign, embedder=embedder() if vocabulary is None else None,
+                              vocabulary=vocabulary, progress=tqdm_progress())
+    finally:
+        store.close()
+    print(f"campaign {mined.campaign.id} ({mined.campaign.name}): {len(mined.annotations)} accepted annotations")
+    return mined.table, mined.vocabulary, mined.findings
+
+
 def _run_concepts(args) -> None:
     import pandas as pd
 
@@ -276,20 +438,28 @@ def _run_concepts(args) -> None:
         read_annotations_csv,
         reconcile,
     )
+    from core.workspace import is_workspace
 
-    annotations, images = read_annotations_csv(args.annotations, args.images)
-    if args.vocabulary is not None:
-        vocabulary = Vocabulary.read_csv(args.vocabulary)
+    vocabulary = Vocabulary.read_csv(args.vocabulary) if args.vocabulary is not None else None
+
+    def embedder():
+        return FastTextEmbedder(args.fasttext) if args.fasttext else MiniLMEmbedder()
+
+    if is_workspace(args.annotations):
+        table, vocabulary, mined = _campaign_concepts(args, embedder, vocabulary)
+    elif args.campaign is not None or args.annotations.is_dir():
+        raise SliceScopeError(f"{args.annotations} is not a workspace", "pass a workspace folder (to mine its campaign) or an annotation CSV")
     else:
-        embedder = FastTextEmbedder(args.fasttext) if args.fasttext else MiniLMEmbedder()
-        vocabulary = reconcile(annotations, embedder, progress=tqdm_progress())
+        annotations, images = read_annotations_csv(args.annotations, args.images)
+        vocabulary = vocabulary or reconcile(annotations, embedder(), progress=tqdm_progress())
+        table = build_concept_table(annotations, images, vocabulary)
+        mined = mine_concepts(table)
     if args.save_vocabulary is not None:
         vocabulary.terms.to_csv(args.save_vocabulary, index=False)
         print(f"wrote the vocabulary ({len(vocabulary.terms)} terms, {len(vocabulary.concepts)} concepts) to {args.save_vocabulary}")
-    table = build_concept_table(annotations, images, vocabulary)
     if args.table is not None:
         table.to_frame().to_csv(args.table)
-    findings = filter_results(mine_concepts(table), args.min_typicality, args.alpha)
+    findings = filter_results(mined, args.min_typicality, args.alpha)
     answers = [query_concepts(table, text) for text in args.query]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pd.concat([findings, *answers], ignore_index=True).to_csv(args.out, index=False)
@@ -303,8 +473,8 @@ def _run_concepts(args) -> None:
 
 
 COMMANDS = {
-    "demo": _run_demo, "scan": _run_scan, "slices": _run_slices, "annotate": _run_annotate,
-    "mitigate": _run_mitigate, "evaluate": _run_evaluate, "concepts": _run_concepts,
+    "demo": _run_demo, "scan": _run_scan, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
+    "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
 }
 
 

@@ -22,6 +22,7 @@ result that is still valid for other parameters.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -49,7 +50,13 @@ _REQUIRED_MANIFEST_ENTRIES = (("dataset", "root"), ("dataset", "fingerprint"), (
 REPRESENTATIONS = {
     "attribution": "attribution_features",
     "features": "features",
+    "influence": "influence_embeddings",  # a derived array, see COMPUTED_REPRESENTATIONS
 }
+# Representations that are not scan arrays: name → the module that computes them
+# (``representation(workspace)``, cached in derived/) and names what they depend on
+# beyond the scan (``representation_source(workspace)``: influence embeddings need
+# the training data), so that every result derived from them is keyed by it too.
+COMPUTED_REPRESENTATIONS = {"influence": "core.influence"}
 
 
 def stable_hash(payload: object) -> str:
@@ -245,6 +252,8 @@ class Workspace:
     def representation(self, name: str) -> np.ndarray:
         if name not in REPRESENTATIONS:
             raise SliceScopeError(f"unknown representation '{name}'", f"use one of: {', '.join(REPRESENTATIONS)}")
+        if name in COMPUTED_REPRESENTATIONS:
+            return importlib.import_module(COMPUTED_REPRESENTATIONS[name]).representation(self)
         return self.array(REPRESENTATIONS[name])
 
     def image_path(self, relative_path: str) -> Path:
@@ -252,8 +261,16 @@ class Workspace:
 
     # -- derived results -------------------------------------------------
     def derived_path(self, kind: str, params: dict, suffix: str) -> Path:
-        key = stable_hash({"source": self.fingerprint, "kind": kind, **params})
+        key = stable_hash({"source": self.fingerprint, "kind": kind, **self._representation_source(kind), **params})
         return self.path / "derived" / f"{kind}-{key}{suffix}"
+
+    def _representation_source(self, kind: str) -> dict:
+        """For a result of a computed representation (``slices-influence``, ``projection-influence``), what that
+        representation was computed from; nothing for the others, so their keys stay as they were."""
+        name = kind.rpartition("-")[2]
+        if name not in COMPUTED_REPRESENTATIONS:
+            return {}
+        return {"representation_source": importlib.import_module(COMPUTED_REPRESENTATIONS[name]).representation_source(self)}
 
     def cached_array(self, kind: str, params: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Load the ``kind`` result for ``params``, computing and storing it once."""

@@ -7,7 +7,10 @@
 2. ``out/models``: two small CNNs, ``biased`` (trained on the biased split) and
    ``balanced`` (trained with the problem groups balanced);
 3. ``out/workspace`` (the biased model) and ``out/workspace-balanced``: scans of
-   the held-out split, with the default slices and layouts precomputed.
+   the held-out split, with the default slices and layouts precomputed and
+   the model's training split attached (for influence embeddings);
+4. one finished crowd campaign on the biased workspace, answered by the
+   *simulated* crowd (:mod:`core.crowd_sim`), named "Simulated crowd (demo)".
 
 A file lock makes concurrent builders (two browser tabs, the CLI and the app)
 wait for one another instead of racing.
@@ -95,9 +98,11 @@ def build_demo(out: str | Path, preset: str = "full", progress: ProgressFn | Non
         rows = []
         for name in MODEL_NAMES:
             workspace = _scan_held_out(out, name, report)
+            _attach_training_data(out, name, workspace)
             _precompute_views(workspace, report)
             for group, stats in workspace.report.get("group_accuracy", {}).items():
                 rows.append({"model": name, "group": group, "n": stats["n"], "accuracy": stats["accuracy"]})
+        _simulate_crowd(out, config, report)
         group_accuracy = pd.DataFrame(rows)
         group_accuracy.to_csv(out / "models" / "group_accuracy.csv", index=False)
         save_json(marker, {"config": asdict(config), "preset": preset, "group_accuracy": rows})
@@ -154,6 +159,26 @@ def _scan_held_out(out: Path, name: str, report: ProgressFn) -> Workspace:
         report(f"scanning held-out images with the {name} model", done, total)
 
     return scan(config, progress=scan_progress)
+
+
+def _simulate_crowd(out: Path, config, report: ProgressFn) -> None:
+    """A stratified SmoothGrad campaign of up to 300 held-out images on the biased model, answered by the simulated crowd.
+
+    SmoothGrad averages the library's default 25 noisy copies per image (the paper used 10); the test-sized demo,
+    whose model is barely trained, gets 10.
+    """
+    from core.crowd_sim import ensure_demo_campaign
+
+    ensure_demo_campaign(Workspace(workspace_dir(out, "biased")), n_images=min(300, config.n_test), samples=25 if config.n_test >= 300 else 10,
+                         state_path=out / "simulated-crowd-tokens.json", progress=report)
+
+
+def _attach_training_data(out: Path, name: str, workspace: Workspace) -> None:
+    """Record the split the model was trained on, so influence embeddings need no question (cheap: no image is read)."""
+    from core.influence import attach_training_data, training_data
+
+    if training_data(workspace) is None:
+        attach_training_data(workspace, out / "data" / "metadata.csv", TRAINING_SPLITS[name])
 
 
 def _precompute_views(workspace: Workspace, report: ProgressFn) -> None:

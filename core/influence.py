@@ -1,0 +1,708 @@
+"""Influence embeddings (InfEmbed, Wang, Adebayo et al., NeurIPS 2023): how the training data pull on each image.
+
+The influence of a training image z' on an image z estimates how much z's loss
+would change if z' were left out of training (Koh & Liang):
+I(z', z) = ∇θL(z')ᵀ H⁻¹ ∇θL(z), with H the Hessian of the training loss.
+FactorHessian (Schioppa et al.: P Arnoldi iterations of Hessian-vector
+products, then the top D eigenpairs of H restricted to that Krylov subspace)
+gives H⁻¹ ≈ M λ⁻¹ Mᵀ, so that
+
+    μ(z) = λ^(-1/2) Mᵀ ∇θL(z; θ)
+
+is a D-dimensional *influence embedding* with I(z', z) ≈ μ(z')·μ(z). Images
+with close embeddings are influenced alike by the whole training set (the
+paper's Lemma 1), so clustering them (:mod:`core.influence_rule`) finds slices
+that are wrong for the same reason, and a slice's *opponents* (§3.6) are the
+training images whose influence on its total loss is most negative.
+
+The factorisation is captum's ``ArnoldiInfluenceFunction``. Only the layers in
+:attr:`InfluenceParams.layers` count (by default the model's last block and its
+head, as the paper does for ImageNet). Since nothing below them changes, the
+network is cut where they begin (torch.fx): the frozen part runs once per
+image, not once per Hessian-vector product, and the per-example gradients are
+one ``torch.func.vmap`` over the cut network rather than a backward pass per
+image. H is the *mean* Hessian over a seeded subset of the training images, as
+in the paper (captum sums over its data, so the loss is divided by the subset's
+size).
+
+A workspace needs the training data its model was fitted on: it is recorded in
+the manifest's ``[training]`` table (:func:`attach_training_data`, ``python -m
+core attach-train``), with the workspace's ``[influence]`` settings. The
+factors, the training images' embeddings and the workspace images' embeddings
+are cached in ``derived/``, keyed by the model checkpoint's hash, the training
+data's fingerprint and the settings.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import fx, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from core.data import ImageIndex, Preprocess, load_index, read_image
+from core.errors import SliceScopeError
+from core.models import load_module, resolve_device
+from core.progress import ProgressFn, silent
+from core.workspace import MANIFEST, Workspace, save_manifest
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+_HVP_BATCH = 256  # images per Hessian-vector product batch
+_BATCH = 64  # images per gradient batch (B × |θ| per-example gradients sit in memory)
+_STEP_FACTOR = "influence: factorising the Hessian (Arnoldi)"
+_STEP_TRAIN = "influence: gradients of the training images"
+_STEP_WORKSPACE = "influence: gradients of the workspace images"
+
+
+@dataclass(frozen=True)
+class InfluenceParams:
+    """How influence embeddings are computed; every setting changes the result, so all key the cache.
+
+    ``layers`` names the modules whose parameters count (None: the last block
+    and the head, see :func:`default_layers`); ``arnoldi_dim`` is P, the Krylov
+    subspace's size (P Hessian-vector products, the dominant cost);
+    ``embedding_dim`` is D ≤ P; ``hessian_images`` is how many training images
+    (a seeded random subset) the Hessian is estimated on; ``damping`` is added to
+    the (mean) Hessian's diagonal: a trained network is near, not at, a minimum,
+    so its Hessian has small negative eigenvalues, and damping them (0.01, as
+    influence functions usually do) keeps the inverse from blowing up along them.
+    The paper uses P = 500, D = 100; P = 200 halves the factorisation's cost.
+    """
+
+    layers: tuple[str, ...] | None = None
+    arnoldi_dim: int = 200
+    embedding_dim: int = 100
+    hessian_images: int = 1000
+    damping: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+            if not self.layers or any(not isinstance(name, str) or not name.strip() for name in self.layers):
+                raise SliceScopeError("--layers names no layer", "name the model's modules, e.g. --layers layer4,fc, or leave it out for the last block and the head")
+        if self.embedding_dim < 1:
+            raise SliceScopeError(f"embedding dimension D = {self.embedding_dim} is not possible", "pass --embedding-dim 1 or more (the paper uses 100)")
+        if self.arnoldi_dim < self.embedding_dim:
+            raise SliceScopeError(
+                f"the Arnoldi dimension P = {self.arnoldi_dim} is below the embedding dimension D = {self.embedding_dim}",
+                "pass --arnoldi-dim at least --embedding-dim (the paper uses P = 500, D = 100)",
+            )
+        if self.hessian_images < 1:
+            raise SliceScopeError("the Hessian needs at least one training image", "pass --hessian-images 1 or more (default 1000)")
+        if not math.isfinite(self.damping) or self.damping < 0:
+            raise SliceScopeError(f"damping {self.damping} is not a non-negative number", "pass e.g. --damping 0.01")
+
+    def record(self) -> dict:
+        """The settings as TOML stores them (no nulls: default layers are left out)."""
+        record = asdict(self)
+        if self.layers is None:
+            del record["layers"]
+        else:
+            record["layers"] = list(self.layers)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> InfluenceParams:
+        known = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training images a workspace's model was fitted on, as attached to the workspace."""
+
+    data: Path
+    split: str | None
+    fingerprint: str
+    num_images: int
+
+    def attach_arguments(self) -> str:
+        return f"--data {self.data}" + (f" --split {self.split}" if self.split else "")
+
+
+def training_data(workspace: Workspace) -> TrainingData | None:
+    """The training data recorded in ``workspace``, or None (cheap: reads the manifest only)."""
+    record = workspace.manifest.get("training")
+    if not isinstance(record, dict) or "data" not in record:
+        return None
+    return TrainingData(Path(record["data"]), record.get("split"), str(record.get("fingerprint", "")), int(record.get("num_images", 0)))
+
+
+def training_index(workspace: Workspace) -> ImageIndex:
+    """The workspace's training images in their recorded order, refused if they changed since they were attached."""
+    training = require_training_data(workspace)
+    index = load_index(training.data, training.split)
+    if index.fingerprint() != training.fingerprint:
+        raise SliceScopeError(
+            f"the training data {training.data} changed since it was attached (files added, removed or modified)",
+            f"attach it again with: python -m core attach-train {workspace.path} {training.attach_arguments()}",
+        )
+    return index
+
+
+def influence_params(workspace: Workspace) -> InfluenceParams:
+    """The workspace's recorded influence settings (the defaults where none are recorded)."""
+    record = workspace.manifest.get("influence")
+    return InfluenceParams.from_record(record) if isinstance(record, dict) else InfluenceParams()
+
+
+def attach_command(workspace: Workspace) -> str:
+    """The command that attaches the training data: exact for the demo's workspaces, with placeholders otherwise."""
+    scan_inputs = workspace.manifest.get("scan") or {}
+    model = scan_inputs.get("model") or {}
+    data, split = "PATH", "[--split NAME]"
+    from core.demo import FACTORY, TRAINING_SPLITS
+
+    checkpoint = Path(model.get("checkpoint", ""))
+    if model.get("factory") == FACTORY and checkpoint.stem in TRAINING_SPLITS and scan_inputs.get("data"):
+        data, split = scan_inputs["data"], f"--split {TRAINING_SPLITS[checkpoint.stem]}"
+    elif str(scan_inputs.get("data", "")).endswith(".csv") and scan_inputs.get("split"):
+        data, split = scan_inputs["data"], "--split NAME"
+    return f"python -m core attach-train {workspace.path} --data {data} {split}"
+
+
+def require_training_data(workspace: Workspace) -> TrainingData:
+    """The workspace's training data, or a SliceScopeError that says how to attach it."""
+    training = training_data(workspace)
+    if training is None:
+        raise SliceScopeError(
+            f"workspace {workspace.name} does not record the training data its model was fitted on, which influence embeddings need",
+            f"attach it with: {attach_command(workspace)}",
+        )
+    return training
+
+
+def attach_training_data(workspace: Workspace, data: str | Path, split: str | None = None, params: InfluenceParams | None = None) -> TrainingData:
+    """Record in ``workspace`` the training data its model was fitted on (and the influence settings).
+
+    The data is indexed now (not decoded) and fingerprinted, so later runs can
+    tell whether it changed; its labels must be classes of the workspace's
+    model. ``params`` None keeps the recorded settings (or the defaults).
+    """
+    data = Path(data).expanduser().resolve()
+    index = load_index(data, split)
+    unknown = sorted(set(index.classes) - set(workspace.classes))
+    if unknown:
+        raise SliceScopeError(
+            f"training label '{unknown[0]}' is not one of the model's classes ({', '.join(workspace.classes[:6])}{', ...' if len(workspace.classes) > 6 else ''})",
+            "attach the data the model was trained on, labelled with the workspace's class names",
+        )
+    record = {"data": str(data), "fingerprint": index.fingerprint(), "num_images": len(index.table), "attached": datetime.now(UTC).isoformat(timespec="seconds")}
+    if split is not None:
+        record["split"] = split
+    manifest = {**workspace.manifest, "training": record, "influence": (params or influence_params(workspace)).record()}
+    save_manifest(workspace.path / MANIFEST, manifest)
+    workspace.manifest = manifest
+    return training_data(workspace)
+
+
+# -- the model, cut where the counted layers begin ------------------------------------------------
+
+
+def default_layers(module: nn.Module) -> tuple[str, ...]:
+    """The model's last block and the layers after it: the paper's choice for ImageNet (layer4 + fc of a ResNet).
+
+    The last block is the non-container module holding the last convolution
+    (a ResNet's ``layer4.1``), or that convolution itself when it sits in an
+    ``nn.Sequential`` (the demo CNN's ``features.11``); every module with
+    parameters registered after it (its normalisation, the head) follows. A
+    model without convolutions gets its last two layers with parameters.
+    """
+    modules = dict(module.named_modules())
+    leaves = [name for name, layer in modules.items() if name and next(layer.parameters(recurse=False), None) is not None]
+    convolutions = [name for name, layer in modules.items() if isinstance(layer, nn.modules.conv._ConvNd)]
+    if not convolutions:
+        if not leaves:
+            raise SliceScopeError("the model has no layers with parameters", "influence embeddings need a trained model")
+        return tuple(leaves[-2:])
+    last = convolutions[-1]
+    parent = last.rpartition(".")[0]
+    block = parent if parent and not isinstance(modules[parent], nn.Sequential | nn.ModuleList | nn.ModuleDict) else last
+    names = list(modules)
+    after = [name for name in leaves if names.index(name) > names.index(block) and not name.startswith(f"{block}.")]
+    return (block, *after)
+
+
+def _split_at_layers(module: nn.Module, layers: tuple[str, ...]) -> tuple[fx.GraphModule, fx.GraphModule] | None:
+    """``prefix`` (images → the tensors the counted layers' part reads) and ``suffix`` (those tensors → logits).
+
+    The prefix is everything that does not depend on a counted parameter. None
+    when the model cannot be traced by torch.fx or the cut is not a set of
+    per-image tensors; the caller then runs the whole model each time.
+    """
+    try:
+        traced = fx.symbolic_trace(module)
+    except Exception:  # noqa: BLE001 -- any tracing failure only means no shortcut
+        return None
+
+    def counted(target: str) -> bool:
+        return any(target == name or target.startswith(f"{name}.") for name in layers)
+
+    dependent: set[fx.Node] = set()
+    for node in traced.graph.nodes:
+        if (node.op in ("call_module", "get_attr") and counted(node.target)) or any(arg in dependent for arg in node.all_input_nodes):
+            dependent.add(node)
+    frontier = [node for node in traced.graph.nodes if node not in dependent and node.op != "get_attr" and any(user in dependent for user in node.users)]
+    if not frontier or all(node.op == "placeholder" for node in frontier):
+        return None
+
+    suffix_graph, env = fx.Graph(), {}
+    for position, node in enumerate(frontier):
+        env[node] = suffix_graph.placeholder(f"cut_{position}")
+    for node in traced.graph.nodes:
+        if node.op == "output":
+            suffix_graph.output(fx.map_arg(node.args[0], lambda arg: env[arg]))
+        elif node in dependent or (node.op == "get_attr" and any(user in dependent for user in node.users)):
+            env[node] = suffix_graph.node_copy(node, lambda arg: env[arg])
+
+    needed, stack = set(), list(frontier)
+    while stack:
+        node = stack.pop()
+        if node not in needed:
+            needed.add(node)
+            stack.extend(node.all_input_nodes)
+    prefix_graph, prefix_env = fx.Graph(), {}
+    for node in traced.graph.nodes:
+        if node in needed:
+            prefix_env[node] = prefix_graph.node_copy(node, lambda arg: prefix_env[arg])
+    prefix_graph.output(tuple(prefix_env[node] for node in frontier))
+    return fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
+
+
+class _MeanCrossEntropy(nn.Module):
+    """Cross-entropy per example divided by the Hessian sample's size, so captum's summed Hessian is the mean one."""
+
+    reduction = "none"  # what captum checks: a per-example loss
+
+    def __init__(self, n_examples: int):
+        super().__init__()
+        self.n_examples = n_examples
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, reduction="none") / self.n_examples
+
+
+class _CountingLoader(DataLoader):
+    """A DataLoader that reports each batch it yields: the Arnoldi iteration's only sign of progress."""
+
+    def __init__(self, *args, on_batch: Callable[[], None], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_batch = on_batch
+
+    def __iter__(self) -> Iterator:
+        for batch in super().__iter__():
+            yield batch
+            self.on_batch()
+
+
+class InfluenceEmbedder:
+    """Influence embeddings for one model, scikit-learn style: settings here, the factorisation in :meth:`fit`.
+
+    ``module`` is the trained network (a Python ``nn.Module``: TorchScript
+    cannot be differentiated per parameter here); it is put in eval mode, so
+    BatchNorm uses its running statistics, as at test time. Learned state:
+    ``layers_`` and ``parameter_names_`` (what counts), ``projection_`` (|θ| × D,
+    the factor M λ^(-1/2), largest eigenvalue first), so that :meth:`transform`
+    is μ = ∇θL(z)ᵀ · projection_.
+    """
+
+    def __init__(self, module: nn.Module, params: InfluenceParams = InfluenceParams(), device: str = "cpu"):
+        if isinstance(module, torch.jit.ScriptModule):
+            raise SliceScopeError(
+                "influence embeddings need the model as Python code, and this one is TorchScript",
+                "scan the model with --factory or --arch and its state_dict",
+            )
+        self.module = module.to(resolve_device(device)).eval()
+        self.params = params
+        self.device = next(module.parameters()).device
+        self.layers_ = params.layers or default_layers(module)
+        missing = [name for name in self.layers_ if name not in dict(module.named_modules())]
+        if missing:
+            raise SliceScopeError(f"the model has no layer named '{missing[0]}'", "name modules of the model (see model.named_modules()), e.g. --layers layer4,fc")
+        split = _split_at_layers(module, self.layers_)
+        self._prefix, self._suffix = split if split else (None, module)
+        self._cut_checked = split is None
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        chosen = [(f"{layer}.{name}", parameter) for layer in self.layers_ for name, parameter in self._suffix.get_submodule(layer).named_parameters()]
+        if not chosen:
+            raise SliceScopeError(f"the layers {', '.join(self.layers_)} have no parameters", "name layers with weights, e.g. --layers layer4,fc")
+        if len({name for name, _ in chosen}) != len(chosen):
+            raise SliceScopeError(f"the layers {', '.join(self.layers_)} overlap", "name each module once, not a module and one of its parts")
+        for _, parameter in chosen:
+            parameter.requires_grad_(True)
+        self.parameter_names_ = [name for name, _ in chosen]
+        self.n_parameters_ = sum(parameter.numel() for _, parameter in chosen)
+
+    # -- the cut network --------------------------------------------------
+    def _cut(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-image tensors the counted layers' part of the network reads (the frozen part, run once)."""
+        images = images.to(self.device)
+        if not self._cut_checked:
+            self._check_cut(images[:4])
+        if self._prefix is None:
+            return (images,)
+        with torch.no_grad():
+            return tuple(self._prefix(images))
+
+    def _check_cut(self, images: torch.Tensor) -> None:
+        """Fall back to the whole model if the cut network does not reproduce it (e.g. a size read below the cut)."""
+        self._cut_checked = True
+        with torch.no_grad():
+            expected = self.module(images)
+            try:
+                cut = tuple(self._prefix(images))
+                same = all(isinstance(t, torch.Tensor) and t.shape[:1] == images.shape[:1] for t in cut)
+                same = same and torch.allclose(self._suffix(*cut), expected, rtol=1e-4, atol=1e-5)
+            except (RuntimeError, TypeError, AttributeError):
+                same = False
+        if not same:
+            self._prefix, self._suffix = None, self.module
+
+    def per_example_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """∇θL(z) of each image over the counted parameters (B × |θ|): one vmap, no loop over images."""
+        return self._gradients(self._cut(images), labels.to(self.device))
+
+    def _gradients(self, cut: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        weights = {name: parameter.detach() for name, parameter in self._suffix.named_parameters() if name in set(self.parameter_names_)}
+
+        def loss(weights: dict, *example: torch.Tensor) -> torch.Tensor:
+            *inputs, label = example
+            logits = functional_call(self._suffix, weights, tuple(t.unsqueeze(0) for t in inputs))
+            return F.cross_entropy(logits, label.unsqueeze(0))
+
+        gradients = vmap(grad(loss), in_dims=(None, *(0,) * (len(cut) + 1)))(weights, *cut, labels)
+        return torch.cat([gradients[name].reshape(len(labels), -1) for name in self.parameter_names_], dim=1)
+
+    # -- learning ---------------------------------------------------------
+    def fit(
+        self,
+        batches: Batches,
+        checkpoint: str | Path,
+        load_checkpoint: Callable[[nn.Module, str], object] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> InfluenceEmbedder:
+        """FactorHessian on the Hessian sample ``batches``: captum's Arnoldi iteration on the cut network.
+
+        captum reloads the weights from ``checkpoint`` through
+        ``load_checkpoint(module, path)``; the default reads a state_dict.
+        """
+        from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+
+        report = progress or silent
+        cuts, labels = [], []
+        for images, batch_labels in batches:
+            cuts.append(self._cut(images))
+            labels.append(batch_labels.to(self.device))
+        if not cuts:
+            raise SliceScopeError("the Hessian sample has no images", "attach training data with readable images")
+        tensors = [torch.cat(parts) for parts in zip(*cuts)]
+        labels = torch.cat(labels)
+        n_batches = -(-len(labels) // _HVP_BATCH)
+        arnoldi_dim = min(self.params.arnoldi_dim, self.n_parameters_)
+        done = [0]
+
+        def on_batch() -> None:
+            done[0] += 1
+            report(_STEP_FACTOR, min(done[0], arnoldi_dim * n_batches), arnoldi_dim * n_batches)
+
+        loader = _CountingLoader(TensorDataset(*tensors, labels), batch_size=_HVP_BATCH, on_batch=on_batch)
+        load = load_checkpoint or _load_state_dict
+        report(_STEP_FACTOR, 0, arnoldi_dim * n_batches)
+        # captum seeds torch's global RNG for the Arnoldi start vector; keep the caller's RNG as it was.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), warnings.catch_warnings():
+            # captum's own dot product copies a tensor with torch.tensor(); the warning is about its code, not the user's.
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+            influence = ArnoldiInfluenceFunction(
+                self._suffix,
+                loader,
+                str(checkpoint),
+                checkpoints_load_func=lambda _suffix, path: load(self.module, path),
+                layers=list(self.layers_),
+                loss_fn=_MeanCrossEntropy(len(labels)),
+                hessian_dataset=loader,
+                projection_dim=min(self.params.embedding_dim, arnoldi_dim),
+                seed=self.params.seed,
+                arnoldi_dim=arnoldi_dim,
+                arnoldi_tol=1e-6,
+                hessian_reg=self.params.damping,
+            )
+        if done[0] < arnoldi_dim * n_batches:  # the iteration stopped early: its Krylov subspace was complete
+            report(_STEP_FACTOR, arnoldi_dim * n_batches, arnoldi_dim * n_batches)
+        self.module.eval()  # a checkpoint loader may have changed the mode
+        # captum's factors come in ascending eigenvalue order; the largest first reads better.
+        columns = [torch.cat([t.reshape(-1) for t in factor]) for factor in reversed(influence.R)]
+        self.projection_ = torch.stack(columns, dim=1).to(self.device)
+        return self
+
+    def restore(self, projection: np.ndarray) -> InfluenceEmbedder:
+        """Take the factor from an earlier :meth:`fit` (a cached ``projection_``) instead of fitting again."""
+        if projection.shape[0] != self.n_parameters_:
+            raise SliceScopeError("the cached influence factors do not fit the model's layers", "delete the workspace's derived/influence_* files and run again")
+        self.projection_ = torch.from_numpy(np.ascontiguousarray(projection)).to(self.device, next(self._suffix.parameters()).dtype)
+        return self
+
+    def transform(self, batches: Batches, total: int | None = None, progress: ProgressFn | None = None, step: str = "influence: gradients") -> np.ndarray:
+        """μ(z) = ∇θL(z)ᵀ M λ^(-1/2) for every (image, label) in ``batches`` (N × D, float32)."""
+        if not hasattr(self, "projection_"):
+            raise RuntimeError("call fit() or restore() before transform()")
+        report = progress or silent
+        rows, done = [], 0
+        if total is not None:
+            report(step, 0, total)
+        for images, labels in batches:
+            gradients = self.per_example_gradients(images, labels)
+            rows.append((gradients @ self.projection_).float().cpu().numpy())
+            done += len(labels)
+            if total is not None:
+                report(step, done, total)
+        return np.concatenate(rows) if rows else np.zeros((0, self.projection_.shape[1]), np.float32)
+
+    def seconds_per_image(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Measured cost of one image in one Hessian-vector product, and of one image's embedding."""
+        cut, labels = self._cut(images), labels.to(self.device)
+        weights = tuple(parameter for name, parameter in self._suffix.named_parameters() if name in set(self.parameter_names_))
+        names = [name for name, _ in self._suffix.named_parameters() if name in set(self.parameter_names_)]
+
+        def loss(*values: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(functional_call(self._suffix, dict(zip(names, values)), cut), labels)
+
+        def timed(step: Callable[[], object]) -> float:
+            step()  # the first call pays for one-off set-up (vmap, allocator); time the second
+            started = time.perf_counter()
+            step()
+            return (time.perf_counter() - started) / len(labels)
+
+        direction = tuple(torch.ones_like(weight) for weight in weights)
+        return timed(lambda: torch.autograd.functional.hvp(loss, weights, direction)), timed(lambda: self._gradients(cut, labels))
+
+
+def _load_state_dict(module: nn.Module, path: str) -> float:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return 1.0  # captum's contract: the checkpoint's learning rate, unused by influence functions
+
+
+# -- workspaces ---------------------------------------------------------------------------------
+
+
+class _ImageDataset(Dataset):
+    """Decoded, preprocessed images with their class index; an unreadable file yields zeros and ok=False."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, preprocess: Preprocess):
+        self.files, self.labels, self.preprocess = files, labels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, position: int):
+        try:
+            image, _ = read_image(self.files[position])
+            return torch.from_numpy(self.preprocess.to_array(image)), int(self.labels[position]), True
+        except (OSError, ValueError):
+            size = self.preprocess.image_size
+            return torch.zeros(3, size, size), int(self.labels[position]), False
+
+
+def _loader(files: list[Path], labels: np.ndarray, preprocess: Preprocess, batch_size: int) -> DataLoader:
+    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(files) > batch_size else 0
+    return DataLoader(_ImageDataset(files, labels, preprocess), batch_size=batch_size, num_workers=workers)
+
+
+class _WorkspaceInfluence:
+    """One workspace's influence embeddings: its recorded model, training data and settings, and their cache."""
+
+    def __init__(self, workspace: Workspace, params: InfluenceParams | None):
+        self.workspace = workspace
+        self.training = require_training_data(workspace)
+        self.params = params or influence_params(workspace)
+        self.source = representation_source(workspace, self.params)
+
+    def cached(self) -> bool:
+        return all(self.workspace.has_cached(kind, self.source) for kind in ("influence_factors", "influence_train", "influence_embeddings"))
+
+    def _embedder(self) -> tuple[InfluenceEmbedder, Callable[[nn.Module, str], object], Path]:
+        from core.extract import recorded_scan_config
+
+        config = recorded_scan_config(self.workspace)
+        if config.model.checkpoint is None:
+            raise SliceScopeError("influence embeddings need the model's checkpoint file, and this workspace records none", "rebuild it with python -m core scan --model CKPT ...")
+        if not config.model.checkpoint.is_file():
+            raise SliceScopeError(f"the model checkpoint {config.model.checkpoint} no longer exists", "restore it, or rebuild the workspace with the model's new location")
+        module = load_module(config.model)
+
+        def load(target: nn.Module, path: str) -> float:
+            target.load_state_dict(load_module(replace(config.model, checkpoint=Path(path))).state_dict())
+            return 1.0
+
+        embedder = InfluenceEmbedder(module, self.params, config.device)
+        return embedder, load, config.model.checkpoint
+
+    def _preprocess(self) -> Preprocess:
+        transforms = self.workspace.manifest["transforms"]
+        return Preprocess(int(transforms["image_size"]), transforms["normalize"])
+
+    def _training_files(self) -> tuple[ImageIndex, list[Path], np.ndarray]:
+        index = training_index(self.workspace)
+        position = {name: i for i, name in enumerate(self.workspace.classes)}
+        labels = index.table["label"].map(position).to_numpy(dtype=np.int64)
+        return index, [index.absolute_path(path) for path in index.table["path"]], labels
+
+    def compute(self, progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(workspace embeddings, training embeddings), computing and caching what is missing."""
+        report = progress or silent
+        if self.cached():
+            return self._load("influence_embeddings"), self._load("influence_train")
+        embedder, load, checkpoint = self._embedder()
+        preprocess = self._preprocess()
+        _, files, labels = self._training_files()
+
+        def factorise() -> np.ndarray:
+            sample = np.sort(np.random.default_rng(self.params.seed).permutation(len(files))[: self.params.hessian_images])
+
+            def readable_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                for images, batch_labels, ok in _loader([files[i] for i in sample], labels[sample], preprocess, _BATCH):
+                    if ok.any():
+                        yield images[ok], batch_labels[ok]
+
+            embedder.fit(readable_batches(), checkpoint, load, report)
+            return embedder.projection_.float().cpu().numpy()
+
+        embedder.restore(self.workspace.cached_array("influence_factors", self.source, factorise))
+
+        def embed_training() -> np.ndarray:
+            readable: list[np.ndarray] = []
+
+            def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                for images, batch_labels, ok in _loader(files, labels, preprocess, _BATCH):
+                    readable.append(ok.numpy())
+                    yield images, batch_labels
+
+            vectors = embedder.transform(batches(), len(files), report, _STEP_TRAIN)
+            vectors[~np.concatenate(readable)] = np.nan  # unreadable training images have no embedding
+            return vectors
+
+        training = self.workspace.cached_array("influence_train", self.source, embed_training)
+
+        def embed_workspace() -> np.ndarray:
+            images = self.workspace.images
+            files = [self.workspace.image_path(path) for path in images["path"]]
+
+            def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                for batch, batch_labels, ok in _loader(files, images["label_index"].to_numpy(), preprocess, _BATCH):
+                    if not ok.all():
+                        raise SliceScopeError(
+                            f"the workspace image {files[int(np.flatnonzero(~ok.numpy())[0])]} can no longer be read",
+                            "restore the dataset the workspace was scanned from",
+                        )
+                    yield batch, batch_labels
+
+            return embedder.transform(batches(), len(files), report, _STEP_WORKSPACE)
+
+        return self.workspace.cached_array("influence_embeddings", self.source, embed_workspace), training
+
+    def _load(self, kind: str) -> np.ndarray:
+        return np.load(self.workspace.derived_path(kind, self.source, ".npy"))
+
+    def estimate_seconds(self) -> float:
+        """About how long :meth:`compute` will take here, from one timed batch (0 when everything is cached)."""
+        if self.cached():
+            return 0.0
+        embedder, _, _ = self._embedder()
+        _, files, labels = self._training_files()
+        images, batch_labels, ok = next(iter(_loader(files[: _BATCH], labels[: _BATCH], self._preprocess(), _BATCH)))
+        per_hvp_image, per_gradient_image = embedder.seconds_per_image(images[ok], batch_labels[ok])
+        hessian_images = min(self.params.hessian_images, len(files))
+        arnoldi_dim = min(self.params.arnoldi_dim, embedder.n_parameters_)
+        return arnoldi_dim * hessian_images * per_hvp_image + (len(files) + len(self.workspace.images)) * per_gradient_image
+
+
+def representation_source(workspace: Workspace, params: InfluenceParams | None = None) -> dict:
+    """What influence embeddings depend on beyond the scan: model, training data and settings (cheap, no torch work).
+
+    :class:`~core.workspace.Workspace` keys every result derived from the
+    ``influence`` representation (``slices-influence``, ``projection-influence``) by it.
+    """
+    training = require_training_data(workspace)
+    return {"model": workspace.manifest["model"].get("sha256", ""), "training": training.fingerprint, **(params or influence_params(workspace)).record()}
+
+
+def representation(workspace: Workspace) -> np.ndarray:
+    """The ``influence`` representation: the workspace images' embeddings with its recorded settings."""
+    return influence_embeddings(workspace)
+
+
+def influence_embeddings(workspace: Workspace, params: InfluenceParams | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+    """μ of every workspace image (N × D, float32, in the workspace's row order), computed once per source."""
+    return _WorkspaceInfluence(workspace, params).compute(progress)[0]
+
+
+def training_embeddings(workspace: Workspace, params: InfluenceParams | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+    """μ of every training image (N' × D, in the training index's order; NaN rows for unreadable files)."""
+    return _WorkspaceInfluence(workspace, params).compute(progress)[1]
+
+
+def is_computed(workspace: Workspace, params: InfluenceParams | None = None) -> bool:
+    """Whether the embeddings are cached (False, not an error, without training data)."""
+    if training_data(workspace) is None:
+        return False
+    return _WorkspaceInfluence(workspace, params).cached()
+
+
+def estimate_seconds(workspace: Workspace, params: InfluenceParams | None = None) -> float:
+    """About how many seconds computing the embeddings will take on this machine (0 when cached)."""
+    return _WorkspaceInfluence(workspace, params).estimate_seconds()
+
+
+def rank_opponents(training: np.ndarray, slice_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``k`` training embeddings most harmful to a slice, most harmful first, and their scores.
+
+    The influence of training image z' on the slice's total loss is
+    μ(z')·Σ_{i∈slice} μ(z_i) (§3.6); the most negative are the opponents:
+    removing them from training would lower the slice's loss. NaN rows
+    (unreadable images) are never chosen.
+    """
+    scores = training @ np.asarray(slice_embeddings).sum(axis=0)
+    known = np.flatnonzero(np.isfinite(scores))
+    order = known[np.argsort(scores[known], kind="stable")[:k]]
+    return order, scores[order]
+
+
+def slice_opponents(workspace: Workspace, members: np.ndarray, k: int = 10, params: InfluenceParams | None = None, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """The ``k`` training images whose influence on the slice's total loss is most negative (§3.6), most harmful first.
+
+    ``members`` selects the slice's workspace rows (a boolean mask or row
+    positions). Columns: rank, image_id, path (relative to the training data),
+    file (absolute), label, influence (negative: harmful to the slice).
+    """
+    if k < 1:
+        raise SliceScopeError(f"{k} opponents is not possible", "ask for 1 or more")
+    members = np.asarray(members)
+    rows = np.flatnonzero(members) if members.dtype == bool else members.astype(np.int64)
+    if rows.size == 0:
+        raise SliceScopeError("the slice has no images", "choose a slice with members")
+    embeddings, training = _WorkspaceInfluence(workspace, params).compute(progress)
+    order, scores = rank_opponents(training, embeddings[rows], k)
+    index = training_index(workspace)
+    table = index.table.iloc[order]
+    return pd.DataFrame({
+        "rank": np.arange(1, len(order) + 1),
+        "image_id": table["image_id"].to_numpy(),
+        "path": table["path"].to_numpy(),
+        "file": [str(index.absolute_path(path)) for path in table["path"]],
+        "label": table["label"].to_numpy(),
+        "influence": scores,
+    })

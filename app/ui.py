@@ -18,6 +18,7 @@ import streamlit as st
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
 from core.extract import rebuild_workspace
+from core.influence import is_computed
 from core.mitigation import mitigation_unfinished
 from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
 from core.progress import ProgressFn
@@ -28,6 +29,7 @@ from core.workspace import Workspace, WorkspaceStatus, looks_like_workspace, wor
 REPRESENTATION_LABELS = {
     "attribution": "Attribution space (F_W)",
     "features": "Original feature space (F)",
+    "influence": "Influence embeddings (InfEmbed)",
 }
 COLOUR_LABELS = {
     "slice": "Slice",
@@ -146,6 +148,12 @@ def load_layout(path: str, representation: str) -> np.ndarray:
         return project(workspace, representation, ProjectionParams())
 
 
+def available_representations(path: str) -> list[str]:
+    """The representations the System Menu offers: influence embeddings only once computed (that takes minutes, on the
+    Influence page), so picking a layout never starts a long job."""
+    return [name for name in REPRESENTATION_LABELS if name != "influence" or is_computed(load_workspace(path))]
+
+
 def _choose(label: str, options: list, format_func, query_key: str, key: str, container=st.sidebar, **kwargs):
     """A selectbox whose value is mirrored in the URL, so a view can be shared as a link."""
     wanted = st.query_params.get(query_key)
@@ -178,8 +186,9 @@ def system_menu() -> Selection | None:
     dataset = _choose("Dataset", datasets, lambda d: dataset_labels[d], "dataset", key="menu_dataset")
     versions = [path for path in workspaces if summaries[path]["dataset"] == dataset]
     workspace = _choose("Model version", versions, lambda p: summaries[p]["model_label"], "workspace", key="menu_workspace")
+    representations = available_representations(workspace)
     representation = _choose(
-        "Representation", list(REPRESENTATION_LABELS), REPRESENTATION_LABELS.get, "representation", key="menu_representation",
+        "Representation", representations, REPRESENTATION_LABELS.get, "representation", key="menu_representation",
         help="The 2-D layout. Switching keeps the selected slices and points, so you can see whether neighbours in one space are neighbours in the other.",
     )
     layout = _choose("Layout", list(LAYOUT_LABELS), LAYOUT_LABELS.get, "layout", key="menu_layout")
@@ -187,8 +196,9 @@ def system_menu() -> Selection | None:
     n_images = len(load_workspace(workspace).images)
     with st.sidebar.expander("Slicing settings"):
         slice_on = _choose(
-            "Slice on", list(REPRESENTATION_LABELS), REPRESENTATION_LABELS.get, "slice_on", key="menu_slice_on", container=st,
-            help="AttributionScanner clusters the attribution-weighted features F_W; plain features are there for comparison.",
+            "Slice on", representations, REPRESENTATION_LABELS.get, "slice_on", key="menu_slice_on", container=st,
+            help="AttributionScanner clusters the attribution-weighted features F_W; plain features are there for comparison; "
+                 "influence embeddings (InfEmbed) appear once computed on the Influence page.",
         )
         largest_k = max(2, min(500, n_images))
         if "menu_k" not in st.session_state:

@@ -426,20 +426,31 @@ class InfluenceEmbedder:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), warnings.catch_warnings():
             # captum's own dot product copies a tensor with torch.tensor(); the warning is about its code, not the user's.
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-            influence = ArnoldiInfluenceFunction(
-                self._suffix,
-                loader,
-                str(checkpoint),
-                checkpoints_load_func=lambda _suffix, path: load(self.module, path),
-                layers=list(self.layers_),
-                loss_fn=_MeanCrossEntropy(len(labels)),
-                hessian_dataset=loader,
-                projection_dim=min(self.params.embedding_dim, arnoldi_dim),
-                seed=self.params.seed,
-                arnoldi_dim=arnoldi_dim,
-                arnoldi_tol=1e-6,
-                hessian_reg=self.params.damping,
-            )
+            try:
+                influence = ArnoldiInfluenceFunction(
+                    self._suffix,
+                    loader,
+                    str(checkpoint),
+                    checkpoints_load_func=lambda _suffix, path: load(self.module, path),
+                    layers=list(self.layers_),
+                    loss_fn=_MeanCrossEntropy(len(labels)),
+                    hessian_dataset=loader,
+                    projection_dim=min(self.params.embedding_dim, arnoldi_dim),
+                    seed=self.params.seed,
+                    arnoldi_dim=arnoldi_dim,
+                    # captum stops when a new Krylov vector's norm falls below this; a model that fits its data well
+                    # has a Hessian of tiny norm, so the tolerance sits far below captum's usual 1e-4.
+                    arnoldi_tol=1e-9,
+                    hessian_reg=self.params.damping,
+                )
+            except Exception as error:  # captum raises a bare Exception when the Krylov basis is empty
+                if "Arnoldi basis is empty" not in str(error):
+                    raise
+                raise SliceScopeError(
+                    f"the training loss has no curvature at layers {', '.join(self.layers_)}: the model fits its Hessian images "
+                    "(almost) perfectly, so there is nothing to factorise",
+                    "attach more training images (attach-train --hessian-images N) or count more layers (--layers a,b,c)",
+                ) from None
         if done[0] < arnoldi_dim * n_batches:  # the iteration stopped early: its Krylov subspace was complete
             report(_STEP_FACTOR, arnoldi_dim * n_batches, arnoldi_dim * n_batches)
         self.module.eval()  # a checkpoint loader may have changed the mode

@@ -94,8 +94,16 @@ def project(workspace: Workspace, representation: str, params: ProjectionParams 
 
 
 def find_slices(workspace: Workspace, representation: str, params: SliceParams = SliceParams(), progress: ProgressFn | None = None) -> np.ndarray:
-    """Slice id per image: K-Means on the representation, ids ordered by slice size."""
+    """Slice id per image: K-Means on the representation, ids ordered by slice size.
+
+    Influence embeddings are sliced as InfEmbed does, with centroids normalised at each iteration
+    (:func:`core.influence_rule.infembed_slices`), so every slicing named ``influence:k=…`` is the paper's.
+    """
     _check_representation(representation)
+    if representation == "influence":
+        from core.influence_rule import infembed_slices
+
+        return infembed_slices(workspace, params, progress=progress)
     report = progress or silent
 
     def compute() -> np.ndarray:

@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.extract import scan
+from core.workspace import Workspace
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     build_small_net,
     free_port,
     running_app,
+    small_scan_config,
+    train_small_net,
     write_image_folder,
 )
 
@@ -165,3 +169,15 @@ def url(request, tmp_path):
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
+
+
+@pytest.fixture
+def trained_workspace(demo_home, image_folder, tmp_path, monkeypatch) -> Workspace:
+    """A scan of the colour-class images by a SmallNet trained on them, listed (``SLICESCOPE_WORKSPACES``) beside the tiny demo."""
+    checkpoint = train_small_net(image_folder, tmp_path / "trained.pt")
+    workspace = scan(small_scan_config(image_folder, checkpoint, tmp_path / "workspaces" / "colours"))
+    assert workspace.images["prediction"].nunique() == 3
+    monkeypatch.setenv("SLICESCOPE_HOME", str(demo_home))
+    monkeypatch.setenv("SLICESCOPE_WORKSPACES", str(tmp_path / "workspaces"))
+    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
+    return workspace

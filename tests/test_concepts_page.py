@@ -11,10 +11,8 @@ from app.concepts import campaign_store
 from core.campaigns import Box, CampaignStore
 from core.crowd import CampaignPlan, create_workspace_campaign, saved_vocabulary
 from core.crowd_sim import DEMO_CAMPAIGN_NAME
-from core.extract import scan
 from core.saliency import SaliencyParams
 from core.workspace import Workspace
-from tests.helpers import small_scan_config, train_small_net
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "app" / "main.py"
@@ -32,18 +30,6 @@ def open_concepts(workspace: Workspace | None = None) -> AppTest:
     app.switch_page(str(ROOT / "pages" / "concepts.py")).run()
     assert not app.exception, app.exception
     return app
-
-
-@pytest.fixture
-def trained_workspace(demo_home, image_folder, tmp_path, monkeypatch) -> Workspace:
-    """A scan of the colour-class images by a SmallNet trained on them, listed beside the tiny demo; no campaign yet."""
-    checkpoint = train_small_net(image_folder, tmp_path / "trained.pt")
-    workspace = scan(small_scan_config(image_folder, checkpoint, tmp_path / "workspaces" / "colours"))
-    assert workspace.images["prediction"].nunique() == 3
-    monkeypatch.setenv("SLICESCOPE_HOME", str(demo_home))
-    monkeypatch.setenv("SLICESCOPE_WORKSPACES", str(tmp_path / "workspaces"))
-    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
-    return workspace
 
 
 @pytest.fixture

@@ -359,3 +359,18 @@ def test_cli_attach_train_then_influence_slices(tiny_demo, tmp_path):
     slices = pd.read_csv(out, keep_default_na=False)
     assert list(slices.columns)[-2:] == ["slice_path", "flagged"]
     assert slices.groupby("slice").size().min() >= 8
+
+
+def test_a_loss_without_curvature_is_explained_not_a_captum_traceback(tmp_path):
+    """A head whose logits saturate on every Hessian image: the loss is flat to float precision, the Krylov basis empty."""
+    model = TinyMLP().double()
+    x, labels = blobs(30, seed=0)
+    with torch.no_grad():
+        model.hidden.weight.zero_()
+        model.hidden.bias.fill_(1.0)
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([1e4, 0.0, 0.0], dtype=torch.float64))
+    zero_loss = torch.zeros_like(labels)  # every image labelled class 0, which the head predicts with certainty
+    torch.save(model.state_dict(), tmp_path / "flat.pt")
+    with pytest.raises(SliceScopeError, match="the training loss has no curvature at layers hidden, head"):
+        InfluenceEmbedder(model, InfluenceParams(arnoldi_dim=20, embedding_dim=5, hessian_images=30)).fit([(x.double(), zero_loss)], tmp_path / "flat.pt")

@@ -1,0 +1,67 @@
+"""What the Influence page caches and draws: InfEmbed and InfEmbed-Rule slices, opponents, the split tree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.ui import load_workspace
+from core.influence import influence_embeddings, slice_opponents
+from core.influence_rule import RuleParams, compare_slicings, rule_slices, slice_coherence
+from core.slicing import SliceParams, find_slices, slice_table
+from core.views import typical_members
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def infembed_table(path: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """InfEmbed's slice per image and its Slice Table, with each slice's coherence."""
+    workspace = load_workspace(path)
+    slice_ids = find_slices(workspace, "influence", SliceParams(k=k))
+    coherence = slice_coherence(influence_embeddings(workspace), slice_ids)[["slice", "mean_coherence"]]
+    return slice_ids, slice_table(workspace.images, slice_ids).merge(coherence, on="slice")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def rule_table(path: str, max_accuracy: float, min_size: int, branching: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """InfEmbed-Rule's slice per image, its Slice Table (with each slice's path in the split tree) and the tree."""
+    workspace = load_workspace(path)
+    rule = rule_slices(workspace, RuleParams(max_accuracy=max_accuracy, min_size=min_size, branching=branching))
+    coherence = slice_coherence(influence_embeddings(workspace), rule.slice_ids)[["slice", "mean_coherence"]]
+    table = rule.slices[["slice", "path", "flagged"]].merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
+    return rule.slice_ids, table, rule.tree
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def opponents(path: str, slice_ids: np.ndarray, slice_id: int, k: int) -> pd.DataFrame:
+    return slice_opponents(load_workspace(path), slice_ids == slice_id, k=k)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def typical_rows(path: str, slice_ids: np.ndarray, slice_id: int, n: int) -> np.ndarray:
+    """The slice's members nearest its mean influence embedding: what the opponents pull against."""
+    return typical_members(influence_embeddings(load_workspace(path)), slice_ids, slice_id, n)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def comparison(path: str, k: int) -> pd.DataFrame:
+    return compare_slicings(load_workspace(path), k=k)
+
+
+def tree_figure(tree: pd.DataFrame, max_accuracy: float) -> go.Figure:
+    """The split tree as an icicle: area is size, colour is accuracy, flagged leaves say so; click to zoom."""
+    labels = ["all" if path == "" else path.rsplit("/", 1)[-1] for path in tree["path"]]
+    text = [f"slice {slice_id}" + (" · flagged" if flagged else "") if leaf else "" for slice_id, leaf, flagged
+            in zip(tree["slice"], tree["leaf"], tree["flagged"], strict=True)]
+    figure = go.Figure(go.Icicle(
+        ids=tree["path"].replace("", "root"), parents=tree["parent"].fillna("").replace("", "root").where(tree["path"] != "", ""),
+        labels=labels, values=tree["size"], branchvalues="total", text=text,
+        marker={"colors": tree["accuracy"], "colorscale": "RdYlGn", "cmin": 0.0, "cmax": 1.0,
+                "colorbar": {"title": {"text": "accuracy"}}},
+        hovertemplate="path %{id}<br>%{value} images<br>accuracy %{color:.0%}<br>%{text}<extra></extra>",
+        tiling={"orientation": "v"},
+    ))
+    figure.update_layout(height=420, margin={"l": 0, "r": 0, "t": 30, "b": 0},
+                         title={"text": f"Split tree: a leaf is flagged when its accuracy ≤ {max_accuracy:.0%}", "font": {"size": 13}})
+    return figure

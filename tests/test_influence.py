@@ -25,6 +25,7 @@ from core.influence import (
     default_layers,
     influence_embeddings,
     rank_opponents,
+    representation_source,
     slice_opponents,
     training_data,
     training_embeddings,
@@ -298,12 +299,12 @@ def test_influence_is_a_cached_representation_keyed_by_its_training_data_and_set
     assert training_embeddings(workspace).shape == (training_data(workspace).num_images, SMALL.embedding_dim)
     np.testing.assert_array_equal(workspace.representation("influence"), embeddings)
 
-    slices = find_slices(workspace, "influence", SliceParams(k=3))
-    assert sorted(set(slices)) == [0, 1, 2]
-    key = workspace.derived_path("slices-influence", {"k": 3, "seed": 0}, ".npy")
-    assert key.is_file()
     infembed = infembed_slices(workspace, SliceParams(k=3))
     assert sorted(set(infembed)) == [0, 1, 2] and list(np.bincount(infembed)) == sorted(np.bincount(infembed), reverse=True)
+    # The app and the CLI slice "influence" through find_slices: that is InfEmbed, from its cache.
+    np.testing.assert_array_equal(find_slices(workspace, "influence", SliceParams(k=3)), infembed)
+    key = workspace.derived_path("infembed_slices", {"k": 3, "seed": 0, "representation_source": representation_source(workspace)}, ".npy")
+    assert key.is_file()
 
     rule = rule_slices(workspace, RuleParams(min_size=8))
     assert (rule.slices["size"] >= 8).all() and len(rule.slice_ids) == len(workspace.images)
@@ -319,7 +320,8 @@ def test_influence_is_a_cached_representation_keyed_by_its_training_data_and_set
 
     # Other settings are another source: the slices of the old embeddings are not reused, nor overwritten.
     attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train", InfluenceParams(arnoldi_dim=40, embedding_dim=10, hessian_images=96))
-    assert workspace.derived_path("slices-influence", {"k": 3, "seed": 0}, ".npy") != key and key.is_file()
+    new_key = workspace.derived_path("infembed_slices", {"k": 3, "seed": 0, "representation_source": representation_source(workspace)}, ".npy")
+    assert new_key != key and key.is_file()
     assert influence_embeddings(workspace).shape == (len(workspace.images), 10)
 
 

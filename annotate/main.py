@@ -25,6 +25,7 @@ from annotate.worker import (
     DrawnBox,
     Visit,
     mturk_submit_action,
+    mturk_submit_form,
     prolific_completion_url,
     read_visit,
     worker_database_url,
@@ -181,7 +182,8 @@ def completion(visit: Visit, code: str) -> None:
     st.code(code, language=None)
     action = mturk_submit_action(visit)
     if action:
-        st.link_button("Send your answer to Mechanical Turk", f"{action}?assignmentId={visit.assignment_id}&completion_code={code}", type="primary")
+        # MTurk takes the answer as a form POST from this frame (its docs: "Defining an HTML form").
+        st.html(mturk_submit_form(action, visit.assignment_id, code))
     elif visit.platform == "prolific":
         st.link_button("Return to Prolific", prolific_completion_url(code), type="primary")
     else:

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -67,6 +68,15 @@ def mturk_submit_action(visit: Visit) -> str | None:
     if visit.platform != "mturk" or visit.submit_to is None or not visit.assignment_id or visit.preview:
         return None
     return f"{visit.submit_to}/mturk/externalSubmit"
+
+
+def mturk_submit_form(action: str, assignment_id: str, code: str) -> str:
+    """The HTML form MTurk asks an external HIT to post back (assignmentId plus the answer), every value escaped."""
+    fields = "".join(f'<input type="hidden" name="{name}" value="{escape(value, quote=True)}">'
+                     for name, value in (("assignmentId", assignment_id), ("completion_code", code)))
+    return (f'<form method="post" action="{escape(action, quote=True)}" id="mturk_form">{fields}'
+            '<button type="submit" style="padding:0.5rem 1rem;border-radius:0.5rem;border:none;background:#2f6fb0;color:white;'
+            'font-size:1rem;cursor:pointer">Send your answer to Mechanical Turk</button></form>')
 
 
 def prolific_completion_url(code: str) -> str:

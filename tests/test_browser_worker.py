@@ -139,8 +139,12 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     submit.click()
     expect(page.get_by_text("Thank you: your answer is saved.")).to_be_visible()
     code = page.locator('[data-testid="stCode"]').inner_text().strip()
-    link = page.get_by_role("link", name="Send your answer to Mechanical Turk")
-    assert link.get_attribute("href") == f"https://workersandbox.mturk.com/mturk/externalSubmit?assignmentId=A-1&completion_code={code}"
+    form = page.locator("form#mturk_form")
+    expect(form).to_have_attribute("method", "post")
+    expect(form).to_have_attribute("action", "https://workersandbox.mturk.com/mturk/externalSubmit")
+    fields = {field.get_attribute("name"): field.get_attribute("value") for field in form.locator("input[type=hidden]").all()}
+    assert fields == {"assignmentId": "A-1", "completion_code": code}
+    expect(form.get_by_role("button", name="Send your answer to Mechanical Turk")).to_be_visible()
     assert not page.dialogs and not page.js_errors  # the hostile term was never run as HTML
 
     frame = store.annotations_frame(created.id)

@@ -11,6 +11,7 @@ from annotate.worker import (
     Answer,
     DrawnBox,
     mturk_submit_action,
+    mturk_submit_form,
     prolific_completion_url,
     read_visit,
     split_attributes,
@@ -85,3 +86,9 @@ def test_missing_work_is_named_and_complete_answers_become_image_pixels():
 def test_too_many_attributes_are_named(attributes):
     answer = Answer(("a",), boxes={"a": [DrawnBox(1, 0, 0, 10, 10, "stamp", attributes)]})
     assert answer.missing() == ["Image 1, box 1: keep at most 10 attributes."]
+
+
+def test_the_mturk_form_escapes_every_value():
+    form = mturk_submit_form("https://www.mturk.com/mturk/externalSubmit", 'A"><script>alert(1)</script>', "C0DE")
+    assert "<script>" not in form and 'value="A&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in form
+    assert form.startswith('<form method="post" action="https://www.mturk.com/mturk/externalSubmit"') and 'value="C0DE"' in form

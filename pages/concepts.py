@@ -227,12 +227,15 @@ def concept_images(workspace: Workspace, store: CampaignStore, campaign: Campaig
 
 
 def exports(store: CampaignStore, campaign: Campaign, concepts: CampaignConcepts) -> None:
-    columns = st.columns(4)
+    columns = st.columns(5)
     columns[0].download_button("Annotations (COCO JSON)", json.dumps(store.export_coco(campaign.id), default=str),
                                f"campaign-{campaign.id}-coco.json", "application/json")
     columns[1].download_button("Concept table (CSV)", concepts.table.to_frame().to_csv(), f"campaign-{campaign.id}-concepts.csv", "text/csv")
-    columns[2].download_button("Findings and rules (CSV)", concepts.findings.to_csv(index=False), f"campaign-{campaign.id}-findings.csv", "text/csv")
-    columns[3].download_button("Vocabulary (CSV)", concepts.vocabulary.terms.to_csv(index=False), f"campaign-{campaign.id}-vocabulary.csv", "text/csv")
+    columns[2].download_button("All findings (CSV)", concepts.findings.to_csv(index=False), f"campaign-{campaign.id}-findings.csv", "text/csv")
+    rules = concepts.findings[concepts.findings["kind"].isin(("rule", "tree"))]
+    columns[3].download_button("Rules (CSV)", rules.to_csv(index=False), f"campaign-{campaign.id}-rules.csv", "text/csv",
+                               help="Apriori association rules and decision-tree rules, with support, confidence, lift and coverage")
+    columns[4].download_button("Vocabulary (CSV)", concepts.vocabulary.terms.to_csv(index=False), f"campaign-{campaign.id}-vocabulary.csv", "text/csv")
 
 
 def results(workspace: Workspace, store: CampaignStore, campaign: Campaign, answers: int) -> None:

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.cluster import KMeans
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
@@ -241,7 +242,8 @@ def slicings(workspace: Workspace, k: int, params: InfluenceParams) -> dict[str,
         ("attribution (F_W)", find_slices(workspace, "attribution", slice_params), workspace.array("attribution_features")),
         ("features (F)", find_slices(workspace, "features", slice_params), workspace.array("features")),
         ("influence (InfEmbed)", infembed_slices(workspace, slice_params, params), influence),
-        ("influence, plain K-Means", find_slices(workspace, "influence", slice_params), influence),
+        # The comparison the paper's normalised centroids are weighed against (find_slices("influence") is InfEmbed's).
+        ("influence, plain K-Means", KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(influence), influence),
     ):
         result[f"{name}, k={k}"] = (slice_ids, below_overall(slice_ids), np.asarray(vectors, dtype=np.float64))
     return result

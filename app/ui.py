@@ -119,6 +119,15 @@ def load_workspace(path: str) -> Workspace:
     return Workspace(path)
 
 
+def selected_workspace() -> Workspace | None:
+    """The System Menu's workspace, or None after saying how to choose one."""
+    selection = st.session_state.get("selection")
+    if selection is None:
+        st.info("Choose a workspace in the System Menu on the left.")
+        return None
+    return load_workspace(str(selection.workspace))
+
+
 @st.cache_data(show_spinner=False)
 def workspace_summary(path: str) -> dict:
     """Name, dataset and model of a workspace, for the System Menu."""

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.concepts import boxed_picture, campaign_boxes, campaign_store, mined_concepts, top_concepts_figure
-from app.ui import load_workspace, show_error, streamlit_progress
+from app.ui import selected_workspace, show_error, streamlit_progress
 from core.campaigns import INSTRUCTIONS_MAX_CHARS, MAX_IMAGES_PER_TASK, MAX_WORKERS_PER_TASK, Campaign, CampaignStore
 from core.concepts import RESULT_KINDS, Vocabulary, concept_boxes, filter_results, query_concepts
 from core.crowd import (
@@ -258,11 +258,9 @@ def results(workspace: Workspace, store: CampaignStore, campaign: Campaign, answ
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
-    workspace = load_workspace(str(selection.workspace))
     st.title(f"Concepts · {workspace.name}")
     store = campaign_store(str(workspace.path))
     campaigns = store.campaigns(workspace.fingerprint)

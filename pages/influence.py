@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from app.influence import comparison, infembed_table, opponents, rule_table, tree_figure, typical_rows
-from app.ui import load_images, load_workspace, show_error, streamlit_progress
+from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
 from core.influence_rule import RuleParams
@@ -96,11 +96,9 @@ def slice_view(workspace: Workspace, slice_ids: np.ndarray, slice_id: int) -> No
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
-    workspace = load_workspace(str(selection.workspace))
     st.title(f"Influence · {workspace.name}")
     if training_data(workspace) is None:
         attach_form(workspace)

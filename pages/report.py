@@ -3,15 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from app.ui import load_workspace
+from app.ui import selected_workspace
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
-    workspace = load_workspace(str(selection.workspace))
     report, manifest = workspace.report, workspace.manifest
     st.title(f"Workspace report · {workspace.name}")
     columns = st.columns(4)

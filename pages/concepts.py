@@ -244,11 +244,15 @@ def results(workspace: Workspace, store: CampaignStore, campaign: Campaign, answ
     with st.spinner("Reconciling terms and mining concepts…"):
         concepts = mined_concepts(str(workspace.path), campaign.id, answers, None if saved is None else saved.terms.to_csv(index=False),
                                   fasttext_path)
-    findings, vocabulary, queries, images, export = st.tabs(["Findings", "Vocabulary", "Queries", "Images per concept", "Export"])
+    findings, vocabulary, table, queries, images, export = st.tabs(["Findings", "Vocabulary", "Table", "Queries", "Images per concept", "Export"])
     with findings:
         findings_view(concepts)
     with vocabulary:
         vocabulary_editor(workspace, campaign, concepts)
+    with table:
+        st.caption(f"The tabular representation: {concepts.table.concepts.shape[0]} annotated images × {concepts.table.concepts.shape[1]} "
+                   "concepts (entity types, attributes and attribute-type pairs), 1 where a worker's box named the concept.")
+        st.dataframe(concepts.table.to_frame(), height=360)
     with queries:
         query_view(concepts)
     with images:

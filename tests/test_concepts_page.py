@@ -88,6 +88,8 @@ def test_a_campaign_is_mined_into_findings_queries_and_images(answered_workspace
     assert concept in named_by, concept  # the page opens on the most typical concept
     assert len(captions) == (prediction == named_by[concept]).sum()
     assert all(caption.endswith(f"predicted {named_by[concept]}") for caption in captions), captions
+    concept_table = next(frame.value for frame in app.dataframe if "_prediction" in frame.value.columns)
+    assert len(concept_table) == len(answered_workspace.images) and set(concept_table["_prediction"]) == set(prediction)
     downloads = {button.proto.label for button in app.get("download_button")}
     assert {"Annotations (COCO JSON)", "Concept table (CSV)", "All findings (CSV)", "Rules (CSV)", "Vocabulary (CSV)"} <= downloads
 

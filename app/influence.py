@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
-from app.ui import load_workspace
+from app.ui import REPRESENTATION_LABELS, load_workspace
 from core.influence import influence_embeddings, slice_opponents
 from core.influence_rule import RuleParams, compare_slicings, rule_slices, slice_coherence
-from core.slicing import SliceParams, find_slices, slice_table
+from core.slicing import ProjectionParams, SliceParams, find_slices, project, slice_table
 from core.views import typical_members
 
 
@@ -65,3 +66,29 @@ def tree_figure(tree: pd.DataFrame, max_accuracy: float) -> go.Figure:
     figure.update_layout(height=420, margin={"l": 0, "r": 0, "t": 30, "b": 0},
                          title={"text": f"Split tree: a leaf is flagged when its accuracy ≤ {max_accuracy:.0%}", "font": {"size": 13}})
     return figure
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def side_by_side(path: str, k: int) -> go.Figure:
+    """The three layouts (F_W, F, μ), each coloured by the accuracy of the slice its own K-Means put the image in:
+    where one representation gathers the errors into a few red slices, another may scatter them."""
+    workspace = load_workspace(path)
+    correct = workspace.images["correct"].to_numpy(dtype=bool)
+    names = ("attribution", "features", "influence")
+    figure = make_subplots(rows=1, cols=3, subplot_titles=[REPRESENTATION_LABELS[name] for name in names], horizontal_spacing=0.03)
+    for column, name in enumerate(names, start=1):
+        layout = project(workspace, name, ProjectionParams())
+        slice_ids = find_slices(workspace, name, SliceParams(k=k))
+        accuracy = pd.Series(correct).groupby(slice_ids).transform("mean").to_numpy()
+        figure.add_trace(go.Scattergl(
+            x=layout[:, 0], y=layout[:, 1], mode="markers", showlegend=False,
+            marker={"size": 4, "color": accuracy, "colorscale": "RdYlGn", "cmin": 0.0, "cmax": 1.0,
+                    "colorbar": {"title": {"text": "slice accuracy"}} if column == 3 else None, "showscale": column == 3},
+            customdata=np.stack([slice_ids, accuracy], axis=1),
+            hovertemplate="slice %{customdata[0]}<br>slice accuracy %{customdata[1]:.0%}<extra></extra>",
+        ), row=1, col=column)
+    figure.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    figure.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    figure.update_layout(height=360, margin={"l": 0, "r": 0, "t": 40, "b": 0})
+    return figure
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app.influence import comparison, infembed_table, opponents, rule_table, tree_figure, typical_rows
+from app.influence import comparison, infembed_table, opponents, rule_table, side_by_side, tree_figure, typical_rows
 from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
@@ -120,6 +120,11 @@ def main() -> None:
         st.caption("Each slicing judged on one footing: its coherence on the influence embeddings (share of the total spread: "
                    "1 is no better than one slice), its worst slice, how many slices fall below the overall accuracy and "
                    "what share of the errors they hold, and how pure its slices are in label → prediction.")
+        if st.toggle("Show the three layouts side by side", key="compare_layouts",
+                     help="UMAP of each representation, coloured by the accuracy of each image's slice in that representation "
+                          "(the influence layout is computed the first time, in about a minute)"):
+            with st.spinner("Laying out the three representations…"):
+                st.plotly_chart(side_by_side(str(workspace.path), k), key="side_by_side")
         st.dataframe(comparison(str(workspace.path), k), hide_index=True, column_config={
             "coherence_share": st.column_config.NumberColumn("Coherence share", format="%.2f"),
             "worst_accuracy": st.column_config.ProgressColumn("Worst slice accuracy", min_value=0.0, max_value=1.0, format="percent"),

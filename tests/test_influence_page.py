@@ -42,6 +42,9 @@ def test_attach_compute_slice_and_compare(trained_workspace, image_folder):
     assert any("Pick a slice in the table" in info.value for info in app.info)
     comparison = next(frame.value for frame in app.dataframe if "representation" in frame.value.columns)
     assert list(comparison["representation"]) == ["attribution", "features", "influence"]
+    app.toggle(key="compare_layouts").set_value(True).run()
+    assert not app.exception, app.exception
+    assert any('"Influence embeddings (InfEmbed)"' in chart.proto.spec and 'slice accuracy' in chart.proto.spec for chart in app.get("plotly_chart"))
     # Once computed, the System Menu offers the embeddings as a layout and as what to slice on.
     assert "Influence embeddings (InfEmbed)" in app.sidebar.selectbox(key="menu_representation").options
 

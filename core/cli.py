@@ -403,7 +403,7 @@ def _run_campaign(args) -> None:
 
 def _campaign_concepts(args, embedder, vocabulary):
     """The workspace mode of ``concepts``: the campaign's table, vocabulary and findings, through core.crowd.mine_campaign."""
-    from core.crowd import latest_campaign, mine_campaign
+    from core.crowd import latest_campaign, mine_campaign, saved_vocabulary, vocabulary_path
     from core.workspace import Workspace
 
     if args.images is not None:
@@ -416,6 +416,11 @@ def _campaign_concepts(args, embedder, vocabulary):
             if latest is None:
                 raise SliceScopeError(f"workspace {workspace.name} has no crowd campaign", f"create one with: python -m core campaign {workspace.path}")
             args.campaign = latest.id
+        if vocabulary is None:
+            # The analyst's edits on the Concepts page are the campaign's vocabulary until discarded there.
+            vocabulary = saved_vocabulary(workspace, args.campaign)
+            if vocabulary is not None:
+                print(f"using the vocabulary edited on the Concepts page: {vocabulary_path(workspace, args.campaign)}")
         mined = mine_campaign(workspace, store, args.campaign, embedder=embedder() if vocabulary is None else None,
                               vocabulary=vocabulary, progress=tqdm_progress())
     finally:

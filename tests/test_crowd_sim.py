@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from core.campaigns import CampaignSettings, CampaignStore
-from core.concepts import RESULT_COLUMNS
-from core.crowd import CampaignPlan, create_workspace_campaign, latest_campaign, mine_campaign
+from core.concepts import RESULT_COLUMNS, Vocabulary
+from core.crowd import CampaignPlan, create_workspace_campaign, latest_campaign, mine_campaign, save_vocabulary
 from core.crowd_sim import (
     BACKGROUND_TERMS,
     DEMO_CAMPAIGN_NAME,
@@ -185,6 +185,13 @@ def test_campaign_and_concepts_commands(workspace, tmp_path, monkeypatch, capsys
                  "--query", concept, "--out", str(tmp_path / "query.csv")]) == 0
     answered = pd.read_csv(tmp_path / "query.csv")
     assert columns <= set(answered.columns) and answered["kind"].tolist() == ["query"] and answered["frequency"].iloc[0] > 0
+
+    # A vocabulary edited on the Concepts page is the campaign's, for the CLI too.
+    save_vocabulary(workspace, 1, Vocabulary(vocabulary).rename(concept, "renamed by analyst"))
+    assert main(["concepts", str(workspace.path), "--query", "renamed_by_analyst", "--out", str(tmp_path / "edited.csv")]) == 0
+    assert "using the vocabulary edited on the Concepts page" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "edited.csv")["concept"].iloc[-1] == "renamed_by_analyst"
+    save_vocabulary(workspace, 1, None)
 
     assert main(["concepts", str(workspace.path), "--images", "x.csv", "--out", str(out)]) == 2
     assert "--images goes with an annotation CSV" in capsys.readouterr().err

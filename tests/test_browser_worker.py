@@ -150,6 +150,7 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     frame = store.annotations_frame(created.id)
     progress = store.progress(created.id).set_index("assignment_id").loc[token.assignment_id]
     assert (progress["status"], progress["worker_id"], progress["boxes"]) == ("submitted", "W-17", 2)
+    assert progress["seconds"] > 1  # the time on each image was counted, over several page runs
     coco = store.export_coco(created.id)
     by_image = {image["id"]: image["file_name"] for image in coco["images"]}
     boxes = {by_image[annotation["image_id"]]: annotation for annotation in coco["annotations"]}

@@ -92,3 +92,12 @@ def side_by_side(path: str, k: int) -> go.Figure:
     figure.update_layout(height=360, margin={"l": 0, "r": 0, "t": 40, "b": 0})
     return figure
 
+
+def opponents_grid(path: str, slice_ids: np.ndarray, slice_id: int, k: int = 10) -> None:
+    """The slice's opponents as captioned thumbnails: the training images whose influence on its loss is most negative."""
+    against = opponents(path, slice_ids, slice_id, k)
+    st.image([str(file) for file in against["file"]], width=96,
+             caption=[f"label: {label} · {score:.2g}" for label, score in zip(against["label"], against["influence"], strict=True)])
+    st.caption("Removing an opponent from training would lower the slice's loss: look for what they share with the slice "
+               "(a background, a colour, a mark) and what their labels say.")
+

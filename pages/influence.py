@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app.influence import comparison, infembed_table, opponents, rule_table, side_by_side, tree_figure, typical_rows
+from app.influence import comparison, infembed_table, opponents_grid, rule_table, side_by_side, tree_figure, typical_rows
 from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
@@ -88,11 +88,7 @@ def slice_view(workspace: Workspace, slice_ids: np.ndarray, slice_id: int) -> No
                  caption=[caption(row.label, row.prediction, row.confidence) for row in images.itertuples()])
     with right:
         st.markdown("**Its opponents**: training images whose influence on the slice's loss is most negative")
-        against = opponents(path, slice_ids, slice_id, OPPONENTS)
-        st.image([str(file) for file in against["file"]], width=96,
-                 caption=[f"label: {label} · {score:.2g}" for label, score in zip(against["label"], against["influence"], strict=True)])
-        st.caption("Removing an opponent from training would lower the slice's loss: look for what they share with the slice "
-                   "(a background, a colour, a mark) and what their labels say.")
+        opponents_grid(path, slice_ids, slice_id, OPPONENTS)
 
 
 def main() -> None:

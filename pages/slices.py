@@ -26,6 +26,7 @@ from app.annotations import (
     spuriousness_column,
 )
 from app.figures import TILE_METRICS, ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure, thumbnail_scatter
+from app.influence import opponents_grid
 from app.ui import (
     COLOUR_LABELS,
     LAYOUT_LABELS,
@@ -39,6 +40,7 @@ from app.ui import (
     show_error,
 )
 from core.errors import SliceScopeError
+from core.influence import is_computed
 from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of, typical_members
 
 PAGE_SIZE = 24
@@ -308,6 +310,9 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     ]
     st.image(pictures, caption=captions, width=THUMBNAIL_SIZE + 22)
     relabel_controls(workspace_path, shown, captions)
+    if len(picked_slices) == 1 and not points and is_computed(load_workspace(workspace_path)):
+        with st.expander(f"Opponents of slice {picked_slices[0]} in the training data (influence embeddings)", icon=":material/swords:"):
+            opponents_grid(workspace_path, slice_ids, picked_slices[0])
 
 
 def main() -> None:

@@ -56,3 +56,12 @@ def test_attach_compute_slice_and_compare(trained_workspace, image_folder):
     assert all(path == "" or set(path) <= set("0123456789/") for path in rule["path"])
     assert (rule.loc[rule["flagged"], "accuracy"] <= 0.4).all()
     assert app.get("plotly_chart"), "the split tree is drawn"
+
+    # The Slices page offers a picked slice's opponents too, whatever it was sliced on.
+    app.query_params["slices"] = "0"
+    app.switch_page(str(ROOT / "pages" / "slices.py")).run()
+    assert not app.exception, app.exception
+    assert any(expander.label.startswith("Opponents of slice 0 in the training data") for expander in app.expander)
+    opponents = [caption for image in app.get("image") for caption in image.captions if caption.startswith("label: ") and caption.count("·") == 1]
+    assert len(opponents) == 10
+

@@ -9,6 +9,7 @@ predicted class; validation queries; and the images and boxes behind any concept
 from __future__ import annotations
 
 import json
+import shlex
 
 import pandas as pd
 import streamlit as st
@@ -88,7 +89,14 @@ def new_campaign_form(workspace: Workspace, store: CampaignStore) -> None:
     st.rerun()
 
 
-def new_links(campaign: Campaign) -> None:
+def worker_app_command(store: CampaignStore) -> str:
+    """How to start the worker app on this campaign's database: a local SQLite file is named; a server's URL (with its
+    password) is left to the deployment's secrets or environment, which the worker app reads like this app."""
+    command = "streamlit run annotate/main.py --server.port 8502"
+    return f"SLICESCOPE_DATABASE_URL={shlex.quote(store.url)} {command}" if store.url.startswith("sqlite:") else command
+
+
+def new_links(store: CampaignStore, campaign: Campaign) -> None:
     stored = st.session_state.get("new_links")
     if not stored or stored[0] != campaign.id:
         return
@@ -97,8 +105,8 @@ def new_links(campaign: Campaign) -> None:
                icon=":material/key:")
     st.download_button("Download the task links (CSV)", links.to_csv(index=False), f"campaign-{campaign.id}-links.csv", "text/csv", type="primary")
     st.dataframe(links, hide_index=True, column_config={"link": st.column_config.LinkColumn("Link")}, height=200)
-    st.caption("Workers open their link in the worker app: `streamlit run annotate/main.py --server.port 8502` "
-               "(with the same database: `.streamlit/secrets.toml` or $SLICESCOPE_DATABASE_URL).")
+    st.caption("Workers open their link in the worker app, started on the same database with:")
+    st.code(worker_app_command(store), language="bash")
 
 
 def monitor(store: CampaignStore, campaign: Campaign) -> pd.DataFrame:
@@ -173,7 +181,7 @@ def edit_vocabulary(workspace: Workspace, campaign: Campaign, vocabulary: Vocabu
     st.rerun()
 
 
-def findings_view(concepts: CampaignConcepts) -> pd.DataFrame:
+def findings_view(concepts: CampaignConcepts) -> None:
     findings = concepts.findings
     left, middle, right = st.columns([1, 2, 1])
     typicality = left.slider("Minimum typicality (Cramér's V)", 0.0, 1.0, 0.2, 0.05, key="min_typicality")
@@ -186,12 +194,11 @@ def findings_view(concepts: CampaignConcepts) -> pd.DataFrame:
         kept = kept[kept["class"] == shown_class]
     if kept.empty:
         st.info("No finding passes these filters: lower the typicality or add kinds.")
-        return kept
+        return
     concept_kinds = kept[kept["kind"].isin(("type", "attribute", "pair"))]
     if not concept_kinds.empty:
         st.plotly_chart(top_concepts_figure(concept_kinds), key="top_concepts")
     st.dataframe(kept, hide_index=True, column_config=FINDING_COLUMNS, height=360)
-    return kept
 
 
 def query_view(concepts: CampaignConcepts) -> None:
@@ -281,7 +288,7 @@ def main() -> None:
     if "simulated" in campaign.name.lower():
         st.caption("This campaign was answered by the **simulated crowd** of the demo (terms drawn from the demo's ground truth "
                    "with typos, synonyms and a lazy worker), not by people.")
-    new_links(campaign)
+    new_links(store, campaign)
     progress = store.progress(campaign.id)
     answers = int((progress["status"] == "submitted").sum())
     finished = bool((progress["status"].isin(("submitted", "expired"))).all())

@@ -11,11 +11,7 @@ from the last finished epoch.
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +23,7 @@ from app.board import history_figure, model_downloads, show_metric_changes, swit
 from app.store import configured_database_url, store_for
 from app.ui import load_images, load_slices, load_workspace, show_error
 from core.errors import SliceScopeError
+from core.jobs import job_phase, last_error, log_path, start_job
 from core.loop import AnnotationState, mitigate_arguments, plan_mitigation
 from core.mitigation import (
     DEFAULT_THRESHOLD,
@@ -43,13 +40,10 @@ from core.mitigation import (
     version_root,
 )
 from core.robustness import read_metrics
-from core.store import DATABASE_URL_ENV
 from core.views import typical_members
 from core.workspace import Workspace, is_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
-LOG_FILE = "mitigate.log"
-LAUNCH_MARK = "=== launched"
 WATCHED_KEY = "mitigation_jobs"  # per version line (its root's path): the out folder of the job this session watches
 POLL_SECONDS = 2
 PREVIEW_COUNT, PREVIEW_WIDTH = 6, 110
@@ -79,33 +73,9 @@ def _children() -> dict[str, subprocess.Popen]:
     return {}
 
 
-def _process_alive(out: Path, pid: int) -> bool:
-    child = _children().get(str(out))
-    if child is not None and child.pid == pid:
-        return child.poll() is None
-    # Started before a server restart, or by another server: ask the system.
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def job_phase(out: Path, status: dict | None) -> str:
-    """Where the job at ``out`` stands (a key of PHASES): status.json, read against whether its process still runs."""
-    child = _children().get(str(out))
-    if child is not None and child.poll() is None and (status is None or status["pid"] != child.pid):
-        return "starting"  # launched, and has not written its own status yet
-    if status is None:
-        return "failed"  # the command stopped before the job began: its log says why
-    alive = _process_alive(out, status["pid"])
-    if status["state"] == "done":
-        return "evaluating" if alive else "done"
-    if status["state"] in ("preparing", "training", "scanning"):
-        return status["state"] if alive else "interrupted"
-    return status["state"]
+def phase_of(out: Path, status: dict | None) -> str:
+    """Where the job at ``out`` stands, asked of the process this server started for it when there is one."""
+    return job_phase(status, _children().get(str(out)))
 
 
 def _watch(line: Workspace, out: Path) -> None:
@@ -118,33 +88,9 @@ def _watched(line: Workspace) -> Path | None:
 
 
 def launch(arguments: list[str], out: Path, line: Workspace) -> None:
-    """Run ``python -m core ARGUMENTS`` in the background, logging into the job folder, and watch it."""
-    folder = job_folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "core", *arguments]
-    environment = dict(os.environ)
-    configured = configured_database_url()
-    if configured:
-        # The job must read the annotations from the database the app uses.
-        environment[DATABASE_URL_ENV] = configured
-    with open(folder / LOG_FILE, "a") as log:
-        log.write(f"{LAUNCH_MARK} {datetime.now(UTC).isoformat(timespec='seconds')}: {shlex.join(command)}\n")
-        log.flush()
-        # A session of its own: the job survives the server, and a Ctrl-C in the server's terminal does not reach it.
-        child = subprocess.Popen(command, cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    _children()[str(out)] = child
+    """Run ``python -m core ARGUMENTS`` in the background, on the database this app uses, and watch it."""
+    _children()[str(out)] = start_job(arguments, out, configured_database_url())
     _watch(line, out)
-
-
-def last_error(out: Path) -> str | None:
-    """The ``error: …`` line the command printed in its latest launch, if any."""
-    try:
-        text = (job_folder(out) / LOG_FILE).read_text(errors="replace")
-    except OSError:
-        return None
-    errors = [line.removeprefix("error: ") for line in text.rsplit(LAUNCH_MARK, 1)[-1].splitlines() if line.startswith("error: ")]
-    return errors[-1] if errors else None
 
 
 def resume_or_explain(out: Path) -> None:
@@ -170,7 +116,7 @@ def resume(out: Path) -> None:
 
 def _board(out: Path, polled: bool) -> None:
     status = read_status(out)
-    phase = job_phase(out, status)
+    phase = phase_of(out, status)
     if polled and phase not in LIVE:
         st.rerun()  # the job ended: redraw the whole page, outside the polled fragment (results, start form)
     job = read_job(out)
@@ -188,7 +134,7 @@ def _board(out: Path, polled: bool) -> None:
                 st.error(reason, icon=":material/error:")
             elif reason:
                 st.caption(reason)
-            st.caption(f"Log: {job_folder(out) / LOG_FILE}")
+            st.caption(f"Log: {log_path(out)}")
         if status and "treated_images" in status:
             st.caption(f"{status['treated_images']:,} training images of the treated slices get CoRM noise.")
         if history:
@@ -222,7 +168,7 @@ def results(out: Path, parent: Path | None) -> None:
 
 def board(out: Path) -> None:
     """The classifier board of one job, polled every few seconds while it runs."""
-    if job_phase(out, read_status(out)) in LIVE:
+    if phase_of(out, read_status(out)) in LIVE:
         st.fragment(_board, run_every=POLL_SECONDS)(out, True)
     else:
         # Drawn with the page, so that its buttons (Resume, switch version) rerun the whole app.
@@ -342,7 +288,7 @@ def other_jobs(workspace: Workspace, watched: Path | None) -> None:
     st.subheader("Unfinished retrainings")
     for out in jobs:
         status = read_status(out)
-        phase = job_phase(out, status)
+        phase = phase_of(out, status)
         row = st.columns([4, 1], vertical_alignment="center")
         row[0].markdown(f"**{out.name}** · {PHASES[phase]} · {len(status['history'])} of {status['epochs']} epochs done")
         if phase in LIVE:
@@ -409,7 +355,7 @@ def main() -> None:
     source, threshold, treated = choose_slices(annotations, table, columns)
     if treated:
         sigma = preview(path, state, treated)
-        busy = watched is not None and job_phase(watched, read_status(watched)) in LIVE
+        busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE
         start_form(workspace, state, source, threshold, treated, sigma, busy)
     try:
         exports(workspace, state, table, source, threshold, treated)

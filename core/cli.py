@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.errors import SliceScopeError
-from core.progress import tqdm_progress
+from core.progress import duration_text, tqdm_progress
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 
@@ -251,10 +251,6 @@ def _run_attach_train(args) -> None:
     print(f"slice with: python -m core slices {workspace.path} --method influence --out slices.csv")
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
 def _influence_slices_frame(args, workspace, projection):
     """The CSV of ``slices --method influence | influence-rule``: the ``slices`` columns (+ slice_path, flagged for the rule)."""
     import pandas as pd
@@ -265,7 +261,7 @@ def _influence_slices_frame(args, workspace, projection):
 
     require_training_data(workspace)
     if not is_computed(workspace):
-        print(f"computing influence embeddings, once: about {_duration(estimate_seconds(workspace))} on this machine", flush=True)
+        print(f"computing influence embeddings, once: about {duration_text(estimate_seconds(workspace))} on this machine", flush=True)
     progress = tqdm_progress()
     influence_embeddings(workspace, progress=progress)
     images = workspace.images

@@ -46,3 +46,9 @@ def track(items: Iterable[T], step: str, total: int, progress: ProgressFn | None
     for done, item in enumerate(items, start=1):
         yield item
         report(step, done, total)
+
+
+def duration_text(seconds: float) -> str:
+    """An estimate in words: seconds below a minute and a half, whole minutes above."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+

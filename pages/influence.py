@@ -16,6 +16,7 @@ from app.ui import load_images, load_workspace, selected_workspace, show_error, 
 from core.errors import SliceScopeError
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
 from core.influence_rule import RuleParams
+from core.progress import duration_text
 from core.slicing import default_k
 from core.views import caption
 from core.workspace import Workspace
@@ -53,7 +54,7 @@ def compute_step(workspace: Workspace) -> None:
     training = training_data(workspace)
     seconds = estimate_seconds(workspace)
     st.info(f"The embeddings of {len(workspace.images):,} images and {training.num_images:,} training images are not computed yet: "
-            f"about {seconds / 60:.0f} min on this machine, once (then cached in the workspace).", icon=":material/timer:")
+            f"about {duration_text(seconds)} on this machine, once (then cached in the workspace).", icon=":material/timer:")
     if st.button("Compute influence embeddings", type="primary"):
         influence_embeddings(workspace, progress=streamlit_progress(st.container()))
         st.rerun()

@@ -70,11 +70,29 @@ def spend_time(answer: Answer) -> None:
     st.session_state["tick"] = now
 
 
-def session_answer(token: str, view: TaskView) -> Answer:
-    """This tab's answer to the task, started on first sight of the token."""
+DRAFT_SECONDS = 15  # time alone is saved this often; boxes, terms and moves are saved at once
+
+
+def session_answer(store: CampaignStore, token: str, view: TaskView) -> Answer:
+    """This tab's answer to the task: the saved draft when the worker comes back (a reload, a dropped connection),
+    else a new one."""
     if st.session_state.get("token") != token:
-        st.session_state.update(token=token, answer=Answer(view.image_ids), position=0, shown_image=None, initial={}, started=False)
+        draft = store.load_draft(token)
+        answer, position = Answer.from_draft(view.image_ids, draft)
+        st.session_state.update(token=token, answer=answer, position=position, shown_image=None, initial={},
+                                started=draft is not None, saved_draft=(answer.to_draft(position), time.monotonic()))
+        if draft is not None:
+            st.toast("Your answer so far was restored.", icon=":material/restore:")
     return st.session_state["answer"]
+
+
+def save_draft(store: CampaignStore, token: str, answer: Answer, position: int) -> None:
+    """Save the answer in progress when a box, a term or the image changed (or, for the time alone, every few seconds)."""
+    draft, (saved, saved_at) = answer.to_draft(position), st.session_state["saved_draft"]
+    changed = {key: value for key, value in draft.items() if key != "seconds"} != {key: value for key, value in saved.items() if key != "seconds"}
+    if changed or time.monotonic() - saved_at > DRAFT_SECONDS:
+        store.save_draft(token, draft)
+        st.session_state["saved_draft"] = (draft, time.monotonic())
 
 
 def move_to(position: int, image_id: str) -> None:
@@ -201,7 +219,7 @@ def task_page(store: CampaignStore, visit: Visit) -> None:
         show_instructions(store.preview(token))
         return
     view = store.open_task(token)
-    answer = session_answer(token, view)
+    answer = session_answer(store, token, view)
     spend_time(answer)
     if not st.session_state.get("started"):
         # Read once before the first image; afterwards the instructions stay folded, so nothing above the canvas
@@ -215,6 +233,7 @@ def task_page(store: CampaignStore, visit: Visit) -> None:
         show_instructions(view.instructions)
     st.progress((position + 1) / len(view.image_ids), text=f"Image {position + 1} of {len(view.image_ids)}")
     image_step(store, token, answer, position)
+    save_draft(store, token, answer, position)
     navigation(answer, position)
     submit_step(store, token, visit, answer)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -115,6 +115,18 @@ class DrawnBox:
         return all(abs(getattr(self, side) - float(box[side])) < 0.5 for side in ("left", "top", "width", "height"))
 
 
+def _drawn_box(record: object) -> DrawnBox | None:
+    try:
+        box = DrawnBox(**record)
+    except TypeError:
+        return None
+    numbers = (box.left, box.top, box.width, box.height)
+    if not isinstance(box.number, int) or not all(isinstance(value, int | float) for value in numbers) \
+            or not isinstance(box.entity_type, str) or not isinstance(box.attributes, str):
+        return None
+    return box
+
+
 @dataclass
 class Answer:
     """The worker's answer so far: boxes per image, canvas size, and the seconds spent on each image."""
@@ -123,6 +135,34 @@ class Answer:
     boxes: dict[str, list[DrawnBox]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     numbers_used: dict[str, int] = field(default_factory=dict)  # per image: the highest box number given so far
+
+    def to_draft(self, position: int) -> dict:
+        """The answer as plain data, to save while the worker is at it (see :meth:`from_draft`)."""
+        return {
+            "position": position,
+            "boxes": {image_id: [asdict(box) for box in drawn] for image_id, drawn in self.boxes.items()},
+            "seconds": dict(self.seconds),
+            "numbers_used": dict(self.numbers_used),
+        }
+
+    @classmethod
+    def from_draft(cls, image_ids: Sequence[str], draft: object) -> tuple[Answer, int]:
+        """The answer a draft holds for these images, and the image the worker was on; whatever does not fit is dropped
+        (a draft is read back from the database, so it is checked like any input)."""
+        answer, position = cls(tuple(image_ids)), 0
+        if not isinstance(draft, Mapping):
+            return answer, position
+        for image_id, drawn in (draft.get("boxes") or {}).items() if isinstance(draft.get("boxes"), Mapping) else ():
+            if image_id in answer.image_ids and isinstance(drawn, list):
+                answer.boxes[image_id] = [box for box in map(_drawn_box, drawn) if box is not None]
+        for name in ("seconds", "numbers_used"):
+            values = draft.get(name)
+            if isinstance(values, Mapping):
+                getattr(answer, name).update({key: value for key, value in values.items()
+                                              if key in answer.image_ids and isinstance(value, int | float) and not isinstance(value, bool) and value >= 0})
+        if isinstance(draft.get("position"), int) and 0 <= draft["position"] < len(answer.image_ids):
+            position = draft["position"]
+        return answer, position
 
     def update_from_canvas(self, image_id: str, canvas_boxes: Sequence[Mapping]) -> list[DrawnBox]:
         """Take the canvas's boxes for ``image_id``, each keeping its number and what was typed for it.

@@ -136,6 +136,19 @@ campaign_pictures = Table(
 )
 
 
+# A worker's answer in progress, so a reload or a dropped connection loses nothing; replaced on every change, and
+# never read by the analysis (only submitted answers count).
+drafts = Table(
+    "crowd_drafts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("assignment_id", Integer, ForeignKey("crowd_assignments.id"), nullable=False, unique=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("draft", JSON, nullable=False),
+)
+MAX_DRAFT_CHARS = 200_000  # ten images × fifty boxes × their terms fit with room to spare
+
+
 @dataclass(frozen=True)
 class CampaignSettings:
     images_per_task: int = 10
@@ -485,6 +498,35 @@ class CampaignStore(DatabaseStore):
         if image_id not in row.image_ids:
             raise SliceScopeError("this image is not part of your task", "use the task's own pages")
         return self.picture(row.campaign_id, image_id)
+
+    def save_draft(self, token: str, draft: dict) -> None:
+        """Keep the worker's answer in progress (plain JSON data, bounded), replacing the previous draft of the token."""
+        row = self._assignment(token)
+        if row.status == "submitted":
+            return  # the answer is in; a late save from another tab must not resurrect a draft
+        self._refuse_expired(row)
+        try:
+            text = json.dumps(draft)
+        except (TypeError, ValueError):
+            raise SliceScopeError("the draft is not plain data", "save numbers, text, lists and dicts only") from None
+        if len(text) > MAX_DRAFT_CHARS:
+            raise SliceScopeError(f"the answer in progress is {len(text):,} characters, more than {MAX_DRAFT_CHARS:,}", "use fewer boxes or shorter terms")
+        now = datetime.now(UTC)
+        with database_errors_explained(self.url), self._engine.begin() as connection:
+            updated = connection.execute(update(drafts).where(drafts.c.assignment_id == row.id).values(updated_at=now, draft=json.loads(text)))
+            if updated.rowcount == 0:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(insert(drafts).values(assignment_id=row.id, updated_at=now, draft=json.loads(text)))
+                except IntegrityError:
+                    # Another tab inserted the first draft a moment ago: this one replaces it.
+                    connection.execute(update(drafts).where(drafts.c.assignment_id == row.id).values(updated_at=now, draft=json.loads(text)))
+
+    def load_draft(self, token: str) -> dict | None:
+        """The worker's saved answer in progress, or None."""
+        row = self._assignment(token)
+        rows = self._rows(select(drafts.c.draft).where(drafts.c.assignment_id == row.id))
+        return rows[0].draft if rows else None
 
     # -- results -------------------------------------------------------------------
     def progress(self, campaign_id: int) -> pd.DataFrame:

@@ -168,6 +168,28 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     expect(page.locator("canvas")).to_have_count(0)
 
 
+def test_a_reload_restores_the_answer_in_progress(page, campaign):
+    store, created, _, _ = campaign
+    link = f"{page.app_url}?token={created.tokens[2].token}"
+    page.goto(link)
+    page.get_by_role("button", name="Start the task").click()
+    drag_box(page, (40, 40, 200, 120), "1")
+    name_box(page, "1", "water", "blue, wavy")
+    page.get_by_role("button", name="Next image →").click()
+    expect(page.get_by_text("Image 2 of 2")).to_be_visible()
+    wait_until_idle(page)
+
+    page.reload()  # a new session: only the saved draft knows the answer
+    expect(page.get_by_text("Image 2 of 2")).to_be_visible()  # straight back to where the worker was
+    page.get_by_role("button", name="← Previous image").click()
+    field = page.get_by_label("Box 1: what is it? (one noun)")
+    expect(field).to_have_count(1)
+    expect(field).to_have_value("water")
+    expect(page.get_by_label("Box 1: what is it like? (adjectives, comma-separated)")).to_have_value("blue, wavy")
+    expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
+    assert store.progress(created.id).set_index("assignment_id").loc[created.tokens[2].assignment_id, "status"] == "started"
+
+
 @pytest.mark.parametrize("query, message", [
     ("?token=forged-token-that-is-not-ours", "this task link is not valid"),
     ("?token=%27%20OR%201%3D1%20--", "this task link is not valid"),

@@ -326,3 +326,23 @@ def test_pictures_reach_only_their_task(store, url):
         with pytest.raises(SliceScopeError, match=message):
             store.create_campaign(WS, "bad", IMAGES, settings, pictures=bad)
     assert len(store.campaigns(WS)) == 1
+
+
+def test_drafts_keep_an_answer_in_progress_until_it_is_submitted(store, url):
+    campaign = store.create_campaign(WS, "drafts", IMAGES, SETTINGS)
+    token = campaign.tokens[0].token
+    assert store.load_draft(token) is None
+    store.save_draft(token, {"position": 1, "boxes": {"img-0": [{"number": 1, "entity_type": "<script>"}]}})
+    store.save_draft(token, {"position": 0, "boxes": {}})  # replaced, not appended
+    assert store.load_draft(token) == {"position": 0, "boxes": {}}
+    with pytest.raises(SliceScopeError, match="more than 200,000"):
+        store.save_draft(token, {"boxes": "x" * 300_000})
+    with pytest.raises(SliceScopeError, match="not plain data"):
+        store.save_draft(token, {"box": object()})
+    with pytest.raises(SliceScopeError, match="this task link is not valid"):
+        store.save_draft("forged", {})
+    assert store.load_draft(campaign.tokens[1].token) is None  # another worker's draft is theirs alone
+    store.submit(token, _answer(["img-0", "img-1"]), _seconds(["img-0", "img-1"]))
+    store.save_draft(token, {"position": 1})  # a late save from another tab changes nothing
+    assert store.load_draft(token) == {"position": 0, "boxes": {}}
+    assert _count(url, answers) == 1

@@ -92,3 +92,18 @@ def test_the_mturk_form_escapes_every_value():
     form = mturk_submit_form("https://www.mturk.com/mturk/externalSubmit", 'A"><script>alert(1)</script>', "C0DE")
     assert "<script>" not in form and 'value="A&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in form
     assert form.startswith('<form method="post" action="https://www.mturk.com/mturk/externalSubmit"') and 'value="C0DE"' in form
+
+
+def test_a_draft_round_trips_and_a_malformed_one_is_dropped_not_trusted():
+    answer = Answer(("a", "b"))
+    answer.update_from_canvas("a", [_canvas(10, 10, 50, 50)])[0].entity_type = "stamp"
+    answer.seconds.update(a=12.5, b=3.0)
+    restored, position = Answer.from_draft(("a", "b"), answer.to_draft(1))
+    assert (restored, position) == (answer, 1)
+    hostile = {"position": 99, "boxes": {"a": [{"number": "1"}, {"number": 2, "left": 1, "top": 1, "width": 5, "height": 5,
+                                                 "entity_type": "x", "attributes": "y", "extra": 1}, "box"],
+                                          "zzz": [{"number": 1}]},
+               "seconds": {"a": -4, "b": "7", "c": 3.0}, "numbers_used": {"a": True}}
+    restored, position = Answer.from_draft(("a", "b"), hostile)
+    assert (restored, position) == (Answer(("a", "b"), boxes={"a": []}), 0)
+    assert Answer.from_draft(("a",), ["not", "a", "draft"]) == (Answer(("a",)), 0)

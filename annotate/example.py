@@ -8,9 +8,16 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 _SIZE = 320
+
+
+def _label(draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, colour: tuple[int, int, int], font) -> None:
+    """Text on a white chip, readable over the heat map."""
+    left, top, right, bottom = draw.textbbox(origin, text, font=font)
+    draw.rectangle((left - 4, top - 3, right + 4, bottom + 3), fill=(255, 255, 255), outline=colour, width=2)
+    draw.text(origin, text, fill=colour, font=font)
 
 
 def example_png() -> bytes:
@@ -18,17 +25,18 @@ def example_png() -> bytes:
     rows, cols = np.mgrid[0:_SIZE, 0:_SIZE]
     waves = 0.5 + 0.5 * np.sin(rows / 9.0 + np.sin(cols / 23.0))
     water = np.stack([40 + 30 * waves, 90 + 40 * waves, 170 + 50 * waves], axis=-1)
-    heat = np.exp(-(((cols - 250) / 40.0) ** 2 + ((rows - 262) / 32.0) ** 2))
-    heat_rgb = np.stack([255 * heat, 200 * heat * (1 - heat), np.zeros_like(heat)], axis=-1)
-    pixels = np.clip(water * (1 - 0.6 * heat[..., None]) + 0.6 * heat_rgb, 0, 255).astype(np.uint8)
+    heat = np.exp(-(((cols - 252) / 62.0) ** 2 + ((rows - 263) / 50.0) ** 2))
+    heat_rgb = np.stack([np.full_like(heat, 255), 60 + 170 * heat, np.zeros_like(heat)], axis=-1)  # red rim, yellow core
+    pixels = np.clip(water * (1 - 0.85 * heat[..., None]) + 0.85 * heat[..., None] * heat_rgb, 0, 255).astype(np.uint8)
     picture = Image.fromarray(pixels)
     draw = ImageDraw.Draw(picture)
     draw.ellipse((90, 90, 170, 170), fill=(210, 190, 60))
     draw.rectangle((222, 242, 282, 284), fill=(245, 245, 245))
+    font = ImageFont.load_default(size=15)
     draw.rectangle((214, 234, 290, 292), outline=(20, 170, 60), width=4)
-    draw.text((150, 300), "good: stamp / white", fill=(20, 120, 40))
+    _label(draw, (132, 205), "good: stamp / white", (20, 150, 50), font)
     draw.rectangle((6, 6, _SIZE - 7, _SIZE - 7), outline=(210, 30, 30), width=3)
-    draw.text((12, 12), "bad: picture / nice", fill=(210, 30, 30))
+    _label(draw, (14, 14), "bad: picture / nice", (210, 30, 30), font)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -7,6 +7,7 @@ the boxes must arrive in the store in image pixels. Forged links, previews and h
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -98,6 +99,18 @@ def drag_box(page, corners: tuple[float, float, float, float], label: str) -> No
     expect(field).to_be_visible()
 
 
+def wait_for_field(page, label: str, value: str) -> None:
+    """Wait until exactly one field has ``label`` and it holds ``value``: while the page reruns, the previous image's
+    field is still shown (faded) beside the new one, so neither a count nor a value alone says the page is there."""
+    page.wait_for_function(
+        """([label, value]) => {
+            const fields = [...document.querySelectorAll("input")].filter((field) => field.getAttribute("aria-label") === label);
+            return fields.length === 1 && fields[0].value === value;
+        }""",
+        arg=[label, value], timeout=TIMEOUT_MS,
+    )
+
+
 def name_box(page, label: str, entity_type: str, attributes: str) -> None:
     for field, text in ((f"Box {label}: what is it? (one noun)", entity_type),
                         (f"Box {label}: what is it like? (adjectives, comma-separated)", attributes)):
@@ -131,9 +144,7 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     for button, shown, entity_type in (("← Previous image", "Image 1 of 2", HOSTILE), ("Next image →", "Image 2 of 2", "stamp")):
         page.get_by_role("button", name=button).click()
         expect(page.get_by_text(shown)).to_be_visible()
-        field = page.get_by_label("Box 1: what is it? (one noun)")
-        expect(field).to_have_count(1)  # the other image's field, shown faded while the page reruns, is gone
-        expect(field).to_have_value(entity_type)
+        wait_for_field(page, "Box 1: what is it? (one noun)", entity_type)
 
     expect(submit).to_be_enabled()
     submit.click()
@@ -177,14 +188,16 @@ def test_a_reload_restores_the_answer_in_progress(page, campaign):
     name_box(page, "1", "water", "blue, wavy")
     page.get_by_role("button", name="Next image →").click()
     expect(page.get_by_text("Image 2 of 2")).to_be_visible()
-    wait_until_idle(page)
+    token = created.tokens[2].token
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while (store.load_draft(token) or {}).get("position") != 1:  # the run that shows image 2 saves the move
+        assert time.monotonic() < deadline, store.load_draft(token)
+        time.sleep(0.2)
 
     page.reload()  # a new session: only the saved draft knows the answer
     expect(page.get_by_text("Image 2 of 2")).to_be_visible()  # straight back to where the worker was
     page.get_by_role("button", name="← Previous image").click()
-    field = page.get_by_label("Box 1: what is it? (one noun)")
-    expect(field).to_have_count(1)
-    expect(field).to_have_value("water")
+    wait_for_field(page, "Box 1: what is it? (one noun)", "water")
     expect(page.get_by_label("Box 1: what is it like? (adjectives, comma-separated)")).to_have_value("blue, wavy")
     expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
     assert store.progress(created.id).set_index("assignment_id").loc[created.tokens[2].assignment_id, "status"] == "started"

@@ -21,7 +21,7 @@ import streamlit as st
 from app.annotations import Annotations, annotated_table, current_propagation, load_annotations, spuriousness_column
 from app.board import history_figure, model_downloads, show_metric_changes, switch_version
 from app.store import configured_database_url, store_for
-from app.ui import load_images, load_slices, load_workspace, show_error
+from app.ui import load_images, load_slices, load_workspace, selected_workspace, show_error
 from core.errors import SliceScopeError
 from core.jobs import job_phase, last_error, log_path, start_job
 from core.loop import AnnotationState, mitigate_arguments, plan_mitigation
@@ -316,13 +316,11 @@ def exports(workspace: Workspace, state: AnnotationState, table: pd.DataFrame, s
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.title("Mitigate")
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
+    selection = st.session_state["selection"]
     path = str(selection.workspace)
-    workspace = load_workspace(path)
     st.title(f"Mitigate · {workspace.name}")
     annotations = load_annotations(selection, current_propagation())
     if annotations is None:

@@ -37,6 +37,7 @@ from app.ui import (
     load_slices,
     load_thumbnail_uris,
     load_workspace,
+    selected_workspace,
     show_error,
 )
 from core.errors import SliceScopeError
@@ -316,13 +317,11 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.title("Slices")
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
+    selection = st.session_state["selection"]
     path = str(selection.workspace)
-    workspace = load_workspace(path)
     images = workspace.images
     st.title(f"Slices · {workspace.name}")
     try:

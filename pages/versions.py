@@ -24,7 +24,7 @@ from app.board import (
     versions_figure,
 )
 from app.store import store_for
-from app.ui import load_workspace, show_error, streamlit_progress
+from app.ui import selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.loop import Slicing, evaluate_version, slice_changes, version_board
 from core.mitigation import read_version
@@ -114,13 +114,11 @@ def version_details(row: pd.Series, chosen: str, current: str) -> None:
 
 
 def main() -> None:
-    selection = st.session_state.get("selection")
-    if selection is None:
-        st.title("Versions")
-        st.info("Choose a workspace in the System Menu on the left.")
+    workspace = selected_workspace()
+    if workspace is None:
         return
+    selection = st.session_state["selection"]
     path = str(selection.workspace)
-    workspace = load_workspace(path)
     board = version_board(workspace)
     st.title(f"Versions · {board['name'].iat[0]}")
     st.caption("The original model and every version retrained from it on the Mitigate page, with their robustness metrics.")

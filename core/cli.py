@@ -16,7 +16,7 @@ from core.progress import duration_text, tqdm_progress
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="SliceScope: find where an image classifier fails, without metadata.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -90,6 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     mitigate.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 0.002)")
     mitigate.add_argument("--batch-size", type=int, default=64)
     mitigate.add_argument("--sigma", type=float, default=1.0, help="CoRM noise on the spurious regions, in [0, 1] pixel units (default 1.0)")
+    mitigate.add_argument("--noise-region", default="attribution", choices=["attribution", "object-masks"],
+                          help="where the noise goes: the model's GradCAM map (default, the paper) or everything outside the training data's object masks (mask_path column)")
     mitigate.add_argument("--train-data", type=Path, help="the images to retrain on (default: the scanned manifest's train split)")
     mitigate.add_argument("--train-split", help="split of --train-data to retrain on")
     mitigate.add_argument("--val-split", help="split of --train-data to validate on (default: 10%% of the training images)")
@@ -160,14 +162,22 @@ def _print_metrics(name: str, metrics) -> None:
           f"RCS {metrics.rcs:.3f} · worst group {metrics.worst_group_acc:.1%} ({metrics.worst_group}) — regions: {metrics.regions}")
 
 
+def training_params(args):
+    """The retraining settings a parsed ``mitigate`` command asks for."""
+    from core.mitigation import TrainingParams
+
+    return TrainingParams(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, sigma=args.sigma,
+                          noise_region=args.noise_region.replace("-", "_"))
+
+
 def _run_mitigate(args) -> None:
     from core.loop import evaluate_version, mitigate, open_store, plan_mitigation, read_annotations
-    from core.mitigation import TrainingData, TrainingParams
+    from core.mitigation import TrainingData
     from core.robustness import read_metrics
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
-    params = TrainingParams(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, sigma=args.sigma)
+    params = training_params(args)
     training = None
     if args.train_data is not None:
         training = TrainingData(args.train_data.expanduser().resolve(), args.train_split, args.val_split)
@@ -480,7 +490,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except SliceScopeError as error:

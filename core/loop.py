@@ -134,7 +134,7 @@ def mitigate_arguments(job: MitigationJob) -> list[str]:
     arguments = [
         "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--slices", ",".join(map(str, job.treated_slices)),
         "--epochs", str(params.epochs), "--lr", repr(params.learning_rate), "--batch-size", str(params.batch_size),
-        "--sigma", repr(params.sigma), "--train-data", str(training.data),
+        "--sigma", repr(params.sigma), "--noise-region", params.noise_region.replace("_", "-"), "--train-data", str(training.data),
         "--representation", slicing.representation, "--k", str(slicing.params.k), "--seed", str(slicing.params.seed),
     ]
     if training.split is not None:
@@ -181,12 +181,13 @@ def version_board(workspace: Workspace) -> pd.DataFrame:
         info = read_version(member) or {}
         metrics = read_metrics(member) or {}
         job = info.get("job", {})
+        noise_on_object_masks = job.get("params", {}).get("noise_region") == "object_masks"
         rows.append({
             "version": info.get("number", 1),
             "name": member.name,
             "path": str(member.path),
             "parent": Path(info["parent"]).name if info else "",
-            "mitigation": job.get("source", "original model"),
+            "mitigation": job.get("source", "original model") + (" (noise outside object masks)" if noise_on_object_masks else ""),
             "treated_slices": len(job.get("treated_slices", [])),
             "created": info.get("created", member.manifest.get("created", "")),
             **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc")},

@@ -3,8 +3,11 @@
 AttributionScanner §3.7: for the training images of the treated (spurious)
 slices, the model's own attribution mask m marks the spurious region, and
 Core Risk Minimization trains on x' = x + m ⊙ z with Gaussian z, so that
-region stops paying off. Images the analyst marked mislabelled get the label
-they should have.
+region stops paying off. When the training data comes with object masks
+(a ``mask_path`` column, as in Singla et al.'s Salient ImageNet, where CoRM
+began), m can instead be everything outside the object; the benchmark uses
+that to tell how much of CoRM's result is owed to the attribution masks.
+Images the analyst marked mislabelled get the label they should have.
 
 Slices are found on the scanned (evaluation) images, but the model is
 retrained on its training data. A training image belongs to the slice whose
@@ -39,10 +42,11 @@ from core.errors import SliceScopeError
 from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
-from core.robustness import corrupt, load_pixels, normalise
+from core.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
 from core.workspace import Workspace, is_workspace, read_json, save_json
 
 SOURCES = ("annotations", "propagation")
+NOISE_REGIONS = ("attribution", "object_masks")
 JOB_FILE, STATUS_FILE, CHECKPOINT_FILE, CANCEL_FILE = "job.json", "status.json", "last-epoch.pt", "cancel"
 MODEL_FILE, TORCHSCRIPT_FILE, VERSION_FILE = "model.pt", "model.torchscript.pt", "version.json"
 DEFAULT_THRESHOLD = 0.5
@@ -60,6 +64,7 @@ class TrainingParams:
     learning_rate: float = 2e-3
     batch_size: int = 64
     sigma: float = 1.0  # CoRM noise, in [0, 1] pixel units
+    noise_region: str = "attribution"  # m: the GradCAM map, or outside the dataset's object masks
     weight_decay: float = 1e-4
     seed: int = 0
 
@@ -70,6 +75,8 @@ class TrainingParams:
             raise SliceScopeError(f"learning rate {self.learning_rate} is out of range", "use e.g. 0.002")
         if self.sigma < 0:
             raise SliceScopeError(f"noise sigma {self.sigma} is negative", "use e.g. 1.0")
+        if self.noise_region not in NOISE_REGIONS:
+            raise SliceScopeError(f"unknown noise region '{self.noise_region}'", f"use one of: {', '.join(NOISE_REGIONS)}")
 
 
 @dataclass(frozen=True)
@@ -183,26 +190,34 @@ def _write_status(job: MitigationJob, state: str, message: str, history: list[di
 # ---------------------------------------------------------------------------- data
 
 
-def _load_split(index: ImageIndex, size: int, relabels: dict[str, str], classes: list[str], progress: ProgressFn, step: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split as uint8 (N × 3 × S × S; a quarter of float32's memory) and label indices."""
+def _load_split(
+    index: ImageIndex, size: int, relabels: dict[str, str], classes: list[str], progress: ProgressFn, step: str, with_masks: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """All images of a split as uint8 (N × 3 × S × S; a quarter of float32's memory), label indices and, when asked, object masks (N × S × S)."""
     preprocess = Preprocess(size, "none")
     unknown = sorted(set(index.table["label"]) - set(classes))
     if unknown:
         raise SliceScopeError(f"the training data has labels the model does not know: {', '.join(unknown[:5])}", "use training data with the model's classes")
-    pixels, labels = [], []
     table = index.table
-    for done, (image_id, path, label) in enumerate(zip(table["image_id"], table["path"], table["label"]), start=1):
+    if with_masks and "mask_path" not in table.columns:
+        raise SliceScopeError("the training data has no mask_path column, so there are no object masks to put the noise around",
+                              "put the noise on the attribution masks instead (--noise-region attribution)")
+    mask_paths = table["mask_path"] if with_masks else [None] * len(table)
+    pixels, labels, masks = [], [], []
+    for done, (image_id, path, label, mask_path) in enumerate(zip(table["image_id"], table["path"], table["label"], mask_paths), start=1):
         try:
             image, _ = read_image(index.absolute_path(path))
         except (OSError, ValueError):
             continue  # an unreadable training image is left out, as a scan leaves it out
         pixels.append(np.rint(preprocess.to_array(image) * 255).astype(np.uint8))
         labels.append(classes.index(relabels.get(image_id, label)))
+        if with_masks:
+            masks.append(np.rint(read_object_mask(index.absolute_path(mask_path), size) * 255).astype(np.uint8))
         if done % 500 == 0 or done == len(table):
             progress(step, done, len(table))
     if not pixels:
         raise SliceScopeError(f"none of the {len(table)} training images could be read", "check the training data path")
-    return torch.from_numpy(np.stack(pixels)), torch.tensor(labels, dtype=torch.long)
+    return torch.from_numpy(np.stack(pixels)), torch.tensor(labels, dtype=torch.long), torch.from_numpy(np.stack(masks)) if with_masks else None
 
 
 def _as_float(pixels: torch.Tensor) -> torch.Tensor:
@@ -244,12 +259,21 @@ def spurious_region(cams: torch.Tensor, size: int) -> torch.Tensor:
     return functional.interpolate(cams.float()[:, None], size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
 
-def corm_preview(workspace: Workspace, rows: list[int], sigma: float, seed: int = 0) -> list[np.ndarray]:
+def outside_objects(masks: torch.Tensor) -> torch.Tensor:
+    """m of CoRM from object masks (B × S × S, uint8 or [0, 1] floats): everything but the object, as B × 1 × S × S."""
+    scale = 255.0 if masks.dtype == torch.uint8 else 1.0
+    return 1.0 - masks.float()[:, None] / scale
+
+
+def corm_preview(workspace: Workspace, rows: list[int], sigma: float, noise_region: str = "attribution", seed: int = 0) -> list[np.ndarray]:
     """What CoRM training would see for scanned images: x + m ⊙ z as H × W × 3 uint8 pictures."""
     size = int(workspace.manifest["transforms"]["image_size"])
     pixels = load_pixels(workspace, np.asarray(rows, dtype=np.int64), size)
-    cams = torch.from_numpy(np.array(workspace.array("gradcam")[rows], dtype=np.float32))
-    noisy = corrupt(pixels, spurious_region(cams, size), sigma, torch.Generator().manual_seed(seed))
+    if noise_region == "object_masks":
+        region = outside_objects(torch.from_numpy(read_object_masks(workspace, np.asarray(rows), size)))
+    else:
+        region = spurious_region(torch.from_numpy(np.array(workspace.array("gradcam")[rows], dtype=np.float32)), size)
+    noisy = corrupt(pixels, region, sigma, torch.Generator().manual_seed(seed))
     return [np.rint(picture.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for picture in noisy]
 
 
@@ -302,7 +326,9 @@ def _train(
             pixels = _as_float(data["pixels"][batch])
             treated = data["treated"][batch]
             if treated.any() and params.sigma > 0:
-                pixels[treated] = corrupt(pixels[treated], spurious_region(data["cams"][batch][treated], size), params.sigma, generator)
+                rows = batch[treated]
+                region = outside_objects(data["object_masks"][rows]) if params.noise_region == "object_masks" else spurious_region(data["cams"][rows], size)
+                pixels[treated] = corrupt(pixels[treated], region, params.sigma, generator)
             labels = data["labels"][batch].to(device)
             logits = module(normalise(pixels, normalize).to(device))
             loss = functional.cross_entropy(logits, labels)
@@ -336,18 +362,21 @@ def _prepare(job: MitigationJob, parent: Workspace, slice_ids: np.ndarray, repor
     classes = parent.classes
     size = attribution_model.image_size
     index = load_index(job.training.data, job.training.split)
-    pixels, labels = _load_split(index, size, job.relabels, classes, report, "loading training images")
+    with_masks = job.params.noise_region == "object_masks"
+    pixels, labels, object_masks = _load_split(index, size, job.relabels, classes, report, "loading training images", with_masks)
     if job.training.validation_split is not None:
         val_index = load_index(job.training.data, job.training.validation_split)
-        val_pixels, val_labels = _load_split(val_index, size, job.relabels, classes, report, "loading validation images")
+        val_pixels, val_labels, _ = _load_split(val_index, size, job.relabels, classes, report, "loading validation images")
     else:
         held_out = torch.randperm(len(labels), generator=torch.Generator().manual_seed(job.params.seed))
         n_val = max(1, int(len(labels) * _VALIDATION_SHARE))
         val_pixels, val_labels = pixels[held_out[:n_val]], labels[held_out[:n_val]]
         pixels, labels = pixels[held_out[n_val:]], labels[held_out[n_val:]]
+        object_masks = None if object_masks is None else object_masks[held_out[n_val:]]
     nearest, cams = attribute_training_images(attribution_model, pixels, normalize, _slice_centroids(parent, slice_ids), report)
     treated = torch.from_numpy(np.isin(nearest, job.treated_slices))
-    data = {"pixels": pixels, "labels": labels, "val_pixels": val_pixels, "val_labels": val_labels, "cams": cams, "treated": treated}
+    data = {"pixels": pixels, "labels": labels, "val_pixels": val_pixels, "val_labels": val_labels, "cams": cams, "treated": treated,
+            "object_masks": object_masks}
     module = load_module(config.model).to(attribution_model.device)
     for parameter in module.parameters():
         parameter.requires_grad_(True)

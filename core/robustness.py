@@ -21,6 +21,7 @@ spurious). Besides these, worst-group accuracy over the dataset's ground-truth
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,21 +59,28 @@ class Regions:
         return f"attribution masks of the {len(self.rows):,} images in annotated core/spurious slices"
 
 
-def _read_mask(path, size: int) -> np.ndarray:
-    with Image.open(path) as mask:
-        return np.asarray(mask.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+def read_object_mask(path: Path, size: int) -> np.ndarray:
+    """One object mask (any image format; bright = object) as S × S floats in [0, 1]."""
+    try:
+        with Image.open(path) as mask:
+            return np.asarray(mask.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    except OSError as error:
+        raise SliceScopeError(f"the object mask {Path(path).name} could not be read ({error})",
+                              "restore the dataset's masks, or use attribution masks instead") from None
+
+
+def read_object_masks(workspace: Workspace, rows: np.ndarray, size: int) -> np.ndarray:
+    """The ``mask_path`` masks of the workspace's images at ``rows`` (rows × S × S)."""
+    if "mask_path" not in workspace.images.columns:
+        raise SliceScopeError(f"the dataset of {workspace.name} has no mask_path column", "use attribution masks (annotate core and spurious slices)")
+    paths = workspace.images["mask_path"]
+    return np.stack([read_object_mask(workspace.image_path(paths.iat[row]), size) for row in rows])
 
 
 def ground_truth_regions(workspace: Workspace, size: int) -> Regions:
     """Core = the object mask given in the dataset's ``mask_path`` column."""
-    images = workspace.images
-    if "mask_path" not in images.columns:
-        raise SliceScopeError(f"the dataset of {workspace.name} has no mask_path column", "use attribution masks (annotate core and spurious slices)")
-    try:
-        masks = np.stack([_read_mask(workspace.image_path(path), size) for path in images["mask_path"]])
-    except OSError as error:
-        raise SliceScopeError(f"an object mask could not be read ({error})", "restore the dataset's masks or use attribution masks") from None
-    return Regions("ground_truth", np.arange(len(images)), masks)
+    rows = np.arange(len(workspace.images))
+    return Regions("ground_truth", rows, read_object_masks(workspace, rows, size))
 
 
 def _upsample(cams: np.ndarray, size: int) -> np.ndarray:

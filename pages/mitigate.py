@@ -221,16 +221,26 @@ def choose_slices(annotations: Annotations, table: pd.DataFrame, columns: dict) 
     st.dataframe(chosen[["slice", "annotation", "size", "accuracy", "spuriousness", "dominant_label", "dominant_prediction"]], hide_index=True,
                  column_config=columns)
     st.caption(f"{len(treated)} slice{'s' if len(treated) != 1 else ''} with {int(chosen['size'].sum()):,} evaluation images. Their nearest training images "
-               "(by attribution-weighted features) get CoRM noise on the region the model attends to.")
+               "(by attribution-weighted features) get CoRM noise, where the preview below shows.")
     return source, threshold, treated
 
 
-def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> float:
-    """x' = x + m ⊙ z on a few images of the treated slices; returns the chosen σ."""
+NOISE_REGION_LABELS = {
+    "attribution": "the attribution mask m (GradCAM): where the model looks, as in the paper",
+    "object_masks": "everything outside the dataset's object masks (its mask_path column)",
+}
+
+
+def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> tuple[float, str]:
+    """x' = x + m ⊙ z on a few images of the treated slices; returns the chosen σ and noise region."""
     st.subheader("CoRM preview")
-    sigma = st.slider("Noise σ (pixel values are in [0, 1])", 0.0, 2.0, TrainingParams().sigma, 0.1, key="mitigate_sigma",
-                      help="The Gaussian noise z added on the attribution mask m of each treated training image; the same σ is used to retrain.")
     workspace = load_workspace(workspace_path)
+    sigma = st.slider("Noise σ (pixel values are in [0, 1])", 0.0, 2.0, TrainingParams().sigma, 0.1, key="mitigate_sigma",
+                      help="The Gaussian noise z added on the region m of each treated training image; the same σ is used to retrain.")
+    noise_region = "attribution"
+    if "mask_path" in workspace.images.columns:
+        noise_region = st.radio("Where the noise goes", list(NOISE_REGION_LABELS), format_func=NOISE_REGION_LABELS.get, key="mitigate_noise_region",
+                                help="This dataset has object masks. Noise outside them tells how much better CoRM could do with perfect masks.")
     features = workspace.array("attribution_features")
     # The most typical images of the first treated slices, as many from each as fill one row.
     shown = treated[:PREVIEW_COUNT]
@@ -240,21 +250,23 @@ def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> 
     captions = [f"slice {state.slice_ids[row]} · {labels[row]}" for row in rows]
     size = int(workspace.manifest["transforms"]["image_size"])
     try:
-        noisy = corm_preview(workspace, rows, sigma)
+        noisy = corm_preview(workspace, rows, sigma, noise_region)
     except SliceScopeError as error:
         show_error(error)
-        return sigma
-    for title, pictures in (
-        ("Original x", load_images(workspace_path, tuple(rows), size, False)),
-        ("Attribution mask m (GradCAM): where the noise goes", load_images(workspace_path, tuple(rows), size, True)),
-        (f"x + m ⊙ z, σ = {sigma:.1f}", noisy),
-    ):
+        return sigma, noise_region
+    pictures = [("Original x", load_images(workspace_path, tuple(rows), size, False))]
+    if noise_region == "attribution":
+        pictures.append(("Attribution mask m (GradCAM): where the noise goes", load_images(workspace_path, tuple(rows), size, True)))
+    pictures.append((f"x + m ⊙ z, σ = {sigma:.1f}", noisy))
+    for title, images in pictures:
         st.caption(title)
-        st.image(pictures, caption=captions, width=PREVIEW_WIDTH)
-    return sigma
+        st.image(images, caption=captions, width=PREVIEW_WIDTH)
+    return sigma, noise_region
 
 
-def start_form(workspace: Workspace, state: AnnotationState, source: str, threshold: float, treated: list[int], sigma: float, busy: bool) -> None:
+def start_form(
+    workspace: Workspace, state: AnnotationState, source: str, threshold: float, treated: list[int], sigma: float, noise_region: str, busy: bool,
+) -> None:
     st.subheader("Retrain")
     defaults = TrainingParams()
     with st.form("mitigate_training"):
@@ -263,7 +275,8 @@ def start_form(workspace: Workspace, state: AnnotationState, source: str, thresh
         learning_rate = columns[1].number_input("Learning rate", 1e-5, 0.5, defaults.learning_rate, format="%.4f", step=1e-4, key="mitigate_lr",
                                                 help="Peak of the one-cycle schedule.")
         batch_size = columns[2].number_input("Batch size", 1, 4096, defaults.batch_size, key="mitigate_batch_size")
-        st.caption(f"Fine-tunes {workspace.name} with CoRM noise σ = {sigma:.1f} (set above) and the relabels, then scans the evaluation "
+        where = "the attribution masks" if noise_region == "attribution" else "everything outside the object masks"
+        st.caption(f"Fine-tunes {workspace.name} with CoRM noise σ = {sigma:.1f} on {where} (set above) and the relabels, then scans the evaluation "
                    f"images into a new version and evaluates it. It runs in the background: you can leave this page.")
         started = st.form_submit_button("Start retraining", type="primary", icon=":material/model_training:", disabled=busy)
     if busy:
@@ -271,7 +284,8 @@ def start_form(workspace: Workspace, state: AnnotationState, source: str, thresh
     if not started:
         return
     try:
-        params = TrainingParams(epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size), sigma=float(sigma))
+        params = TrainingParams(epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size), sigma=float(sigma),
+                                noise_region=noise_region)
         job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params, treated=treated)
     except SliceScopeError as error:
         show_error(error)
@@ -352,9 +366,9 @@ def main() -> None:
     annotations_view(state, table, columns)
     source, threshold, treated = choose_slices(annotations, table, columns)
     if treated:
-        sigma = preview(path, state, treated)
+        sigma, noise_region = preview(path, state, treated)
         busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE
-        start_form(workspace, state, source, threshold, treated, sigma, busy)
+        start_form(workspace, state, source, threshold, treated, sigma, noise_region, busy)
     try:
         exports(workspace, state, table, source, threshold, treated)
     except SliceScopeError as error:

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.cli import build_parser, training_params
 from core.errors import SliceScopeError
 from core.loop import Slicing, mitigate_arguments, open_store, plan_mitigation, read_annotations
-from core.mitigation import job_folder, read_job, read_status
+from core.mitigation import TrainingParams, job_folder, read_job, read_status
 from core.slicing import SliceParams, default_k
 from core.workspace import Workspace
 
@@ -139,6 +140,9 @@ def test_an_annotated_spurious_slice_is_treated_and_previewed(home, root):
     assert "x + m ⊙ z, σ = 1.0" in [caption.value for caption in app.caption]
     app.slider(key="mitigate_sigma").set_value(0.3).run()
     assert "x + m ⊙ z, σ = 0.3" in [caption.value for caption in app.caption]
+    app.radio(key="mitigate_noise_region").set_value("object_masks").run()  # the demo has object masks
+    originals, noisy = app.get("image")
+    assert len(noisy.proto.imgs) == 6 and any("everything outside the object masks" in caption.value for caption in app.caption)
     assert [button.proto.label for button in app.get("download_button")] == [
         "Annotations and treated slices (JSON)", "Slices with annotations, spuriousness, treated (CSV)",
     ]
@@ -237,11 +241,13 @@ def test_the_cli_arguments_plan_the_same_job_again(root):
     store = open_store(root)
     state = read_annotations(store, root)
     store.close()
-    job = plan_mitigation(root, state, "propagation", root.path.with_name("workspace-v2"), threshold=0.2)
+    params = TrainingParams(epochs=3, learning_rate=0.01, batch_size=16, sigma=0.7, noise_region="object_masks")
+    job = plan_mitigation(root, state, "propagation", root.path.with_name("workspace-v2"), threshold=0.2, params=params)
     arguments = mitigate_arguments(job)
+    assert training_params(build_parser().parse_args(arguments)) == params
     treated = [int(s) for s in arguments[arguments.index("--slices") + 1].split(",")]
     assert tuple(treated) == job.treated_slices
-    assert plan_mitigation(root, state, "propagation", job.out, threshold=0.9, treated=treated) == job  # the named slices win
+    assert plan_mitigation(root, state, "propagation", job.out, threshold=0.9, params=params, treated=treated) == job  # the named slices win
     assert Slicing.from_name(job.slicing) == Slicing("attribution", SliceParams(k=default_k(len(root.images))))
     assert arguments[arguments.index("--k") + 1] == str(default_k(len(root.images)))
     with pytest.raises(SliceScopeError, match="are not all in"):

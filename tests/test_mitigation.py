@@ -8,18 +8,21 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from core.cli import main as cli_main
 from core.demo import workspace_dir
 from core.errors import SliceScopeError
+from core.extract import recorded_scan_config
 from core.loop import Slicing, evaluate_version, plan_mitigation, read_annotations, slice_changes, version_board
 from core.mitigation import (
     MODEL_FILE,
     TORCHSCRIPT_FILE,
     TrainingParams,
     choose_treated_slices,
+    corm_preview,
     mitigation_unfinished,
     next_version_path,
     read_job,
@@ -29,7 +32,7 @@ from core.mitigation import (
     unfinished_jobs,
     version_family,
 )
-from core.robustness import read_metrics
+from core.robustness import load_pixels, read_metrics, read_object_mask, read_object_masks
 from core.store import AnnotationStore
 from core.workspace import Workspace
 
@@ -174,3 +177,35 @@ def test_cli_annotate_mitigate_evaluate(line, capsys):
 def test_evaluate_without_annotations_or_masks_is_explained(line, store):
     with pytest.raises(SliceScopeError, match="annotate at least one slice"):
         evaluate_version(line, store, Slicing(), regions="attribution")
+
+
+def test_noise_outside_object_masks_spares_the_object(line):
+    rows = list(range(6))
+    size = int(line.manifest["transforms"]["image_size"])
+    original = np.rint(load_pixels(line, np.asarray(rows), size).permute(0, 2, 3, 1).numpy() * 255)
+    objects = read_object_masks(line, np.asarray(rows), size)
+    inside, outside = objects >= 0.999, objects == 0
+    assert inside.any() and outside.any()
+    noisy = np.stack(corm_preview(line, rows, sigma=1.0, noise_region="object_masks")).astype(float)
+    changed = np.abs(noisy - original).max(axis=3) > 1
+    assert changed[outside].mean() > 0.9 and not changed[inside].any()
+
+
+def test_mitigating_with_object_masks_and_what_missing_masks_say(line, tmp_path, capsys):
+    assert cli_main(["annotate", str(line.path), "--slice", "0", "--kind", "spurious"]) == 0
+    out = line.path.with_name("v2")
+    arguments = ["mitigate", str(line.path), "--from", "annotations", "--epochs", "1", "--batch-size", "32", "--noise-region", "object-masks"]
+    assert cli_main([*arguments, "--out", str(out)]) == 0
+    assert read_job(out).params.noise_region == "object_masks"
+    assert version_board(line)["mitigation"].tolist() == ["original model", "annotations (noise outside object masks)"]
+
+    manifest = pd.read_csv(recorded_scan_config(line).data)
+    manifest["path"] = [str(recorded_scan_config(line).data.parent / path) for path in manifest["path"]]
+    manifest.drop(columns="mask_path").to_csv(tmp_path / "no-masks.csv", index=False)
+    capsys.readouterr()
+    assert cli_main([*arguments, "--out", str(tmp_path / "v3"), "--train-data", str(tmp_path / "no-masks.csv"), "--train-split", "train"]) == 2
+    assert "no mask_path column" in capsys.readouterr().err
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(SliceScopeError, match="broken.png could not be read"):
+        read_object_mask(tmp_path / "broken.png", 64)

@@ -56,13 +56,26 @@ def test_terms_are_normalised_and_bounded():
 def test_spelling_prefers_the_campaign_vocabulary():
     annotations = campaign({"w1": ["zorbfin", "watter"], "w2": ["zorbfin"], "w3": ["zorbfim", "zorbfim"]})
     words = campaign_words(annotations)
-    assert words == {"zorbfin"}  # zorbfim: two rows, but one worker
+    assert words == {"zorbfin": 2}  # zorbfim: two rows, but one worker
     speller = Speller(words)
-    assert speller.correct("zorbfim") == "zorbfin" and Speller(set()).correct("zorbfim") != "zorbfin"
+    assert speller.correct("zorbfim") == "zorbfin" and Speller({}).correct("zorbfim") != "zorbfin"
     assert speller.correct("watter") == "water" and speller.correct("stomac") == "stomach"
     assert speller.correct("teh") == "teh"  # never into a glue word
     assert speller.correct("2021") == "2021"  # numbers are not misspelt words
     assert [speller.singular(word) for word in ("teeth", "waters", "bus", "this", "grass")] == ["tooth", "water", "bus", "this", "grass"]
+
+
+def test_a_misspelling_shared_by_a_few_workers_yields_to_the_common_word():
+    many = {f"w{index}": ["water", "zorbfin"] for index in range(10)}
+    few = {"x1": ["watter", "zorbfit"], "x2": ["watter", "zorbfit"]}
+    words = campaign_words(campaign({**many, **few}))
+    assert words["watter"] == 2 and words["water"] == 10
+    speller = Speller(words)
+    assert speller.correct("watter") == "water" and speller.correct("zorbfit") == "zorbfin"
+    close_rivals = Speller({"zorbfin": 3, "zorbfit": 2, "water": 9, "watter": 2})
+    assert close_rivals.correct("zorbfit") == "zorbfit"  # 3 against 2 workers: two words, not one misspelt
+    assert close_rivals.correct("watter") == "watter"  # 9 against 2: under five times as many
+    assert Speller({"teh": 2, "the": 40}).correct("teh") == "teh"  # never into a glue word
 
 
 def test_typos_plurals_and_synonyms_collapse_into_their_groups(minilm):

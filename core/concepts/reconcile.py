@@ -9,6 +9,9 @@ concept of its word, or for several words to their concepts joined by ``_``
 Spelling: SymSpell with its bundled English frequency dictionary plus the
 campaign's own vocabulary (words typed by at least two workers), which wins ties
 so that domain words ("lobster", "tench") are not "corrected" into common ones.
+A campaign word that is not English still yields to a campaign word within
+reach that many times more workers typed: "watter" from 2 workers beside
+"water" from 20 is one misspelling made twice, not a domain word.
 Singular forms come from ``inflect`` and are kept only when they are known
 words, since inflect strips any final "s" ("bus" → "bu"); it still turns a few
 plural-only nouns singular ("lens" → "len", "shorts" → "short"), which the
@@ -28,7 +31,7 @@ k is admissible every word stays its own concept: merging is left to the analyst
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from importlib.resources import files
@@ -44,6 +47,7 @@ from core.progress import ProgressFn, silent
 
 VOCABULARY_COLUMNS = ("term", "words", "concept", "count", "workers")
 CAMPAIGN_MIN_WORKERS = 2
+TYPO_DOMINANCE = 5  # a campaign word yields to a neighbour typed by this many times more workers
 MAX_K_CANDIDATES = 40  # K-Means fits per reconciliation, spread over 2..n-1
 SILHOUETTE_TOLERANCE = 0.01  # silhouettes this close count as a tie, decided by evenness
 
@@ -73,13 +77,14 @@ def _inflect_engine():
 class Speller:
     """Spell correction and singularisation against English plus a campaign's own words."""
 
-    def __init__(self, campaign_words: Iterable[str]):
+    def __init__(self, campaign_words: Mapping[str, int]):
+        """``campaign_words``: word → how many workers typed it."""
         from symspellpy import SymSpell
 
         self.english = _english_speller()
         self.campaign = SymSpell(max_dictionary_edit_distance=2, prefix_length=5)
-        for word in campaign_words:
-            self.campaign.create_dictionary_entry(word, 1)
+        for word, workers in campaign_words.items():
+            self.campaign.create_dictionary_entry(word, workers)
 
     def known(self, word: str) -> bool:
         return word in self.campaign.words or word in self.english.words
@@ -88,8 +93,13 @@ class Speller:
         """The closest known word ("watter" → "water"); the word itself if known, numeric or too far from anything."""
         from symspellpy import Verbosity
 
-        if self.known(word) or any(character.isdigit() for character in word):
+        if word in self.english.words or any(character.isdigit() for character in word):
             return word
+        if word in self.campaign.words:
+            own = self.campaign.words[word]
+            rivals = [suggestion for suggestion in self.campaign.lookup(word, Verbosity.ALL, max_edit_distance=_max_edit_distance(word))
+                      if suggestion.count >= TYPO_DOMINANCE * own and suggestion.term not in FILLER_WORDS]
+            return min(rivals, key=lambda suggestion: (suggestion.distance, -suggestion.count)).term if rivals else word
         best = None
         for speller in (self.campaign, self.english):  # campaign first: it wins ties
             suggestions = speller.lookup(word, Verbosity.CLOSEST, max_edit_distance=_max_edit_distance(word))
@@ -102,8 +112,8 @@ class Speller:
         return singular if singular and singular not in FILLER_WORDS and self.known(singular) else word
 
 
-def campaign_words(annotations: pd.DataFrame, min_workers: int = CAMPAIGN_MIN_WORKERS) -> set[str]:
-    """Words typed (as type or attribute) by at least ``min_workers`` distinct workers."""
+def campaign_words(annotations: pd.DataFrame, min_workers: int = CAMPAIGN_MIN_WORKERS) -> dict[str, int]:
+    """Words typed (as type or attribute) by at least ``min_workers`` distinct workers, with how many typed each."""
     used = [
         (word, worker)
         for column in ("entity_type", "attribute")
@@ -112,7 +122,7 @@ def campaign_words(annotations: pd.DataFrame, min_workers: int = CAMPAIGN_MIN_WO
     ]
     pairs = pd.DataFrame(used, columns=["word", "worker"]).drop_duplicates()
     counts = pairs["word"].value_counts()
-    return set(counts.index[counts >= min_workers])
+    return {str(word): int(count) for word, count in counts[counts >= min_workers].items()}
 
 
 @dataclass(frozen=True)

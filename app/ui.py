@@ -62,6 +62,11 @@ class Selection:
         return (str(self.workspace), self.slice_on, self.k)
 
 
+def table_height(rows: int, most: int = 520) -> int:
+    """Pixels for an st.dataframe that shows ``rows`` rows (35 px each, plus the header) without a scrollbar, up to ``most``."""
+    return min(most, 35 * (rows + 1) + 3)
+
+
 def streamlit_progress(container) -> ProgressFn:
     """A core progress callback drawing one bar per step inside ``container``."""
     bars: dict[str, object] = {}

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from app.influence import comparison, infembed_table, opponents_grid, rule_table, side_by_side, tree_figure, typical_rows
-from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress
+from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress, table_height
 from core.errors import SliceScopeError
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
 from core.influence_rule import RuleParams
@@ -105,8 +105,13 @@ def main() -> None:
         return
     slice_ids, table, rule = slicing_choice(workspace)
     shown = table.drop(columns=[column for column in HIDDEN if column in table.columns])
+    # The long label → prediction text goes last so the numbers stay in view; K-Means slices come worst first,
+    # as on the Slices page, while the rule's keep their order in the split tree.
+    shown = shown[[column for column in shown.columns if column != "confusion"] + ["confusion"]]
+    if not rule:
+        shown = shown.sort_values(["accuracy", "size"], ascending=[True, False]).reset_index(drop=True)
     picked = st.dataframe(shown, hide_index=True, column_config=TABLE_COLUMNS, on_select="rerun", selection_mode="single-row",
-                          key=f"influence_table_{'rule' if rule else 'k'}", height=300)
+                          key=f"influence_table_{'rule' if rule else 'k'}", height=table_height(len(shown), 460))
     rows = picked.selection.rows
     if rows:
         slice_view(workspace, slice_ids, int(shown.iloc[rows[0]]["slice"]))

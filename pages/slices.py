@@ -39,6 +39,7 @@ from app.ui import (
     load_workspace,
     selected_workspace,
     show_error,
+    table_height,
 )
 from core.errors import SliceScopeError
 from core.influence import is_computed
@@ -151,7 +152,7 @@ def slice_table_view(table, slice_ids: np.ndarray, spuriousness_config) -> None:
     st.dataframe(
         shown,
         hide_index=True,
-        height=min(520, 35 * (len(shown) + 1) + 3),
+        height=table_height(len(shown)),
         on_select=partial(_pick_rows, table_key, shown_slices),
         selection_mode="multi-row",
         selection_default={"selection": {"rows": [i for i, s in enumerate(shown_slices) if s in picked]}},

@@ -40,6 +40,7 @@ def test_attach_compute_slice_and_compare(trained_workspace, image_folder):
 
     table = next(frame.value for frame in app.dataframe if "mean_coherence" in frame.value.columns)
     assert table["size"].sum() == len(trained_workspace.images) and (table["mean_coherence"] >= 0).all()
+    assert table["accuracy"].is_monotonic_increasing and table.columns[-1] == "confusion"  # worst slices first, long text last
     assert any("Pick a slice in the table" in info.value for info in app.info)
     comparison = next(frame.value for frame in app.dataframe if "representation" in frame.value.columns)
     assert list(comparison["representation"]) == ["attribution", "features", "influence"]

@@ -61,6 +61,17 @@ class Selection:
         """What slice ids depend on: a change here makes old slice ids meaningless."""
         return (str(self.workspace), self.slice_on, self.k)
 
+    @property
+    def slicing_label(self) -> str:
+        """The slicing in words, for messages: e.g. "the 50 slices of the attribution space (F_W)"."""
+        return f"the {self.k} slices of the {representation_phrase(self.slice_on)}"
+
+
+def representation_phrase(representation: str) -> str:
+    """A representation's label inside a sentence: "attribution space (F_W)", keeping the symbols' case."""
+    label = REPRESENTATION_LABELS[representation]
+    return label[0].lower() + label[1:]
+
 
 def table_height(rows: int, most: int = 520) -> int:
     """Pixels for an st.dataframe that shows ``rows`` rows (35 px each, plus the header) without a scrollbar, up to ``most``."""
@@ -150,7 +161,7 @@ def workspace_summary(path: str) -> dict:
 def load_slices(path: str, representation: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
     """Slice id per image and the Slice Table; computed once, then read from disk."""
     workspace = load_workspace(path)
-    with st.spinner(f"Finding {k} slices in the {REPRESENTATION_LABELS[representation].lower()}…"):
+    with st.spinner(f"Finding {k} slices in the {representation_phrase(representation)}…"):
         slice_ids = find_slices(workspace, representation, SliceParams(k=k))
     return slice_ids, slice_table(workspace.images, slice_ids)
 
@@ -158,7 +169,7 @@ def load_slices(path: str, representation: str, k: int) -> tuple[np.ndarray, pd.
 @st.cache_data(show_spinner=False)
 def load_layout(path: str, representation: str) -> np.ndarray:
     workspace = load_workspace(path)
-    with st.spinner(f"Laying out the {REPRESENTATION_LABELS[representation].lower()} with UMAP (first time only)…"):
+    with st.spinner(f"Laying out the {representation_phrase(representation)} with UMAP (first time only)…"):
         return project(workspace, representation, ProjectionParams())
 
 

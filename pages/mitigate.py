@@ -188,12 +188,12 @@ SLICE_COLUMNS = {
 }
 
 
-def annotations_view(state: AnnotationState, table: pd.DataFrame, columns: dict) -> None:
+def annotations_view(state: AnnotationState, slicing_label: str, table: pd.DataFrame, columns: dict) -> None:
     st.subheader("Annotations")
     annotated = table[table["slice"].isin(state.kinds)]
     st.dataframe(annotated[["slice", "annotation", "size", "accuracy", "spuriousness"]], hide_index=True, column_config=columns)
     relabelled = len(state.relabels)
-    st.caption(f"{len(annotated)} annotated slice{'s' if len(annotated) != 1 else ''} in {state.slicing} · {relabelled:,} image{'s' if relabelled != 1 else ''} marked mislabelled"
+    st.caption(f"{len(annotated)} annotated slice{'s' if len(annotated) != 1 else ''} among {slicing_label} · {relabelled:,} image{'s' if relabelled != 1 else ''} marked mislabelled"
                + (" get their corrected label when retraining." if relabelled else "."))
     with st.expander("Spuriousness of every slice"):
         st.caption("Spread from the core and spurious annotations with the propagation settings of the Slices page; "
@@ -356,14 +356,14 @@ def main() -> None:
 
     if not state.kinds:
         st.info(
-            f"No slice of {state.slicing} is annotated yet. On the Slices page, pick slices whose images show a shortcut "
+            f"None of {selection.slicing_label} is annotated yet. On the Slices page, pick slices whose images show a shortcut "
             "(a background, a colour, a watermark) and annotate them **spurious**, and a few that show the object itself **core**; "
             "then come back here to retrain the model without those shortcuts. From a terminal: "
             f"`python -m core annotate {workspace.path} --slice N --kind spurious`.",
             icon=":material/edit_note:",
         )
         return
-    annotations_view(state, table, columns)
+    annotations_view(state, selection.slicing_label, table, columns)
     source, threshold, treated = choose_slices(annotations, table, columns)
     if treated:
         sigma, noise_region = preview(path, state, treated)

@@ -37,6 +37,7 @@ from app.ui import (
     load_slices,
     load_thumbnail_uris,
     load_workspace,
+    representation_phrase,
     selected_workspace,
     show_error,
     table_height,
@@ -358,7 +359,7 @@ def main() -> None:
             annotation_form(path, annotations, annotation_targets())
     with plot_column:
         st.subheader(REPRESENTATION_LABELS[selection.representation])
-        sliced_on = "" if selection.slice_on == selection.representation else f" Slices from the {REPRESENTATION_LABELS[selection.slice_on].lower()}."
+        sliced_on = "" if selection.slice_on == selection.representation else f" Slices from the {representation_phrase(selection.slice_on)}."
         st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}")
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
         spuriousness = None if colour != "spuriousness" else table.set_index("slice")["spuriousness"].reindex(slice_ids).to_numpy()

@@ -109,7 +109,9 @@ def start(app: AppTest, epochs: int, source: str = "annotations", threshold: flo
 def test_mitigate_page_without_annotations_says_what_to_do(home):
     app = open_page("mitigate")
     assert app.title[0].value == "Mitigate · demo · biased model"
-    assert any("annotate them **spurious**" in info.value for info in app.info)
+    message = next(info.value for info in app.info if "annotate them **spurious**" in info.value)
+    selection = app.session_state["selection"]
+    assert message.startswith(f"None of the {selection.k} slices of the attribution space (F_W) is annotated yet.")
     assert not app.get("form_submit_button") and not app.get("image")
 
 

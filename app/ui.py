@@ -17,7 +17,7 @@ import streamlit as st
 
 from core.demo import build_demo, default_demo_dir, is_demo_built
 from core.errors import SliceScopeError
-from core.extract import rebuild_workspace
+from core.extract import repair_workspace
 from core.influence import is_computed
 from core.mitigation import mitigation_unfinished
 from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
@@ -125,7 +125,8 @@ def discover_workspaces() -> list[Path]:
     roots += [Path(p).expanduser() for p in os.environ.get("SLICESCOPE_WORKSPACES", "").split(os.pathsep) if p]
     found: list[Path] = []
     for root in roots:
-        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
+        # Hidden folders are a workspace's own (a rescan in progress), never a workspace to list.
+        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else [])
         found += [p.resolve() for p in candidates if looks_like_workspace(p) and not mitigation_unfinished(p)]
     return list(dict.fromkeys(found))
 
@@ -292,11 +293,11 @@ def repair_ui(path: str, status: WorkspaceStatus) -> None:
     st.warning(f"**{Path(path).name}**: {status.message}", icon=":material/build:")
     if not status.can_rebuild:
         return
-    action = "Resume the scan" if status.state == "half-built" else "Rebuild the workspace"
+    action = {"half-built": "Resume the scan", "damaged": "Repair the workspace"}.get(status.state, "Rebuild the workspace")
     if st.button(action, key=f"repair-{path}", icon=":material/refresh:"):
         with st.status(f"{action}: {Path(path).name}…", expanded=True) as progress_box:
             try:
-                rebuild_workspace(path, progress=streamlit_progress(st))
+                repair_workspace(path, progress=streamlit_progress(st))
             except SliceScopeError as error:
                 progress_box.update(label="The workspace could not be rebuilt", state="error")
                 show_error(error)

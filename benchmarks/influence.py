@@ -149,7 +149,7 @@ def speed(workspace: Workspace, params: InfluenceParams) -> tuple[dict, dict]:
     rows = workspace.images.head(GRADIENT_IMAGES)
     transforms = workspace.manifest["transforms"]
     preprocess = Preprocess(int(transforms["image_size"]), transforms["normalize"])
-    images = torch.stack([torch.from_numpy(preprocess.to_array(read_image(workspace.image_path(path))[0])) for path in rows["path"]])
+    images = torch.stack([torch.from_numpy(preprocess.to_array(read_image(workspace.image_path(path)).image)) for path in rows["path"]])
     labels = torch.tensor(rows["label_index"].to_numpy())
     names = embedder.parameter_names_
     weights = {name: parameter for name, parameter in module.named_parameters() if name in names}

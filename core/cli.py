@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | attach-train | slices | annotate | mitigate | evaluate | campaign | concepts``.
+"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | mitigate | evaluate | campaign | concepts``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", type=Path, required=True, help="workspace folder to create (or resume)")
     scan.add_argument("--train-data", type=Path, help="the data the model was trained on (ImageFolder or CSV manifest), recorded for influence embeddings")
     scan.add_argument("--train-split", help="split of --train-data the model was trained on")
+
+    status = commands.add_parser("status", help="check a workspace's files (not only that they exist) and, with --repair, make it whole again")
+    status.add_argument("workspace", type=Path)
+    status.add_argument("--repair", action="store_true", help="drop damaged cached results and rescan damaged tables or arrays from the recorded inputs; annotations and your other files are kept")
+
+    accept = commands.add_parser("accept-model", help="accept a workspace's changed model checkpoint as the one it was scanned with (results are kept, not recomputed)")
+    accept.add_argument("workspace", type=Path)
 
     attach = commands.add_parser("attach-train", help="record the training data a workspace's model was fitted on (influence embeddings need it)")
     attach.add_argument("workspace", type=Path)
@@ -236,11 +243,43 @@ def _run_scan(args) -> None:
     report = workspace.report
     print(f"workspace ready: {workspace.path}")
     print(f"{report['num_images']} images, accuracy {report['accuracy']:.1%}, {report['num_skipped']} skipped (listed in report.json)")
+    if report.get("num_converted"):
+        kinds = "; ".join(f"{kind}: {entry['n']}" for kind, entry in report["converted"].items())
+        print(f"{report['num_converted']} images converted to 8-bit RGB ({kinds})")
+    if report.get("duplicate_rows"):
+        print(f"{len(report['duplicate_rows'])} images listed more than once in the manifest were scanned once (listed in report.json)")
     if args.train_data is not None:
         from core.influence import attach_training_data
 
         training = attach_training_data(workspace, args.train_data, args.train_split)
         print(f"training data recorded: {training.num_images} images of {training.data}" + (f" (split {training.split})" if training.split else ""))
+
+
+def _run_status(args) -> None:
+    from core.workspace import workspace_status
+
+    if args.repair:
+        from core.extract import repair_workspace
+
+        workspace, done = repair_workspace(args.workspace, progress=tqdm_progress())
+        for line in done:
+            print(line)
+        print(f"workspace ready: {workspace.path}" + ("" if done else " (nothing needed repair)"))
+        return
+    status = workspace_status(args.workspace)
+    print(f"{status.state}: {status.message}")
+    if status.state != "ready":
+        if status.can_rebuild:
+            print(f"repair it with: python -m core status {args.workspace} --repair")
+        raise SystemExit(1)
+
+
+def _run_accept_model(args) -> None:
+    from core.extract import accept_model_checkpoint
+    from core.workspace import Workspace
+
+    digest = accept_model_checkpoint(Workspace(args.workspace))
+    print(f"model checkpoint accepted (sha256 {digest[:12]}…); the workspace's results are kept as they were computed")
 
 
 def _run_attach_train(args) -> None:
@@ -435,7 +474,21 @@ def _campaign_concepts(args, embedder, vocabulary):
     return mined.table, mined.vocabulary, mined.findings
 
 
+MAX_DROPPED_LISTED = 5
+
+
+def _print_dropped_terms(dropped) -> None:
+    """One line naming the typed terms no concept can come from, so that they do not vanish unseen."""
+    if dropped.empty:
+        return
+    listed = ", ".join(f"{row['term']!r} ×{row['count']} ({row['reason']})" for row in dropped.head(MAX_DROPPED_LISTED).to_dict("records"))
+    more = f" and {len(dropped) - MAX_DROPPED_LISTED} more" if len(dropped) > MAX_DROPPED_LISTED else ""
+    print(f"dropped {len(dropped)} typed terms no concept can come from: {listed}{more}")
+
+
 def _run_concepts(args) -> None:
+    from dataclasses import replace
+
     import pandas as pd
 
     from core.concepts import (
@@ -449,6 +502,7 @@ def _run_concepts(args) -> None:
         read_annotations_csv,
         reconcile,
     )
+    from core.concepts.reconcile import dropped_terms
     from core.workspace import is_workspace
 
     vocabulary = Vocabulary.read_csv(args.vocabulary) if args.vocabulary is not None else None
@@ -462,9 +516,13 @@ def _run_concepts(args) -> None:
         raise SliceScopeError(f"{args.annotations} is not a workspace", "pass a workspace folder (to mine its campaign) or an annotation CSV")
     else:
         annotations, images = read_annotations_csv(args.annotations, args.images)
-        vocabulary = vocabulary or reconcile(annotations, embedder(), progress=tqdm_progress())
+        if vocabulary is None:
+            vocabulary = reconcile(annotations, embedder(), progress=tqdm_progress())
+        else:
+            vocabulary = replace(vocabulary, dropped=dropped_terms(annotations))
         table = build_concept_table(annotations, images, vocabulary)
         mined = mine_concepts(table)
+    _print_dropped_terms(vocabulary.dropped)
     if args.save_vocabulary is not None:
         vocabulary.terms.to_csv(args.save_vocabulary, index=False)
         print(f"wrote the vocabulary ({len(vocabulary.terms)} terms, {len(vocabulary.concepts)} concepts) to {args.save_vocabulary}")
@@ -484,7 +542,7 @@ def _run_concepts(args) -> None:
 
 
 COMMANDS = {
-    "demo": _run_demo, "scan": _run_scan, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
+    "demo": _run_demo, "scan": _run_scan, "status": _run_status, "accept-model": _run_accept_model, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
     "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
 }
 

@@ -43,6 +43,7 @@ from core.campaigns import (
     checked_whole,
 )
 from core.concepts import ANNOTATION_COLUMNS, ConceptTable, Embedder, Vocabulary, build_concept_table, mine_concepts, reconcile
+from core.concepts.reconcile import dropped_terms
 from core.errors import SliceScopeError
 from core.progress import ProgressFn, silent
 from core.saliency import SaliencyParams, load_image, overlay_png, picture_png, saliency_maps
@@ -241,8 +242,8 @@ def campaign_tables(workspace: Workspace, store: CampaignStore, campaign_id: int
 
 @dataclass(frozen=True)
 class CampaignConcepts:
-    """A campaign's annotations mined: the vocabulary, the images × concepts table and every finding (unfiltered:
-    :func:`core.concepts.filter_results` applies the paper's p < 0.05 and Cramér's V ≥ 0.2)."""
+    """A campaign's annotations mined: the vocabulary (with the terms it dropped, and why), the images × concepts table
+    and every finding (unfiltered: :func:`core.concepts.filter_results` applies the paper's p < 0.05 and Cramér's V ≥ 0.2)."""
 
     campaign: Campaign
     vocabulary: Vocabulary
@@ -263,6 +264,9 @@ def mine_campaign(workspace: Workspace, store: CampaignStore, campaign_id: int, 
                               "wait for workers to submit their tasks (python -m core campaign … --simulate fills a demo campaign)")
     if vocabulary is None:
         vocabulary = reconcile(annotations, embedder, progress=progress)
+    else:
+        # A saved vocabulary keeps only its terms; the annotations' wordless terms are still dropped and still shown.
+        vocabulary = replace(vocabulary, dropped=dropped_terms(annotations))
     table = build_concept_table(annotations, images, vocabulary)
     findings = mine_concepts(table)
     return CampaignConcepts(campaign, vocabulary, table, findings, annotations, images)

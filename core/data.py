@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+import os
+import posixpath
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,16 +48,22 @@ class ImageIndex:
     kind: str
     table: pd.DataFrame
     classes: tuple[str, ...]
+    # Manifest rows that named an image already listed (same file), kept once: {"path", "lines"}.
+    duplicates: tuple[dict, ...] = field(default=())
 
     def absolute_path(self, relative_path: str) -> Path:
         return self.root / relative_path
 
     def fingerprint(self) -> str:
-        """A hash of what the scan reads: paths, labels, file sizes and times."""
+        """A hash of what the scan reads: paths, labels, file sizes and times (a missing file counts as absent)."""
         digest = hashlib.sha256()
         for rel, label in zip(self.table["path"], self.table["label"]):
-            stat = self.absolute_path(rel).stat()
-            digest.update(f"{rel}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = self.absolute_path(rel).stat()
+                size, mtime = stat.st_size, stat.st_mtime_ns
+            except OSError:
+                size = mtime = -1
+            digest.update(f"{rel}\0{label}\0{size}\0{mtime}\n".encode())
         return digest.hexdigest()
 
 
@@ -96,54 +106,131 @@ def _index_image_folder(root: Path) -> ImageIndex:
     return ImageIndex(root=root, kind="imagefolder", table=table, classes=tuple(d.name for d in class_dirs))
 
 
+# What pandas would read as a missing value; a label spelled like one is almost always a hole in the data.
+_MISSING_LABELS = frozenset({"na", "n/a", "nan", "null", "none", "<na>", "#n/a"})
+
+
 def _index_manifest(csv_path: Path, split: str | None) -> ImageIndex:
     try:
-        table = pd.read_csv(csv_path, dtype={"path": str, "label": str}, keep_default_na=False)
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
         raise SliceScopeError(f"cannot parse the manifest {csv_path.name} ({str(error).splitlines()[0]})", "save it as a UTF-8 CSV with a header row path,label") from None
+    table.columns = [str(column).strip() for column in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise SliceScopeError(f"manifest {csv_path.name} lacks the column(s) {', '.join(sorted(missing))}", "its header must include path,label")
+    table["path"] = table["path"].str.strip()
+    table["label"] = table["label"].str.strip()
+    table.insert(0, "_line", np.arange(2, len(table) + 2))
     if split is not None:
         if "split" not in table.columns:
             raise SliceScopeError(f"manifest {csv_path.name} has no split column", "drop --split or add a split column")
-        available = sorted(table["split"].astype(str).unique())
-        table = table[table["split"].astype(str) == split]
+        available = sorted(table["split"].str.strip().unique())
+        table = table[table["split"].str.strip() == split]
         if table.empty:
             raise SliceScopeError(f"manifest {csv_path.name} has no rows with split '{split}'", f"choose one of: {', '.join(available)}")
-    blank = table["path"].str.strip().eq("") | table["label"].str.strip().eq("")
+    blank = table["path"].eq("") | table["label"].eq("")
     if blank.any():
-        row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
-        raise SliceScopeError(f"manifest {csv_path.name} line {row} has an empty path or label", "fill it in or delete the line")
-    table = table.drop_duplicates("path").sort_values("path", kind="stable").reset_index(drop=True)
+        raise SliceScopeError(f"manifest {csv_path.name} line {table['_line'][blank].iat[0]} has an empty path or label", "fill it in or delete the line")
+    missing_label = table["label"].str.lower().isin(_MISSING_LABELS)
+    if missing_label.any():
+        line, label = table["_line"][missing_label].iat[0], table["label"][missing_label].iat[0]
+        raise SliceScopeError(
+            f"manifest {csv_path.name} line {line} has the label '{label}', which reads as a missing value",
+            "write the image's class there, or delete the line",
+        )
+    table["path"] = table["path"].map(_normalised_path)
+    table, duplicates = _drop_duplicate_files(table, csv_path)
+    table = table.drop(columns="_line").sort_values("path", kind="stable").reset_index(drop=True)
     table.insert(0, "image_id", table["path"].map(image_id))
     classes = tuple(sorted(table["label"].unique()))
-    return ImageIndex(root=csv_path.parent, kind="csv", table=table, classes=classes)
+    return ImageIndex(root=csv_path.parent, kind="csv", table=table, classes=classes, duplicates=duplicates)
 
 
-def read_image(path: Path) -> tuple[Image.Image, str]:
-    """Decode one image as RGB and return it with the SHA-1 of its bytes.
+def _normalised_path(path: str) -> str:
+    """``./cat//00.png`` and ``cat/00.png`` name one file; so do Windows separators."""
+    return posixpath.normpath(path.replace("\\", "/"))
 
-    Raises ``OSError`` or ``ValueError`` with a short reason when the file cannot
-    be read or decoded; the caller records the reason and skips the image.
+
+def _drop_duplicate_files(table: pd.DataFrame, csv_path: Path) -> tuple[pd.DataFrame, tuple[dict, ...]]:
+    """Keep each file once: rows naming the same file (after symlinks) are one image, and must agree on its label."""
+    root = csv_path.parent
+    resolved = table["path"].map(lambda path: os.path.realpath(root / path))
+    repeated = resolved.duplicated(keep=False)
+    duplicates = []
+    for _, rows in table[repeated].groupby(resolved[repeated], sort=False):
+        labels = rows["label"].unique()
+        lines = [int(line) for line in rows["_line"]]
+        if len(labels) > 1:
+            raise SliceScopeError(
+                f"manifest {csv_path.name} lists {rows['path'].iat[0]} on lines {', '.join(map(str, lines))} with different labels ({', '.join(labels)})",
+                "keep one line per image, with its correct label",
+            )
+        duplicates.append({"path": rows["path"].iat[0], "lines": lines})
+    return table[~resolved.duplicated(keep="first")], tuple(duplicates)
+
+
+class DecodedImage(NamedTuple):
+    image: Image.Image  # 8-bit RGB
+    sha1: str  # of the file's bytes
+    conversion: str  # "" for ordinary 8-bit images, else what was done ("16-bit grayscale scaled to 8 bits")
+
+
+def read_image(path: Path) -> DecodedImage:
+    """Decode one image as 8-bit RGB, with the SHA-1 of its bytes and how it was converted (for the scan report).
+ Raises ``OSError`` or ``ValueError`` with a short reason when the
+    file cannot be read or decoded; the caller records the reason and skips the image.
     """
     try:
         payload = path.read_bytes()
     except OSError as error:
         raise OSError(f"cannot open the file ({error.strerror or type(error).__name__})") from None
     try:
-        with Image.open(io.BytesIO(payload)) as image:
-            image.load()
-            rgb = image.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice it; decoding such an image
+            # costs gigabytes per loader worker, so it is refused like a larger one.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(payload)) as image:
+                frames = getattr(image, "n_frames", 1)
+                image.load()
+                rgb, conversion = _as_rgb(image)
     except UnidentifiedImageError:
         raise ValueError("not a recognised image format (corrupt or not an image)") from None
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"image too large to decode safely ({error})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(
+            f"image too large to decode safely (over {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels): downscale it before scanning"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"damaged image data ({error})") from None
     if min(rgb.size) < 1:
         raise ValueError("image has no pixels")
-    return rgb, hashlib.sha1(payload).hexdigest()
+    if frames > 1:
+        conversion = "; ".join(filter(None, [conversion, f"first of {frames} frames"]))
+    return DecodedImage(rgb, hashlib.sha1(payload).hexdigest(), conversion)
+
+
+# Integer modes wider than 8 bits: PIL's convert("RGB") clips them at 255 instead of scaling.
+_WIDE_INTEGER_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 16}
+
+
+def _as_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """8-bit RGB, with high-bit-depth greyscale scaled into 0–255 rather than clipped."""
+    if image.mode in ("RGB",):
+        return image.copy(), ""
+    if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" or values.min() < 0 or values.max() > 65535:
+            # Floating-point or 32-bit data has no fixed range: stretch what is there.
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            scaled = (np.nan_to_num(values, nan=low) - low) / max(high - low, 1e-12) * 255.0
+            how = f"{image.mode} values {low:g}..{high:g} stretched to 8 bits"
+        else:
+            scaled = values / 65535.0 * 255.0
+            how = "16-bit grayscale scaled to 8 bits"
+        grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+        return grey.convert("RGB"), how
+    # Everything else (L, P, CMYK, YCbCr, LAB, RGBA, ...) converts as torchvision's default loader does.
+    return image.convert("RGB"), "" if image.mode in ("L", "P") else f"{image.mode} converted to RGB"
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,13 @@ from core.workspace import (
     ARRAY_NAMES,
     FORMAT_VERSION,
     MANIFEST,
+    RESCAN_FOLDER,
+    SCAN_OUTPUTS,
     SCAN_STATE,
     Workspace,
     atomic_write,
+    drop_damaged_derived,
+    read_manifest,
     read_scan_state,
     recorded_scan_inputs,
     save_array,
@@ -120,15 +124,23 @@ class ScanConfig:
             self.classes = tuple(self.classes)
 
     def to_dict(self) -> dict:
-        """The scan's inputs as JSON and TOML can store them (everything but the run options)."""
+        """The scan's inputs as JSON and TOML can store them (everything but the run options).
+
+        Trusting a pickled checkpoint is a choice for one run, never recorded: a
+        later run that reloads the model asks for it again.
+        """
         inputs = {name: value for name, value in asdict(self).items() if name not in _RUN_OPTIONS}
-        inputs["model"] = _storable(inputs["model"])
+        inputs["model"] = _storable({name: value for name, value in inputs["model"].items() if name != "trust_checkpoint"})
         return _storable(inputs)
 
     @classmethod
-    def from_dict(cls, inputs: dict, out: Path, **run_options) -> ScanConfig:
-        """The config :meth:`to_dict` recorded, scanning into ``out``; ``run_options`` sets workers or overwrite."""
-        return cls(**{**inputs, "model": ModelSpec(**inputs["model"])}, out=out, **run_options)
+    def from_dict(cls, inputs: dict, out: Path, trust_checkpoint: bool = False, **run_options) -> ScanConfig:
+        """The config :meth:`to_dict` recorded, scanning into ``out``; ``run_options`` sets workers or overwrite.
+
+        A trust recorded by an older version is ignored; ``trust_checkpoint`` is this run's choice.
+        """
+        model = {name: value for name, value in inputs["model"].items() if name != "trust_checkpoint"}
+        return cls(**{**inputs, "model": ModelSpec(**model, trust_checkpoint=trust_checkpoint)}, out=out, **run_options)
 
 
 def _storable(values: dict) -> dict:
@@ -149,9 +161,10 @@ class _ImageReader(Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int):
+        """(position, array or None, sha1, conversion note or skip reason)."""
         try:
-            image, sha1 = read_image(self.paths[position])
-            return position, self.preprocess.to_array(image), sha1, ""
+            decoded = read_image(self.paths[position])
+            return position, self.preprocess.to_array(decoded.image), decoded.sha1, decoded.conversion
         except (OSError, ValueError) as error:
             return position, None, "", str(error) or type(error).__name__
 
@@ -159,10 +172,11 @@ class _ImageReader(Dataset):
 def _collate(items):
     readable = [item for item in items if item[1] is not None]
     skipped = [(position, reason) for position, array, _, reason in items if array is None]
+    converted = [(position, note) for position, array, _, note in items if array is not None and note]
     positions = [item[0] for item in readable]
     arrays = torch.from_numpy(np.stack([item[1] for item in readable])) if readable else None
     sha1s = [item[2] for item in readable]
-    return positions, arrays, sha1s, skipped
+    return positions, arrays, sha1s, skipped, converted
 
 
 def _resolve_classes(index: ImageIndex, model_classes: tuple[str, ...] | None, num_outputs: int) -> tuple[str, ...]:
@@ -202,30 +216,20 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
     })
 
     out = config.out
-    state_path = out / SCAN_STATE
-    if (out / MANIFEST).is_file():
-        status = workspace_status(out)
-        if status.state == "ready":
-            existing = Workspace(out)
-            if existing.fingerprint == fingerprint:
-                report("extracting", 1, 1)
-                return existing
-        if not config.overwrite:
-            held = "built from other inputs" if status.state == "ready" else f"that is {status.state}"
-            raise SliceScopeError(f"{out} already holds a workspace {held}", "choose another --out folder or pass --overwrite")
-        shutil.rmtree(out)
-    elif state_path.is_file() and (read_scan_state(out) or {}).get("fingerprint") != fingerprint:
-        if not config.overwrite:
-            raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another --out folder or pass --overwrite to start over")
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not state_path.is_file():
-        raise SliceScopeError(f"{out} exists and is not empty", "choose a new --out folder")
+    _finish_interrupted_replacement(out)
+    if _is_unchanged(out, fingerprint):
+        shutil.rmtree(out / RESCAN_FOLDER, ignore_errors=True)
+        report("extracting", 1, 1)
+        return Workspace(out)
+    _require_writable_folder(out)
+    work = _scan_folder(out, fingerprint, config.overwrite)
+    state_path = work / SCAN_STATE
     n_images = len(index.table)
     chunk_starts = list(range(0, n_images, config.chunk_size))
-    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     save_json(state_path, {"fingerprint": fingerprint, "num_chunks": len(chunk_starts), "scan": config.to_dict()})
 
-    chunks_dir = out / "chunks"
+    chunks_dir = work / "chunks"
     pending = [i for i, _ in enumerate(chunk_starts) if not (chunks_dir / f"chunk-{i:05d}.npz").is_file()]
     batches, batch_chunk = [], []
     for chunk in pending:
@@ -243,7 +247,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
     done_images = n_images - sum(len(b) for b in batches)
     report("extracting", done_images, n_images)
     buffer: dict[str, list] = _empty_buffer()
-    for batch_number, (positions, arrays, sha1s, skipped) in enumerate(loader):
+    for batch_number, (positions, arrays, sha1s, skipped, converted) in enumerate(loader):
         if arrays is not None:
             result = attribute_batch(model, arrays.to(model.device))
             buffer["positions"].extend(positions)
@@ -255,6 +259,9 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
         for position, reason in skipped:
             buffer["skipped_positions"].append(position)
             buffer["skipped_reasons"].append(reason)
+        for position, note in converted:
+            buffer["converted_positions"].append(position)
+            buffer["conversions"].append(note)
         done_images += len(positions) + len(skipped)
         last_of_chunk = batch_number + 1 == len(batches) or batch_chunk[batch_number + 1] != batch_chunk[batch_number]
         if last_of_chunk:
@@ -262,12 +269,97 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
             buffer = _empty_buffer()
         report("extracting", done_images, n_images)
 
-    plan = _ScanPlan(out, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
-    return _consolidate(plan, len(chunk_starts))
+    plan = _ScanPlan(work, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
+    _consolidate(plan, len(chunk_starts))
+    if work != out:
+        _replace_scan_outputs(work, out, keep_derived=_recorded_fingerprint(out) == fingerprint)
+    return Workspace(out)
+
+
+def _recorded_fingerprint(out: Path) -> str | None:
+    return ((read_manifest(out) or {}).get("extraction") or {}).get("fingerprint")
+
+
+def _is_unchanged(out: Path, fingerprint: str) -> bool:
+    """Whether ``out`` already holds an intact workspace of exactly these inputs."""
+    return (out / MANIFEST).is_file() and _recorded_fingerprint(out) == fingerprint and workspace_status(out).state == "ready"
+
+
+def _require_writable_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SliceScopeError(f"--out {out} is a file, not a folder", "choose a folder for the workspace")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / ".write-test", lambda target: target.write_bytes(b""))
+        (out / ".write-test").unlink()
+    except OSError as error:
+        raise SliceScopeError(f"cannot write to {out} ({error.strerror or type(error).__name__})", "choose a folder you can write to, or fix its permissions") from None
+
+
+def _scan_folder(out: Path, fingerprint: str, overwrite: bool) -> Path:
+    """Where this scan writes: ``out`` itself, or beside a finished workspace it will replace.
+
+    A finished workspace is rebuilt in ``out/.rescan`` and swapped in only once
+    complete, so an interrupted rescan leaves the old one usable; the user's own
+    files in ``out`` (annotations, vocabularies, exports) are never touched.
+    """
+    if (out / MANIFEST).is_file():
+        status = workspace_status(out)
+        if _recorded_fingerprint(out) != fingerprint and not overwrite:
+            held = "built from other inputs" if status.state == "ready" else f"that is {status.state}"
+            raise SliceScopeError(f"{out} already holds a workspace {held}", "choose another --out folder or pass --overwrite")
+        rescan = out / RESCAN_FOLDER
+        if (read_scan_state(rescan) or {}).get("fingerprint") != fingerprint:
+            shutil.rmtree(rescan, ignore_errors=True)
+        return rescan
+    state = read_scan_state(out)
+    if state is not None and state.get("fingerprint") == fingerprint:
+        return out
+    if state is not None or (out / SCAN_STATE).is_file():
+        if not overwrite:
+            raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another --out folder or pass --overwrite to start over")
+    elif any(out.iterdir()) and not overwrite:
+        raise SliceScopeError(f"{out} exists and is not empty", "choose a new --out folder, or pass --overwrite to build a workspace there (files other than the workspace's own are kept)")
+    _remove_scan_outputs(out)
+    return out
+
+
+def _remove_scan_outputs(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    for name in SCAN_OUTPUTS:
+        if name in keep:
+            continue
+        target = folder / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _replace_scan_outputs(new: Path, out: Path, keep_derived: bool) -> None:
+    """Move the finished rescan in ``new`` over the scan outputs in ``out``.
+
+    The old manifest goes first and the new one comes last, so the folder never
+    reads as a finished mix of old and new files; a crash in between is finished
+    by the next scan (:func:`_finish_interrupted_replacement`). Derived results stay
+    when the inputs did not change (a repair): they are keyed by those inputs.
+    """
+    keep = ("derived",) if keep_derived else ()
+    _remove_scan_outputs(out, keep)
+    for name in reversed(SCAN_OUTPUTS):
+        if name not in keep and (new / name).exists():
+            os.replace(new / name, out / name)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _finish_interrupted_replacement(out: Path) -> None:
+    """Complete a :func:`_replace_scan_outputs` that a crash stopped after the old manifest was removed."""
+    new = out / RESCAN_FOLDER
+    if not (out / MANIFEST).is_file() and (new / MANIFEST).is_file():
+        _replace_scan_outputs(new, out, keep_derived=(out / "derived").is_dir())
 
 
 def _empty_buffer() -> dict[str, list]:
-    return {key: [] for key in ("positions", "sha1", *ARRAY_NAMES, "skipped_positions", "skipped_reasons")}
+    return {key: [] for key in ("positions", "sha1", *ARRAY_NAMES, "skipped_positions", "skipped_reasons", "converted_positions", "conversions")}
 
 
 def _write_chunk(path: Path, buffer: dict[str, list], model: AttributionModel) -> None:
@@ -283,6 +375,8 @@ def _write_chunk(path: Path, buffer: dict[str, list], model: AttributionModel) -
         "gradcam": stacked("gradcam", model.latent_shape, np.float16),
         "skipped_positions": np.asarray(buffer["skipped_positions"], dtype=np.int64),
         "skipped_reasons": np.asarray(buffer["skipped_reasons"], dtype=str),
+        "converted_positions": np.asarray(buffer["converted_positions"], dtype=np.int64),
+        "conversions": np.asarray(buffer["conversions"], dtype=str),
     }
     atomic_write(path, lambda target: np.savez(target, **arrays))
 
@@ -303,8 +397,8 @@ class _ScanPlan:
     started: float
 
 
-def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
-    """Merge the chunks into the workspace's final tables and arrays."""
+def _consolidate(plan: _ScanPlan, n_chunks: int) -> None:
+    """Merge the chunks into the workspace's final tables and arrays, in ``plan.out``."""
     out, config, index, model, classes = plan.out, plan.config, plan.index, plan.model, plan.classes
     chunks = []
     for i in range(n_chunks):
@@ -316,6 +410,12 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
     skipped = [
         {"path": index.table["path"].iat[int(p)], "reason": str(r)}
         for p, r in sorted(zip(skipped_positions, skipped_reasons), key=lambda pr: pr[0])
+    ]
+    # Chunks written before conversions were recorded have none to report.
+    converted = [
+        {"path": index.table["path"].iat[int(p)], "conversion": str(note)}
+        for chunk in chunks
+        for p, note in zip(chunk.get("converted_positions", ()), chunk.get("conversions", ()))
     ]
     if positions.size == 0:
         example = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
@@ -340,10 +440,12 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
     for name, array in arrays.items():
         save_array(out / "arrays" / f"{name}.npy", array)
     save_table(out / "images.parquet", table)
-    save_json(out / "report.json", build_report(table, skipped, classes, arrays["gradcam"], len(index.table)))
+    report = build_report(table, skipped, classes, arrays["gradcam"], len(index.table))
+    report.update(conversion_report(converted), duplicate_rows=list(index.duplicates))
+    save_json(out / "report.json", report)
     manifest = {
         "format_version": FORMAT_VERSION,
-        "name": config.name or out.name,
+        "name": config.name or config.out.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": __version__,
         "dataset": {
@@ -371,7 +473,17 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> Workspace:
     save_manifest(out / MANIFEST, manifest)
     shutil.rmtree(out / "chunks", ignore_errors=True)
     (out / SCAN_STATE).unlink(missing_ok=True)
-    return Workspace(out)
+
+
+def conversion_report(converted: list[dict], examples: int = 5) -> dict:
+    """How many images needed which conversion (16-bit scaled, frames dropped, ...), with a few paths each."""
+    by_kind: dict[str, list[str]] = {}
+    for item in converted:
+        by_kind.setdefault(item["conversion"], []).append(item["path"])
+    return {
+        "num_converted": len(converted),
+        "converted": {kind: {"n": len(paths), "examples": paths[:examples]} for kind, paths in sorted(by_kind.items())},
+    }
 
 
 def rebuild_workspace(path: str | Path, progress: ProgressFn | None = None) -> Workspace:
@@ -396,6 +508,30 @@ def rebuild_workspace(path: str | Path, progress: ProgressFn | None = None) -> W
                 f"restore it, or build the workspace from its new location with {scan_command(out, overwrite=True)}",
             )
     return scan(config, progress)
+
+
+def repair_workspace(path: str | Path, progress: ProgressFn | None = None) -> tuple[Workspace, list[str]]:
+    """Make the workspace at ``path`` whole again; return it and what was done, one line each.
+
+    Damaged cached results are dropped (they are recomputed when needed); damaged
+    tables or arrays, or a model checkpoint that changed since the scan, mean a
+    rescan from the recorded inputs. The annotation database and every other file
+    the user made in the folder are kept.
+    """
+    out = Path(path).expanduser().resolve()
+    done = [f"dropped the damaged cached result {name}" for name in drop_damaged_derived(out)]
+    status = workspace_status(out)
+    if status.state == "ready" and not _model_changed(out):
+        return Workspace(out), done
+    workspace = rebuild_workspace(out, progress)
+    done.append(f"rescanned ({status.message})" if status.state != "ready" else "rescanned with the changed model checkpoint")
+    return workspace, done
+
+
+def _model_changed(out: Path) -> bool:
+    model = (read_manifest(out) or {}).get("model") or {}
+    checkpoint = Path(model.get("checkpoint") or "")
+    return bool(model.get("sha256")) and checkpoint.is_file() and file_sha256(checkpoint) != model["sha256"]
 
 
 def build_report(table: pd.DataFrame, skipped: list[dict], classes, gradcam: np.ndarray, num_indexed: int) -> dict:
@@ -425,10 +561,45 @@ def recorded_scan_config(workspace: Workspace) -> ScanConfig:
     return ScanConfig.from_dict(inputs, workspace.path)
 
 
-def load_workspace_model(workspace: Workspace) -> AttributionModel:
-    """The model that built ``workspace``, reloaded from its recorded checkpoint."""
+def workspace_model_spec(workspace: Workspace, trust_checkpoint: bool = False) -> ModelSpec:
+    """The recorded model of ``workspace``, once its checkpoint is checked to be the file that was scanned.
+
+    A checkpoint replaced since the scan would silently change every result computed
+    from it (and, if trusted, could run code), so a changed sha256 is refused.
+    """
+    spec = replace(recorded_scan_config(workspace).model, trust_checkpoint=trust_checkpoint)
+    if spec.checkpoint is None:
+        return spec
+    if not spec.checkpoint.is_file():
+        raise SliceScopeError(f"the model checkpoint {spec.checkpoint} no longer exists", "restore it, or rebuild the workspace with the model's new location")
+    recorded = workspace.manifest["model"].get("sha256")
+    if recorded and file_sha256(spec.checkpoint) != recorded:
+        raise SliceScopeError(
+            f"the model checkpoint {spec.checkpoint} has changed since workspace {workspace.name} was scanned (its sha256 differs)",
+            f"rescan with: python -m core status {workspace.path} --repair, or keep these results and accept the new file with: python -m core accept-model {workspace.path}",
+        )
+    return spec
+
+
+def accept_model_checkpoint(workspace: Workspace) -> str:
+    """Record the current checkpoint file's sha256 as the workspace's model; return the new hash.
+
+    For a checkpoint the user knows to be equivalent (re-saved, moved between
+    formats): the workspace's results are kept as they are, not recomputed.
+    """
+    spec = recorded_scan_config(workspace).model
+    if spec.checkpoint is None or not spec.checkpoint.is_file():
+        raise SliceScopeError(f"workspace {workspace.name} has no model checkpoint file to accept", "restore the checkpoint at the recorded path first")
+    digest = file_sha256(spec.checkpoint)
+    manifest = read_manifest(workspace.path)
+    manifest["model"]["sha256"] = digest
+    manifest["model"]["accepted"] = datetime.now(UTC).isoformat(timespec="seconds")
+    save_manifest(workspace.path / MANIFEST, manifest)
+    return digest
+
+
+def load_workspace_model(workspace: Workspace, trust_checkpoint: bool = False) -> AttributionModel:
+    """The model that built ``workspace``, reloaded from its recorded (and verified) checkpoint."""
     config = recorded_scan_config(workspace)
-    if config.model.checkpoint is not None and not config.model.checkpoint.exists():
-        raise SliceScopeError(f"the model checkpoint {config.model.checkpoint} no longer exists", "restore it, or rebuild the workspace with the model's new location")
-    module = load_module(config.model)
+    module = load_module(workspace_model_spec(workspace, trust_checkpoint))
     return AttributionModel(module, config.image_size, workspace.manifest["model"]["target_layer"], config.device)

@@ -56,7 +56,7 @@ from core.data import ImageIndex, Preprocess, load_index, read_image
 from core.errors import SliceScopeError
 from core.models import load_module, resolve_device
 from core.progress import ProgressFn, silent
-from core.workspace import MANIFEST, Workspace, save_manifest
+from core.workspace import MANIFEST, Workspace, load_cached_array, save_manifest
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 _HVP_BATCH = 256  # images per Hessian-vector product batch
@@ -521,7 +521,7 @@ class _ImageDataset(Dataset):
 
     def __getitem__(self, position: int):
         try:
-            image, _ = read_image(self.files[position])
+            image = read_image(self.files[position]).image
             return torch.from_numpy(self.preprocess.to_array(image)), int(self.labels[position]), True
         except (OSError, ValueError):
             size = self.preprocess.image_size
@@ -546,21 +546,20 @@ class _WorkspaceInfluence:
         return all(self.workspace.has_cached(kind, self.source) for kind in ("influence_factors", "influence_train", "influence_embeddings"))
 
     def _embedder(self) -> tuple[InfluenceEmbedder, Callable[[nn.Module, str], object], Path]:
-        from core.extract import recorded_scan_config
+        from core.extract import recorded_scan_config, workspace_model_spec
 
         config = recorded_scan_config(self.workspace)
         if config.model.checkpoint is None:
             raise SliceScopeError("influence embeddings need the model's checkpoint file, and this workspace records none", "rebuild it with python -m core scan --model CKPT ...")
-        if not config.model.checkpoint.is_file():
-            raise SliceScopeError(f"the model checkpoint {config.model.checkpoint} no longer exists", "restore it, or rebuild the workspace with the model's new location")
-        module = load_module(config.model)
+        spec = workspace_model_spec(self.workspace)
+        module = load_module(spec)
 
         def load(target: nn.Module, path: str) -> float:
-            target.load_state_dict(load_module(replace(config.model, checkpoint=Path(path))).state_dict())
+            target.load_state_dict(load_module(replace(spec, checkpoint=Path(path))).state_dict())
             return 1.0
 
         embedder = InfluenceEmbedder(module, self.params, config.device)
-        return embedder, load, config.model.checkpoint
+        return embedder, load, spec.checkpoint
 
     def _preprocess(self) -> Preprocess:
         transforms = self.workspace.manifest["transforms"]
@@ -576,7 +575,9 @@ class _WorkspaceInfluence:
         """(workspace embeddings, training embeddings), computing and caching what is missing."""
         report = progress or silent
         if self.cached():
-            return self._load("influence_embeddings"), self._load("influence_train")
+            embeddings, training = (load_cached_array(self.workspace.derived_path(kind, self.source, ".npy")) for kind in ("influence_embeddings", "influence_train"))
+            if embeddings is not None and training is not None:
+                return embeddings, training
         embedder, load, checkpoint = self._embedder()
         preprocess = self._preprocess()
         _, files, labels = self._training_files()
@@ -624,9 +625,6 @@ class _WorkspaceInfluence:
             return embedder.transform(batches(), len(files), report, _STEP_WORKSPACE)
 
         return self.workspace.cached_array("influence_embeddings", self.source, embed_workspace), training
-
-    def _load(self, kind: str) -> np.ndarray:
-        return np.load(self.workspace.derived_path(kind, self.source, ".npy"))
 
     def estimate_seconds(self) -> float:
         """About how long :meth:`compute` will take here, from one timed batch (0 when everything is cached)."""

@@ -39,7 +39,7 @@ from torch.nn import functional
 
 from core.data import ImageIndex, Preprocess, load_index, read_image
 from core.errors import SliceScopeError
-from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan
+from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan, workspace_model_spec
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
 from core.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
@@ -206,7 +206,7 @@ def _load_split(
     pixels, labels, masks = [], [], []
     for done, (image_id, path, label, mask_path) in enumerate(zip(table["image_id"], table["path"], table["label"], mask_paths), start=1):
         try:
-            image, _ = read_image(index.absolute_path(path))
+            image = read_image(index.absolute_path(path)).image
         except (OSError, ValueError):
             continue  # an unreadable training image is left out, as a scan leaves it out
         pixels.append(np.rint(preprocess.to_array(image) * 255).astype(np.uint8))
@@ -357,7 +357,6 @@ def _train(
 
 def _prepare(job: MitigationJob, parent: Workspace, slice_ids: np.ndarray, report: ProgressFn) -> tuple[dict, torch.nn.Module, AttributionModel]:
     attribution_model = load_workspace_model(parent)
-    config = recorded_scan_config(parent)
     normalize = parent.manifest["transforms"]["normalize"]
     classes = parent.classes
     size = attribution_model.image_size
@@ -377,7 +376,7 @@ def _prepare(job: MitigationJob, parent: Workspace, slice_ids: np.ndarray, repor
     treated = torch.from_numpy(np.isin(nearest, job.treated_slices))
     data = {"pixels": pixels, "labels": labels, "val_pixels": val_pixels, "val_labels": val_labels, "cams": cams, "treated": treated,
             "object_masks": object_masks}
-    module = load_module(config.model).to(attribution_model.device)
+    module = load_module(workspace_model_spec(parent)).to(attribution_model.device)
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     return data, module, attribution_model

@@ -127,7 +127,7 @@ def thumbnail_data_uris(workspace: Workspace, rows: Sequence[int], size: int = 5
 def _read_thumbnail(path: Path, size: int) -> np.ndarray | None:
     """The resized image, or None when the file cannot be read."""
     try:
-        image, _sha1 = read_image(path)
+        image = read_image(path).image
     except (OSError, ValueError):
         return None
     # Same resize as the model's preprocessing (whole image, bilinear, no crop).

@@ -132,7 +132,7 @@ def load_pixels(workspace: Workspace, rows: np.ndarray, size: int) -> torch.Tens
     arrays = []
     for row in rows:
         try:
-            image, _ = read_image(workspace.image_path(paths.iat[row]))
+            image = read_image(workspace.image_path(paths.iat[row])).image
         except (OSError, ValueError) as error:
             raise SliceScopeError(f"image {paths.iat[row]} can no longer be read ({error})", "restore the dataset the workspace was built from") from None
         arrays.append(preprocess.to_array(image))

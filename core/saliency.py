@@ -116,7 +116,7 @@ def load_image(workspace: Workspace, row: int):
     """The workspace image at ``row`` of its images table, decoded as RGB (PIL); a missing file is a SliceScopeError."""
     path = workspace.image_path(workspace.images["path"].iat[int(row)])
     try:
-        image, _ = read_image(path)
+        image = read_image(path).image
     except (OSError, ValueError) as error:
         raise SliceScopeError(f"cannot read {path} ({error})", "restore the dataset the workspace was scanned from") from None
     return image

@@ -22,6 +22,7 @@ The database is a SQLite file in the workspace unless a URL is configured
 from __future__ import annotations
 
 import os
+import re
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,16 @@ DATABASE_URL_ENV = "SLICESCOPE_DATABASE_URL"
 _SETUP_ATTEMPTS = 6  # waits of 0.05 … 1.6 s: enough for a few dozen sessions opening a fresh database together
 SQLITE_FILE = "annotations.sqlite"
 _CONFIGURE_URL = f"set {DATABASE_URL_ENV} or [database] url in .streamlit/secrets.toml to a reachable database"
+_URL_FIX = f"{_CONFIGURE_URL}, e.g. postgresql://user:password@host:5432/db"
+# The DB-API driver installed for each database SliceScope supports, and the drivers a copied URL may name
+# instead: SliceScope connects through the installed one (psycopg 3 speaks for psycopg2 and the others).
+_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg", "postgres": "psycopg"}
+_INTERCHANGEABLE_DRIVERS = {"sqlite": {"", "pysqlite"}, "postgresql": {"", "psycopg", "psycopg2", "pg8000", "asyncpg", "psycopg2cffi"}}
+_INTERCHANGEABLE_DRIVERS["postgres"] = _INTERCHANGEABLE_DRIVERS["postgresql"]
+# user:PASSWORD@ up to the last @ (a password may hold : / @) and, where no @ follows, a "port" that is not a number:
+# a password whose host was left out.
+_USER_PASSWORD = re.compile(r"^((?:[^/@]*//)?+[^:/@]*:)(?:.*(?=@)|(?!\d*(?:[/?]|$))[^/?]*)", re.DOTALL)
+_QUERY_PASSWORD = re.compile(r"(?<=[?&]password=)[^&]*")
 
 _metadata = MetaData()
 events = Table(
@@ -118,18 +129,39 @@ def database_url(workspace_path: str | Path, configured: str | None = None) -> s
     return url or f"sqlite:///{Path(workspace_path).expanduser().resolve() / SQLITE_FILE}"
 
 
+def _without_password(url: str) -> str:
+    """``url`` as typed with its password replaced by ***, for a URL that SQLAlchemy cannot parse (so cannot hide it in)."""
+    return _QUERY_PASSWORD.sub("***", _USER_PASSWORD.sub(r"\1***", url))
+
+
+def _shown(url: URL) -> str:
+    # SQLAlchemy hides the password after user: but not one given as a query parameter, which psycopg accepts too.
+    return _QUERY_PASSWORD.sub("***", url.render_as_string(hide_password=True))
+
+
 def _engine_url(url: str) -> URL:
+    """``url`` parsed and checked, with the driver SliceScope connects through; each problem is one line without the password."""
+    if not url.strip():
+        raise SliceScopeError("the database URL is empty", _URL_FIX)
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise SliceScopeError(f"'{url}' is not a database URL", f"{_CONFIGURE_URL}, e.g. postgresql://user:password@host/db") from None
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        # Plain postgresql:// would pick psycopg2, which is not installed; psycopg 3 is.
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend != "sqlite":
-        raise SliceScopeError(f"SliceScope keeps annotations in SQLite or PostgreSQL, not {backend}", f"{_CONFIGURE_URL}, e.g. postgresql://user:password@host/db")
-    return parsed
+        raise SliceScopeError(f"'{_without_password(url)}' is not a database URL", _URL_FIX) from None
+    except ValueError:
+        # The port is the one part SQLAlchemy converts while parsing.
+        raise SliceScopeError(f"the database URL '{_without_password(url)}' has a port that is not a number", _URL_FIX) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        # psycopg would only refuse it when connecting, as if the server were down.
+        raise SliceScopeError(f"the database URL '{_shown(parsed)}' has a port outside 1 to 65535", _URL_FIX)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in _DRIVERS:
+        raise SliceScopeError(f"SliceScope keeps annotations in SQLite or PostgreSQL, not {backend}", _URL_FIX)
+    if driver not in _INTERCHANGEABLE_DRIVERS[backend]:
+        raise SliceScopeError(f"SliceScope connects to {backend} through {_DRIVERS[backend]}, not {driver}", f"leave +{driver} out of the URL: {_URL_FIX}")
+    if backend == "sqlite":
+        return parsed
+    # Plain postgresql:// would pick psycopg2, which is not installed; psycopg 3 is.
+    return parsed.set(drivername="postgresql+psycopg")
 
 
 def _create_engine(url: URL) -> Engine:
@@ -164,7 +196,7 @@ def database_errors_explained(shown_url: str) -> Iterator[None]:
 def open_database(url: str, metadata: MetaData) -> tuple[Engine, str]:
     """An engine on ``url`` with ``metadata``'s tables created if missing, and the URL to show (password hidden)."""
     parsed = _engine_url(url)
-    shown_url = parsed.render_as_string(hide_password=True)
+    shown_url = _shown(parsed)
     engine = _create_engine(parsed)
     with database_errors_explained(shown_url):
         for attempt in range(_SETUP_ATTEMPTS):

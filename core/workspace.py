@@ -45,6 +45,11 @@ FORMAT_VERSION = 1
 ARRAY_NAMES = ("logits", "features", "attribution_features", "gradcam")
 # What Workspace reads besides the manifest; a finished workspace lacking one is damaged.
 FINISHED_FILES = ("images.parquet", "report.json", *(f"arrays/{name}.npy" for name in ARRAY_NAMES))
+# What a scan writes and owns in its folder, the manifest first. Everything else there (the annotation
+# database, saved vocabularies, exports, campaign links) is the user's and survives a rescan.
+SCAN_OUTPUTS = (MANIFEST, "images.parquet", "report.json", "arrays", "derived", "chunks", SCAN_STATE)
+# Where a rescan of a finished workspace builds its files, so the old ones stay usable until the new are complete.
+RESCAN_FOLDER = ".rescan"
 _REQUIRED_MANIFEST_ENTRIES = (("dataset", "root"), ("dataset", "fingerprint"), ("model", "classes"), ("extraction", "fingerprint"))
 # Representation name → array holding it; the slicing code and the app list these.
 REPRESENTATIONS = {
@@ -65,16 +70,29 @@ def stable_hash(payload: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _process_umask() -> int:
+    # os.umask can only be read by setting it; done once, before any thread writes files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename it into place.
 
-    A crash mid-write leaves the old file (or none), never a truncated one.
+    A crash mid-write leaves the old file (or none), never a truncated one. The
+    file gets the mode any other file would (mkstemp's private 0600 would make a
+    shared workspace unreadable to the colleague who opens it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(handle)
     try:
         write(Path(temporary))
+        os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -107,6 +125,17 @@ def looks_like_workspace(path: Path) -> bool:
     return is_workspace(path) or (Path(path) / SCAN_STATE).is_file()
 
 
+def load_cached_array(path: Path) -> np.ndarray | None:
+    """A derived result stored at ``path``; None if it is absent or damaged, since it can be computed again."""
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError):
+        path.unlink(missing_ok=True)
+        return None
+
+
 def read_json(path: Path) -> dict | None:
     """The JSON object in the file at ``path``; None if the file is absent, unreadable or not an object."""
     try:
@@ -121,7 +150,8 @@ def read_scan_state(path: Path) -> dict | None:
     return read_json(Path(path) / SCAN_STATE)
 
 
-def _read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> dict | None:
+    """The manifest of the workspace in folder ``path``; None if absent or unreadable."""
     try:
         return tomllib.loads((Path(path) / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -136,7 +166,7 @@ def _scan_inputs(record: dict | None) -> dict | None:
 def recorded_scan_inputs(path: Path) -> dict | None:
     """The scan inputs recorded in the workspace at ``path`` (see ``ScanConfig.to_dict``), if any."""
     path = Path(path)
-    return _scan_inputs(_read_manifest(path) if is_workspace(path) else read_scan_state(path))
+    return _scan_inputs(read_manifest(path) if is_workspace(path) else read_scan_state(path))
 
 
 @dataclass(frozen=True)
@@ -156,7 +186,7 @@ def workspace_status(path: str | Path) -> WorkspaceStatus:
     """
     path = Path(path).expanduser()
     if is_workspace(path):
-        return _finished_status(path, _read_manifest(path))
+        return _finished_status(path, read_manifest(path))
     if (path / SCAN_STATE).is_file():
         return _interrupted_status(path, read_scan_state(path))
     return WorkspaceStatus("missing", f"There is no workspace at {path} — build one with: {scan_command(path)}.", False)
@@ -185,7 +215,68 @@ def _finished_status(path: Path, manifest: dict | None) -> WorkspaceStatus:
     missing = next((name for name in FINISHED_FILES if not (path / name).is_file()), None)
     if missing:
         return WorkspaceStatus("damaged", f"This workspace is damaged: {missing} is missing — {rebuild}.", can_rebuild)
+    damage = find_damage(path)
+    if damage:
+        return WorkspaceStatus("damaged", f"This workspace is damaged: {damage} — {rebuild}.", can_rebuild)
     return WorkspaceStatus("ready", f"Workspace {manifest.get('name') or path.name} is ready.", can_rebuild)
+
+
+def find_damage(path: Path) -> str | None:
+    """What is wrong with a finished workspace's tables and arrays, judged from their headers and sizes.
+
+    Reads the Parquet footer and each array's header, not the data, so it stays
+    cheap enough for every page render while catching truncated and overwritten
+    files and arrays that disagree on the number of images.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        num_rows = pq.read_metadata(path / "images.parquet").num_rows
+    except (OSError, ValueError) as error:
+        return f"images.parquet is unreadable ({_first_line(error)})"
+    if read_json(path / "report.json") is None:
+        return "report.json is unreadable"
+    for name in ARRAY_NAMES:
+        problem = npy_damage(path / "arrays" / f"{name}.npy", num_rows)
+        if problem:
+            return f"arrays/{name}.npy {problem}"
+    return None
+
+
+def npy_damage(path: Path, expected_rows: int | None = None) -> str | None:
+    """Why the .npy file at ``path`` cannot be memory-mapped as it claims (None if it can)."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran_order, dtype = read_header(handle)
+            data_start = handle.tell()
+    except (OSError, ValueError, EOFError) as error:
+        return f"is unreadable ({_first_line(error)})"
+    expected_size = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual_size = path.stat().st_size
+    if actual_size < expected_size:
+        return f"is truncated ({actual_size:,} of {expected_size:,} bytes)"
+    if expected_rows is not None and (not shape or shape[0] != expected_rows):
+        return f"holds {shape[0] if shape else 0} rows for {expected_rows} images"
+    return None
+
+
+def drop_damaged_derived(path: Path) -> list[str]:
+    """Delete the derived results under ``path`` that are unreadable; return their names.
+
+    They are caches: whatever needs one computes it again.
+    """
+    dropped = []
+    for cached in sorted((Path(path) / "derived").glob("*.npy")):
+        if npy_damage(cached):
+            cached.unlink(missing_ok=True)
+            dropped.append(cached.name)
+    return dropped
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _interrupted_status(path: Path, state: dict | None) -> WorkspaceStatus:
@@ -234,20 +325,32 @@ class Workspace:
     def data_root(self) -> Path:
         return Path(self.manifest["dataset"]["root"])
 
+    def _damaged(self, what: str, error: BaseException) -> SliceScopeError:
+        return SliceScopeError(f"workspace {self.name} is damaged: {what} is unreadable ({_first_line(error)})", f"repair it with: python -m core status {self.path} --repair")
+
     @cached_property
     def images(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "images.parquet")
+        try:
+            return pd.read_parquet(self.path / "images.parquet")
+        except (OSError, ValueError) as error:
+            raise self._damaged("images.parquet", error) from None
 
     @cached_property
     def report(self) -> dict:
-        return json.loads((self.path / "report.json").read_text())
+        try:
+            return json.loads((self.path / "report.json").read_text())
+        except (OSError, ValueError) as error:
+            raise self._damaged("report.json", error) from None
 
     def array(self, name: str) -> np.ndarray:
         """A stored array, memory-mapped so large workspaces open instantly."""
         path = self.path / "arrays" / f"{name}.npy"
         if not path.is_file():
-            raise SliceScopeError(f"workspace {self.name} has no array '{name}'", "re-run the scan to rebuild it")
-        return np.load(path, mmap_mode="r")
+            raise SliceScopeError(f"workspace {self.name} has no array '{name}'", f"repair it with: python -m core status {self.path} --repair")
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as error:
+            raise self._damaged(f"arrays/{name}.npy", error) from None
 
     def representation(self, name: str) -> np.ndarray:
         if name not in REPRESENTATIONS:
@@ -275,11 +378,15 @@ class Workspace:
     def cached_array(self, kind: str, params: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Load the ``kind`` result for ``params``, computing and storing it once."""
         path = self.derived_path(kind, params, ".npy")
-        if path.is_file():
-            return np.load(path)
+        cached = load_cached_array(path)
+        if cached is not None:
+            return cached
         result = np.asarray(compute())
-        save_array(path, result)
-        save_json(path.with_suffix(".json"), {"kind": kind, "params": params, "source": self.fingerprint})
+        try:
+            save_array(path, result)
+            save_json(path.with_suffix(".json"), {"kind": kind, "params": params, "source": self.fingerprint})
+        except OSError:
+            pass  # a read-only workspace still shows its results; they are computed again next time
         return result
 
     def has_cached(self, kind: str, params: dict, suffix: str = ".npy") -> bool:

@@ -49,6 +49,12 @@ FINDING_COLUMNS = {
     "coverage": st.column_config.NumberColumn("Coverage", format="percent"),
     "n_images": st.column_config.NumberColumn("Images", format="%d"),
 }
+DROPPED_TERM_COLUMNS = {
+    "term": st.column_config.TextColumn("Term as typed", width="medium"),
+    "count": st.column_config.NumberColumn("Uses", format="%d"),
+    "workers": st.column_config.NumberColumn("Workers", format="%d"),
+    "reason": st.column_config.TextColumn("Why", width="large"),
+}
 KIND_LABELS = {"type": "entity types", "attribute": "attributes", "pair": "attribute-type pairs", "not": "NOT combinations",
                "and": "AND combinations", "rule": "association rules (Apriori)", "tree": "decision-tree rules", "query": "queries"}
 
@@ -152,6 +158,7 @@ def vocabulary_editor(workspace: Workspace, campaign: Campaign, concepts: Campai
     st.caption(f"{len(vocabulary.terms)} typed terms reconciled into {vocabulary.terms['concept'].nunique()} concepts "
                "(spelling, singular forms, and clusters of similar meaning). Edits are saved with the workspace.")
     st.dataframe(vocabulary.concepts, hide_index=True, height=240, column_config={"count": st.column_config.NumberColumn("Uses")})
+    dropped_terms_view(vocabulary.dropped)
     names = sorted(vocabulary.terms["concept"].unique())
     rename, merge, split = st.tabs(["Rename", "Merge", "Split"])
     with rename:
@@ -174,6 +181,14 @@ def vocabulary_editor(workspace: Workspace, campaign: Campaign, concepts: Campai
     if saved_vocabulary(workspace, campaign.id) is not None and st.button("Discard my edits (reconcile again)"):
         save_vocabulary(workspace, campaign.id, None)
         st.rerun()
+
+
+def dropped_terms_view(dropped: pd.DataFrame) -> None:
+    if dropped.empty:
+        return
+    # Worker text goes only into the table, which shows it as plain text: labels and captions would render its Markdown.
+    with st.expander(f"Dropped terms ({len(dropped)}): typed by workers, but no concept can come from them"):
+        st.dataframe(dropped, hide_index=True, column_config=DROPPED_TERM_COLUMNS)
 
 
 def edit_vocabulary(workspace: Workspace, campaign: Campaign, vocabulary: Vocabulary) -> None:

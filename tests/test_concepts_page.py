@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.concepts import campaign_store
 from core.campaigns import Box, CampaignStore
+from core.concepts.annotations import MAX_SHOWN_TERM_CHARS, MAX_WORD_CHARS
 from core.crowd import CampaignPlan, create_workspace_campaign, saved_vocabulary
 from core.crowd_sim import DEMO_CAMPAIGN_NAME
 from core.saliency import SaliencyParams
@@ -21,6 +22,8 @@ MAIN = ROOT / "app" / "main.py"
 # What the test's own crowd calls the regions of each predicted class: a stand-in for people, chosen so that every
 # class has concepts typical of it and the page has findings to show.
 TERMS = {"apple": ("stamp", "white"), "leaf": ("water", "blue"), "sky": ("grass", "green")}
+# Attributes the worker app accepts but no concept can come from, typed on the first task's boxes.
+ODD_TERMS = ("🦈🌊", "zorb" * 16)
 
 
 def open_concepts(workspace: Workspace | None = None) -> AppTest:
@@ -34,7 +37,8 @@ def open_concepts(workspace: Workspace | None = None) -> AppTest:
 
 @pytest.fixture
 def answered_workspace(trained_workspace) -> Workspace:
-    """The trained workspace with a campaign over all its images, answered by two workers per task."""
+    """The trained workspace with a campaign over all its images, answered by two workers per task (the first task's
+    boxes also carry :data:`ODD_TERMS`)."""
     store = CampaignStore.for_workspace(trained_workspace.path)
     plan = CampaignPlan(n_images=len(trained_workspace.images), images_per_task=6, workers_per_task=2, min_seconds_per_image=1,
                         saliency=SaliencyParams(method="gradcam"))
@@ -42,7 +46,8 @@ def answered_workspace(trained_workspace) -> Workspace:
     prediction = trained_workspace.images.set_index("image_id")["prediction"]
     for number, token in enumerate(campaign.tokens):
         image_ids = store.open_task(token.token).image_ids
-        boxes = [Box(image_id, 2, 2, 20, 20, TERMS[prediction[image_id]][0], (TERMS[prediction[image_id]][1],)) for image_id in image_ids]
+        odd = ODD_TERMS if number == 0 else ()
+        boxes = [Box(image_id, 2, 2, 20, 20, TERMS[prediction[image_id]][0], (TERMS[prediction[image_id]][1], *odd)) for image_id in image_ids]
         store.submit(token.token, boxes, {image_id: 8.0 for image_id in image_ids}, worker_id=f"W{number % 3}")
     store.close()
     return trained_workspace
@@ -94,6 +99,15 @@ def test_a_campaign_is_mined_into_findings_queries_and_images(answered_workspace
     assert {"Annotations (COCO JSON)", "Concept table (CSV)", "All findings (CSV)", "Rules (CSV)", "Vocabulary (CSV)"} <= downloads
 
 
+def test_dropped_terms_are_listed_with_the_vocabulary(answered_workspace):
+    app = open_concepts(answered_workspace)
+    assert any(expander.label.startswith("Dropped terms (2)") for expander in app.expander)
+    dropped = next(frame.value for frame in app.dataframe if "reason" in frame.value.columns).set_index("term")
+    assert dropped.loc["🦈🌊", "reason"] == "no letters or digits: emoji or symbols only"
+    assert dropped.loc[f"{ODD_TERMS[1][:MAX_SHOWN_TERM_CHARS]}…", "reason"] == f"a word longer than {MAX_WORD_CHARS} letters"
+    assert set(dropped["workers"]) == {1} and set(dropped["count"]) == {6}  # the first task: one worker, six boxes
+
+
 def test_vocabulary_edits_are_saved_with_the_workspace(answered_workspace):
     app = open_concepts(answered_workspace)
     concept = app.selectbox(key="rename_concept").value
@@ -105,6 +119,7 @@ def test_vocabulary_edits_are_saved_with_the_workspace(answered_workspace):
     assert saved is not None and "renamed_concept" in set(saved.terms["concept"]) and concept not in set(saved.terms["concept"])
     # The page now mines with the edited vocabulary and offers to discard the edits.
     assert "renamed_concept" in app.selectbox(key="rename_concept").options
+    assert any(expander.label.startswith("Dropped terms (2)") for expander in app.expander)  # the saved CSV has no drops: found again
     app.button[[button.label for button in app.button].index("Discard my edits (reconcile again)")].click().run()
     assert saved_vocabulary(answered_workspace, campaign.id) is None
 

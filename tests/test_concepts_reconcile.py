@@ -16,7 +16,7 @@ from core.concepts import (
     normalise_term,
     reconcile,
 )
-from core.concepts.annotations import MAX_TERM_CHARS
+from core.concepts.annotations import MAX_SHOWN_TERM_CHARS, MAX_TERM_CHARS, MAX_WORD_CHARS
 from core.concepts.reconcile import Speller, campaign_words, cluster_words
 from core.errors import SliceScopeError
 from tests.test_concepts_mining import HOSTILE, PLANTED, identity_vocabulary, planted_campaign
@@ -176,3 +176,33 @@ def test_reconcile_explains_unusable_input(minilm):
         reconcile(pd.DataFrame({"image_id": ["a"], "box_id": ["0"], "entity_type": ["x"], "attribute": [""]}), minilm)
     with pytest.raises(SliceScopeError, match="no annotation has a usable"):
         reconcile(campaign({"w1": ["", "🦈", "x" * 10_000]}), minilm)
+
+
+def test_reconcile_lists_the_terms_it_drops_and_why(minilm):
+    long_word = "zorb" * 16  # one 64-character word: the worker app accepts it, no concept can come from it
+    annotations = campaign({"w1": ["stamp", "water", "🦈🌊", long_word, "the", ""], "w2": ["stamp", "water", "🦈🌊", "Stamps"]})
+    vocabulary = reconcile(annotations, minilm)
+    assert set(vocabulary.terms["term"]) == {"stamp", "stamps", "water"}
+    assert set(vocabulary.terms["concept"]) == {"stamp", "water"}
+    dropped = vocabulary.dropped.set_index("term")
+    assert list(dropped.columns) == ["count", "workers", "reason"]
+    assert dropped.loc["🦈🌊"].tolist() == [2, 2, "no letters or digits: emoji or symbols only"]
+    shown = f"{long_word[:MAX_SHOWN_TERM_CHARS]}…"  # bounded for display: it is hostile text
+    assert dropped.loc[shown].tolist() == [1, 1, f"a word longer than {MAX_WORD_CHARS} letters"]
+    assert dropped.loc["the", "reason"].startswith("only filler words")
+    assert len(dropped) == 3  # an empty attribute is no term, so nothing is dropped for it
+    assert vocabulary.rename("stamp", "mark").dropped.equals(vocabulary.dropped)  # edits keep the list
+
+
+def test_command_line_names_the_dropped_terms_in_one_line(tmp_path, capsys):
+    from core.cli import main
+
+    annotations, images = planted_campaign()  # a third of its rows carry a hostile attribute
+    annotations.merge(images, on="image_id").to_csv(tmp_path / "annotations.csv", index=False)
+    identity_vocabulary(annotations).terms.to_csv(tmp_path / "vocabulary.csv", index=False)
+    assert main(["concepts", str(tmp_path / "annotations.csv"), "--vocabulary", str(tmp_path / "vocabulary.csv"),
+                 "--out", str(tmp_path / "out.csv")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dropped")]
+    assert len(lines) == 1 and lines[0].startswith("dropped 2 typed terms no concept can come from: ")
+    assert "'🦈🌊' ×" in lines[0] and "(no letters or digits: emoji or symbols only)" in lines[0]
+    assert f"'{'x' * MAX_SHOWN_TERM_CHARS}…' ×" in lines[0] and f"(a word longer than {MAX_WORD_CHARS} letters)" in lines[0]

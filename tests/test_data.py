@@ -64,8 +64,8 @@ def test_read_image_explains_corrupt_files(tmp_path):
     with pytest.raises(ValueError, match="not a recognised image format"):
         read_image(tmp_path / "bad.png")
     Image.new("L", (5, 7), 128).save(tmp_path / "grey.png")
-    image, sha1 = read_image(tmp_path / "grey.png")
-    assert image.mode == "RGB" and image.size == (5, 7) and len(sha1) == 40
+    image, sha1, conversion = read_image(tmp_path / "grey.png")
+    assert image.mode == "RGB" and image.size == (5, 7) and len(sha1) == 40 and conversion == ""
 
 
 def test_preprocess_resizes_whole_image_and_normalises():

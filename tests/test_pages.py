@@ -168,6 +168,17 @@ def test_an_outdated_workspace_offers_a_rebuild(demo_home, monkeypatch, biased, 
     assert app.button(key=f"repair-{copy}").label == "Rebuild the workspace"
 
 
+def test_a_truncated_table_is_found_and_offers_a_repair(demo_home, monkeypatch, biased, tmp_path):
+    shelf = tmp_path / "shelf"
+    copy = shutil.copytree(biased.path, shelf / "truncated")
+    table = copy / "images.parquet"
+    table.write_bytes(table.read_bytes()[:-100])
+    app = open_app(demo_home, monkeypatch, workspaces=shelf)
+    assert not app.exception, app.exception
+    assert any("damaged: images.parquet is unreadable" in w.value for w in app.warning)
+    assert app.button(key=f"repair-{copy}").label == "Repair the workspace"
+
+
 def test_mosaic_view_draws_one_tile_per_slice(demo_home, monkeypatch, slice_ids):
     app = open_app(demo_home, monkeypatch)
     app.segmented_control(key="plot_view").set_value("Data Slice Mosaic").run()

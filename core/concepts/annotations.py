@@ -17,7 +17,9 @@ Images (one row per image; the workspace's ``images`` table has these columns):
 ``image_id``, ``prediction`` (the predicted class) and optionally ``label``.
 
 Every value is kept as a string. Typed text is untrusted: :func:`term_words`
-bounds it, keeps only letters and digits, and never fails.
+bounds it, keeps only letters and digits, and never fails; :func:`why_no_words`
+says why a term it finds nothing in is lost, and :func:`shown_term` makes the
+term fit to show.
 """
 
 from __future__ import annotations
@@ -40,16 +42,38 @@ MAX_TERM_WORDS = 4
 MAX_WORD_CHARS = 30  # longer runs of letters are not words (a keyboard mash, a pasted blob)
 # Glue words carry no concept, and dropping them keeps AND / OR / NOT free for queries.
 FILLER_WORDS = frozenset({"a", "an", "the", "of", "with", "and", "or", "not"})
+MAX_SHOWN_TERM_CHARS = 40
 _WORD = re.compile(r"[^\W_]+")
+
+
+def _candidate_words(raw: str, max_chars: int) -> list[str]:
+    return _WORD.findall(unicodedata.normalize("NFKC", raw[: max_chars * 4]).lower()[:max_chars])
 
 
 def term_words(raw: object, max_chars: int = MAX_TERM_CHARS) -> tuple[str, ...]:
     """The words of one typed term: NFKC, lowercase, letters and digits only, bounded; () for nothing."""
     if not isinstance(raw, str):
         return ()
-    text = unicodedata.normalize("NFKC", raw[: max_chars * 4]).lower()[:max_chars]
-    words = [word for word in _WORD.findall(text) if len(word) <= MAX_WORD_CHARS and word not in FILLER_WORDS]
+    words = [word for word in _candidate_words(raw, max_chars) if len(word) <= MAX_WORD_CHARS and word not in FILLER_WORDS]
     return tuple(words[:MAX_TERM_WORDS])
+
+
+def why_no_words(raw: str) -> str:
+    """Why :func:`term_words` finds no word in ``raw``, in plain English; meant for the terms where it finds none."""
+    words = _candidate_words(raw, MAX_TERM_CHARS)
+    if not words:
+        return "no letters or digits: emoji or symbols only"
+    if any(len(word) > MAX_WORD_CHARS for word in words):
+        return f"a word longer than {MAX_WORD_CHARS} letters"
+    return f"only filler words ({', '.join(sorted(FILLER_WORDS))})"
+
+
+def shown_term(raw: str) -> str:
+    """A typed term fit to show on a page or a terminal: on one line, bounded, without control or format characters
+    (terminal escapes, right-to-left overrides); "" when nothing visible was typed."""
+    visible = "".join(char for char in raw[: MAX_SHOWN_TERM_CHARS * 4] if char.isspace() or unicodedata.category(char) not in ("Cc", "Cf"))
+    text = " ".join(visible.split())
+    return text if len(text) <= MAX_SHOWN_TERM_CHARS else f"{text[:MAX_SHOWN_TERM_CHARS]}…"
 
 
 def normalise_term(raw: object) -> str:

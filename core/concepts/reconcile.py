@@ -17,6 +17,10 @@ words, since inflect strips any final "s" ("bus" → "bu"); it still turns a few
 plural-only nouns singular ("lens" → "len", "shorts" → "short"), which the
 analyst undoes with :meth:`Vocabulary.split` or :meth:`Vocabulary.rename`.
 
+A term with no usable word (emoji, one over-long word, filler words only) can
+become no concept; rather than vanish, it is listed in :attr:`Vocabulary.dropped`
+with how many used it and why.
+
 Choosing k: the paper takes the k whose clusters have no negative mean
 silhouette and silhouettes as uniform as possible. On sentence embeddings of
 single words that alone prefers a few large clusters (every colour in one,
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from importlib.resources import files
 from pathlib import Path
@@ -40,12 +44,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.concepts.annotations import FILLER_WORDS, concept_name, normalise_term, term_words, validate_annotations
+from core.concepts.annotations import (
+    FILLER_WORDS,
+    concept_name,
+    normalise_term,
+    shown_term,
+    term_words,
+    validate_annotations,
+    why_no_words,
+)
 from core.concepts.embed import Embedder, MiniLMEmbedder
 from core.errors import SliceScopeError
 from core.progress import ProgressFn, silent
 
 VOCABULARY_COLUMNS = ("term", "words", "concept", "count", "workers")
+DROPPED_COLUMNS = ("term", "count", "workers", "reason")
 CAMPAIGN_MIN_WORKERS = 2
 TYPO_DOMINANCE = 5  # a campaign word yields to a neighbour typed by this many times more workers
 MAX_K_CANDIDATES = 40  # K-Means fits per reconciliation, spread over 2..n-1
@@ -178,6 +191,28 @@ def cluster_words(vectors: np.ndarray, words: Sequence[str], counts: np.ndarray,
     return Clustering(labels, names)
 
 
+def _typed_terms(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Every typed entity type and attribute: ``raw`` (as typed), ``worker``, ``term`` (normalised; "" when it has no word)."""
+    typed = pd.concat([annotations[["entity_type", "worker_id"]].set_axis(["raw", "worker"], axis=1),
+                       annotations[["attribute", "worker_id"]].set_axis(["raw", "worker"], axis=1)], ignore_index=True)
+    return typed.assign(term=typed["raw"].map(normalise_term))
+
+
+def _dropped(typed: pd.DataFrame) -> pd.DataFrame:
+    """The :attr:`Vocabulary.dropped` table of :func:`_typed_terms`: its wordless terms, grouped as shown, most used first."""
+    wordless = typed[typed["term"] == ""]
+    wordless = wordless.assign(shown=wordless["raw"].map(shown_term))
+    wordless = wordless[wordless["shown"] != ""]  # an empty attribute is no term, and nothing was lost
+    dropped = wordless.groupby("shown").agg(count=("raw", "size"), workers=("worker", "nunique"), raw=("raw", "first"))
+    dropped = dropped.assign(reason=dropped["raw"].map(why_no_words)).rename_axis("term").reset_index()
+    return dropped.sort_values(["count", "term"], ascending=[False, True], ignore_index=True)[list(DROPPED_COLUMNS)]
+
+
+def dropped_terms(annotations: pd.DataFrame) -> pd.DataFrame:
+    """The typed terms of ``annotations`` that can become no concept, as in :attr:`Vocabulary.dropped`."""
+    return _dropped(_typed_terms(validate_annotations(annotations)))
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Typed term → concept, one row per normalised term, editable (every edit returns a new vocabulary).
@@ -187,9 +222,15 @@ class Vocabulary:
     joined by ``_``), ``count`` (annotation values using the term), ``workers``
     (distinct workers who typed it). Edits act on whole terms: renaming ``fish``
     leaves ``fish_body`` as it is.
+
+    ``dropped``: the typed terms no concept can come from, one row each, so that they
+    do not vanish unseen: ``term`` (as typed, made fit to show by :func:`shown_term`),
+    ``count``, ``workers`` and ``reason`` (plain English). :func:`reconcile` fills it
+    and edits keep it; a vocabulary read from CSV has none (see :func:`dropped_terms`).
     """
 
     terms: pd.DataFrame
+    dropped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(DROPPED_COLUMNS)))
 
     def __post_init__(self):
         missing = [column for column in VOCABULARY_COLUMNS if column not in self.terms.columns]
@@ -238,7 +279,7 @@ class Vocabulary:
                 raise SliceScopeError(f"the vocabulary has no concept '{str(concept)[:40]}'", hint)
 
     def _relabel(self, rows: pd.Series, concept: str) -> Vocabulary:
-        return Vocabulary(self.terms.assign(concept=self.terms["concept"].where(~rows, concept_name(concept))))
+        return replace(self, terms=self.terms.assign(concept=self.terms["concept"].where(~rows, concept_name(concept))))
 
     def rename(self, concept: str, new_name: str) -> Vocabulary:
         """Give a concept another name (a name already in use merges the two)."""
@@ -269,9 +310,8 @@ def reconcile(annotations: pd.DataFrame, embedder: Embedder | None = None, min_s
     threshold = embedder.min_similarity if min_similarity is None else min_similarity
     report = progress or silent
 
-    typed = pd.concat([annotations[["entity_type", "worker_id"]].set_axis(["raw", "worker"], axis=1),
-                       annotations[["attribute", "worker_id"]].set_axis(["raw", "worker"], axis=1)])
-    typed["term"] = typed["raw"].map(normalise_term)
+    typed = _typed_terms(annotations)
+    dropped = _dropped(typed)
     typed = typed[typed["term"] != ""]
     if typed.empty:
         raise SliceScopeError(
@@ -298,4 +338,4 @@ def reconcile(annotations: pd.DataFrame, embedder: Embedder | None = None, min_s
     clustering = cluster_words(vectors, words, word_counts.loc[words].to_numpy(), threshold, seed, progress)
     concept_of = {word: clustering.names[label] for word, label in zip(words, clustering.labels)}
     terms["concept"] = terms["words"].map(lambda words: "_".join(dict.fromkeys(concept_of[word] for word in words.split())))
-    return Vocabulary(terms)
+    return Vocabulary(terms, dropped)

@@ -30,7 +30,8 @@ def rule_table(path: str, max_accuracy: float, min_size: int, branching: int) ->
     workspace = load_workspace(path)
     rule = rule_slices(workspace, RuleParams(max_accuracy=max_accuracy, min_size=min_size, branching=branching))
     coherence = slice_coherence(influence_embeddings(workspace), rule.slice_ids)[["slice", "mean_coherence"]]
-    table = rule.slices[["slice", "path", "flagged"]].merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
+    rule_columns = rule.slices[["slice", "path", "flagged"]].rename(columns={"flagged": "rule_holds"})
+    table = rule_columns.merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
     return rule.slice_ids, table, rule.tree
 
 

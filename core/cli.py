@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     slices.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
     slices.add_argument("--min-dist", type=float, default=0.05, help="UMAP min_dist")
     slices.add_argument("--metric", default="euclidean", help="UMAP metric")
-    slices.add_argument("--out", type=Path, required=True, help="CSV to write: path,label,prediction,confidence,slice,x,y")
+    slices.add_argument("--out", type=Path, required=True, help="CSV to write: path,label,prediction,confidence,slice,flagged, the slice's evidence "
+                        "(slice_accuracy, rest_accuracy, its 95%% interval, q_value, slice_description), x,y")
 
     annotate = commands.add_parser("annotate", help="annotate a slice in the workspace's annotation store; or clear, undo, list")
     annotate.add_argument("workspace", type=Path)
@@ -302,35 +303,31 @@ def _run_attach_train(args) -> None:
 
 def _influence_slices_frame(args, workspace, projection):
     """The CSV of ``slices --method influence | influence-rule``: the ``slices`` columns (+ slice_path, flagged for the rule)."""
-    import pandas as pd
-
     from core.influence import estimate_seconds, influence_embeddings, is_computed, require_training_data
     from core.influence_rule import RuleParams, infembed_slices, rule_slices
-    from core.slicing import SliceParams, project
+    from core.slicing import SliceParams, image_frame, project
 
     require_training_data(workspace)
     if not is_computed(workspace):
         print(f"computing influence embeddings, once: about {duration_text(estimate_seconds(workspace))} on this machine", flush=True)
     progress = tqdm_progress()
     influence_embeddings(workspace, progress=progress)
-    images = workspace.images
-    frame = pd.DataFrame({column: images[column] for column in ("path", "label", "prediction", "confidence")})
     if args.method == "influence":
-        frame["slice"] = infembed_slices(workspace, SliceParams(k=args.k, seed=args.seed), progress=progress)
+        slice_ids = infembed_slices(workspace, SliceParams(k=args.k, seed=args.seed), progress=progress)
         rule = None
     else:
         rule = rule_slices(workspace, RuleParams(args.accuracy, args.min_size, args.branching, seed=args.seed), progress=progress)
-        frame["slice"] = rule.slice_ids
-    layout = project(workspace, "influence", projection, progress)
-    frame["x"], frame["y"] = layout[:, 0], layout[:, 1]
+        slice_ids = rule.slice_ids
+    frame = image_frame(workspace.images, slice_ids, project(workspace, "influence", projection, progress))
     if rule is not None:
         frame["slice_path"] = rule.slices.set_index("slice")["path"].reindex(rule.slice_ids).to_numpy()
-        frame["flagged"] = rule.slices.set_index("slice")["flagged"].reindex(rule.slice_ids).to_numpy()
+        frame["rule_holds"] = rule.slices.set_index("slice")["flagged"].reindex(rule.slice_ids).to_numpy()
         print(f"InfEmbed-Rule: {len(rule.flagged)} of {len(rule.slices)} slices have accuracy ≤ {args.accuracy:.0%} on ≥ {args.min_size} images")
     return frame
 
 
 def _run_slices(args) -> None:
+    from core.evidence import evidence_order
     from core.slicing import ProjectionParams, SliceParams, slice_table, slices_frame
     from core.workspace import Workspace
 
@@ -342,10 +339,16 @@ def _run_slices(args) -> None:
         frame = slices_frame(workspace, args.method, SliceParams(k=args.k, seed=args.seed), projection, progress=tqdm_progress())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
-    worst = slice_table(workspace.images, frame["slice"].to_numpy()).nsmallest(5, "accuracy")
-    print(f"wrote {len(frame)} rows to {args.out}; lowest-accuracy slices:")
-    for row in worst.itertuples():
-        print(f"  slice {row.slice}: {row.size} images, accuracy {row.accuracy:.0%}, mostly {row.dominant_label} → {row.dominant_prediction}")
+    table = evidence_order(slice_table(workspace.images, frame["slice"].to_numpy()))
+    flagged = table[table["flagged"]]
+    print(f"wrote {len(frame)} rows to {args.out}; {len(flagged)} of {len(table)} slices flagged as problems"
+          + (":" if len(flagged) else " (no slice is both large enough and clearly less accurate than the rest)"))
+    for row in flagged.head(10).itertuples():
+        print(f"  slice {row.slice}: {row.size} images, accuracy {row.accuracy:.0%} ({row.accuracy_low:.0%}–{row.accuracy_high:.0%}) "
+              f"vs {row.rest_accuracy:.0%} elsewhere, q = {row.q_value:.1g}; {row.description}")
+    predicted = workspace.images["prediction"].unique()
+    if len(predicted) == 1:
+        print(f"note: the model predicts '{predicted[0]}' for every image, so slices can differ only in their labels")
 
 
 def _run_annotate(args) -> None:

@@ -421,6 +421,13 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> None:
         example = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
         raise SliceScopeError(f"none of the {len(index.table)} images could be read{example}", "check that the dataset's files are images")
     arrays = {name: np.concatenate([c[name] for c in chunks]) for name in ARRAY_NAMES}
+    non_finite = ~np.isfinite(arrays["logits"]).all(axis=1)
+    if non_finite.any():
+        example = index.table["path"].iat[int(positions[np.flatnonzero(non_finite)[0]])]
+        raise SliceScopeError(
+            f"the model returned NaN or infinite logits for {int(non_finite.sum())} of {len(positions)} images (e.g. {example})",
+            "check the checkpoint (a diverged training run?) and that --normalize matches how the model was trained",
+        )
     logits = torch.from_numpy(arrays["logits"])
     probabilities = torch.softmax(logits, dim=1)
     confidence, predicted = probabilities.max(dim=1)

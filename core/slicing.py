@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import SliceScopeError
+from core.evidence import FlagParams, slice_evidence
 from core.progress import ProgressFn, silent
 from core.workspace import REPRESENTATIONS, Workspace
 
@@ -109,9 +110,7 @@ def find_slices(workspace: Workspace, representation: str, params: SliceParams =
     def compute() -> np.ndarray:
         from sklearn.cluster import KMeans
 
-        vectors = np.asarray(workspace.representation(representation), dtype=np.float32)
-        if params.k > len(vectors):
-            raise SliceScopeError(f"k = {params.k} slices is more than the {len(vectors)} images", f"pass --k {max(1, len(vectors) // 10)} or less")
+        vectors = sliceable_vectors(workspace, representation, params.k)
         report(f"slicing {representation} (K-Means, k={params.k})", 0, 1)
         clusters = KMeans(n_clusters=params.k, n_init=4, random_state=params.seed).fit_predict(vectors)
         report(f"slicing {representation} (K-Means, k={params.k})", 1, 1)
@@ -126,8 +125,30 @@ def find_slices(workspace: Workspace, representation: str, params: SliceParams =
     return workspace.cached_array(f"slices-{representation}", asdict(params), compute)
 
 
-def slice_table(images: pd.DataFrame, slice_ids: np.ndarray) -> pd.DataFrame:
-    """One row per slice: size, accuracy, confidence, errors, dominant label → prediction."""
+def sliceable_vectors(workspace: Workspace, representation: str, k: int) -> np.ndarray:
+    """The representation as float32 rows, once it is checked to be something k slices can be cut from."""
+    vectors = np.asarray(workspace.representation(representation), dtype=np.float32)
+    if k > len(vectors):
+        raise SliceScopeError(f"k = {k} slices is more than the {len(vectors)} images", f"pass --k {max(1, len(vectors) // 10)} or less")
+    broken = ~np.isfinite(vectors).all(axis=1)
+    if broken.any():
+        raise SliceScopeError(
+            f"the {representation} representation is NaN or infinite for {int(broken.sum())} of {len(vectors)} images",
+            "the model produced non-finite values: check its checkpoint and the scan's --normalize, then rescan",
+        )
+    distinct = len(np.unique(vectors.round(6), axis=0))
+    if distinct < k:
+        raise SliceScopeError(
+            f"the {representation} representation has only {distinct} distinct value(s) over {len(vectors)} images, fewer than k = {k} slices",
+            f"pass --k {max(1, distinct)} or less, or check the target layer (--target-layer): a constant layer cannot tell images apart",
+        )
+    return vectors
+
+
+def slice_table(images: pd.DataFrame, slice_ids: np.ndarray, flag_params: FlagParams = FlagParams()) -> pd.DataFrame:
+    """One row per slice: size, accuracy, confidence, errors, dominant label → prediction, the evidence
+    that it is a problem (:func:`core.evidence.slice_evidence`: ``flagged``, interval, q-value, ...) and
+    a ``description`` in words."""
     frame = images[["label", "prediction", "confidence", "correct"]].assign(slice=np.asarray(slice_ids))
     grouped = frame.groupby("slice")
     table = pd.DataFrame({
@@ -146,9 +167,31 @@ def slice_table(images: pd.DataFrame, slice_ids: np.ndarray) -> pd.DataFrame:
         lambda rows: " · ".join(f"{l}→{p}: {n}" for l, p, n in zip(rows["label"], rows["prediction"], rows["count"])),
         include_groups=False,
     )
+    evidence = slice_evidence(images["correct"].to_numpy(), np.asarray(slice_ids), flag_params)
+    table = table.join(evidence.drop(columns=["size", "errors", "accuracy"]))
+    table["description"] = describe_slices(images, slice_ids, table)
     table = table.reset_index()
     table["errors"] = table["errors"].astype(int)
     return table
+
+
+def describe_slices(images: pd.DataFrame, slice_ids: np.ndarray, table: pd.DataFrame) -> pd.Series:
+    """Each slice in words: its most common label → prediction and how over-represented that pair is.
+
+    "star → circle: 81% of the slice, 4% of all images (×20)"; the ratio is what
+    makes a slice a finding, so it is stated rather than left to the reader.
+    """
+    pairs = images["label"].astype(str) + " → " + images["prediction"].astype(str)
+    overall = pairs.value_counts(normalize=True)
+    frame = pd.DataFrame({"slice": np.asarray(slice_ids), "pair": pairs})
+    counts = frame.groupby(["slice", "pair"]).size().rename("n").reset_index()
+    top = counts.sort_values(["slice", "n", "pair"], ascending=[True, False, True]).drop_duplicates("slice").set_index("slice")
+    share = top["n"] / table["size"]
+    base = top["pair"].map(overall)
+    return pd.Series(
+        [f"{pair}: {s:.0%} of the slice, {b:.0%} of all images (×{s / b:.1f})" for pair, s, b in zip(top["pair"], share, base)],
+        index=top.index,
+    )
 
 
 def confusion_counts(images: pd.DataFrame, slice_ids: np.ndarray) -> pd.DataFrame:
@@ -165,16 +208,25 @@ def slices_frame(
     projection_params: ProjectionParams = ProjectionParams(),
     progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
-    """Per image: ``path,label,prediction,confidence,slice,x,y`` (the CLI's CSV)."""
+    """Per image: ``path,label,prediction,confidence,slice,flagged``, its slice's evidence columns, and ``x,y`` (the CLI's CSV)."""
     slice_ids = find_slices(workspace, representation, slice_params, progress)
     layout = project(workspace, representation, projection_params, progress)
-    images = workspace.images
-    return pd.DataFrame({
-        "path": images["path"],
-        "label": images["label"],
-        "prediction": images["prediction"],
-        "confidence": images["confidence"],
-        "slice": slice_ids,
-        "x": layout[:, 0],
-        "y": layout[:, 1],
-    })
+    return image_frame(workspace.images, slice_ids, layout)
+
+
+# Per-slice columns the CLI's CSV repeats on every image of the slice.
+FRAME_EVIDENCE_COLUMNS = {"accuracy": "slice_accuracy", "rest_accuracy": "rest_accuracy", "accuracy_low": "slice_accuracy_low",
+                          "accuracy_high": "slice_accuracy_high", "q_value": "q_value", "description": "slice_description"}
+
+
+def image_frame(images: pd.DataFrame, slice_ids: np.ndarray, layout: np.ndarray, flag_params: FlagParams = FlagParams()) -> pd.DataFrame:
+    """One row per image of ``images`` with its slice, whether that slice is flagged and why, and its 2-D position."""
+    per_slice = slice_table(images, slice_ids, flag_params).set_index("slice")
+    slice_ids = np.asarray(slice_ids)
+    frame = pd.DataFrame({column: images[column].to_numpy() for column in ("path", "label", "prediction", "confidence")})
+    frame["slice"] = slice_ids
+    frame["flagged"] = per_slice["flagged"].reindex(slice_ids).to_numpy()
+    for column, name in FRAME_EVIDENCE_COLUMNS.items():
+        frame[name] = per_slice[column].reindex(slice_ids).to_numpy()
+    frame["x"], frame["y"] = layout[:, 0], layout[:, 1]
+    return frame

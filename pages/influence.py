@@ -14,6 +14,7 @@ import streamlit as st
 from app.influence import comparison, infembed_table, opponents_grid, rule_table, side_by_side, tree_figure, typical_rows
 from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress, table_height
 from core.errors import SliceScopeError
+from core.evidence import evidence_order
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
 from core.influence_rule import RuleParams
 from core.progress import duration_text
@@ -25,16 +26,20 @@ METHODS = {"infembed": "InfEmbed: K-Means with K slices", "rule": "InfEmbed-Rule
 TABLE_COLUMNS = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
     "path": st.column_config.TextColumn("Path in the split tree", help="The child taken at each split, from the root"),
-    "flagged": st.column_config.CheckboxColumn("Flagged", help="The rule holds: accuracy ≤ A on at least S images"),
+    "rule_holds": st.column_config.CheckboxColumn("Rule holds", help="InfEmbed-Rule's own test: accuracy ≤ A on at least S images"),
+    "flagged": st.column_config.CheckboxColumn("Problem", help="As on the Slices page: large enough and clearly less accurate than the rest "
+                                                              "(binomial test, Benjamini–Hochberg q ≤ 0.05, at least 20 points below)"),
+    "gap": st.column_config.NumberColumn("Below the rest", format="percent"),
+    "description": st.column_config.TextColumn("Mostly", width="large"),
     "size": st.column_config.NumberColumn("Size"),
     "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
     "errors": st.column_config.NumberColumn("Errors"),
-    "dominant_label": "Label", "dominant_prediction": "Prediction",
     "mean_coherence": st.column_config.NumberColumn("Coherence", format="%.3g",
                                                     help="Mean squared distance to the slice's mean influence embedding (lower: more coherent)"),
     "confusion": st.column_config.TextColumn("Label → prediction", width="large"),
 }
-HIDDEN = ("mean_confidence", "dominant_label_share", "dominant_prediction_share")
+HIDDEN = ("mean_confidence", "dominant_label_share", "dominant_prediction_share", "dominant_label", "dominant_prediction",
+          "rest_accuracy", "accuracy_low", "accuracy_high", "p_value", "q_value")
 OPPONENTS = 10
 
 
@@ -104,12 +109,11 @@ def main() -> None:
         compute_step(workspace)
         return
     slice_ids, table, rule = slicing_choice(workspace)
-    shown = table.drop(columns=[column for column in HIDDEN if column in table.columns])
-    # The long label → prediction text goes last so the numbers stay in view; K-Means slices come worst first,
-    # as on the Slices page, while the rule's keep their order in the split tree.
+    # K-Means slices come strongest evidence first, as on the Slices page, while the rule's keep their order in the
+    # split tree; the long label → prediction text goes last so the numbers stay in view.
+    shown = table if rule else evidence_order(table).reset_index(drop=True)
+    shown = shown.drop(columns=[column for column in HIDDEN if column in shown.columns])
     shown = shown[[column for column in shown.columns if column != "confusion"] + ["confusion"]]
-    if not rule:
-        shown = shown.sort_values(["accuracy", "size"], ascending=[True, False]).reset_index(drop=True)
     picked = st.dataframe(shown, hide_index=True, column_config=TABLE_COLUMNS, on_select="rerun", selection_mode="single-row",
                           key=f"influence_table_{'rule' if rule else 'k'}", height=table_height(len(shown), 460))
     rows = picked.selection.rows

@@ -43,6 +43,7 @@ from app.ui import (
     table_height,
 )
 from core.errors import SliceScopeError
+from core.evidence import evidence_order
 from core.influence import is_computed
 from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of, typical_members
 
@@ -53,16 +54,22 @@ THUMBNAIL_POINTS_MAX = 3000  # one JPEG per point travels with the chart: a few 
 TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
 # The slice the analyst asked to annotate; the annotation form reads it.
 ANNOTATE_KEY = "annotate_slice"
-TABLE_COLUMNS = ["slice", "size", "accuracy", "spuriousness", "annotation", "mean_confidence", "errors", "dominant_label", "dominant_prediction", "confusion"]
+TABLE_COLUMNS = ["slice", "flagged", "size", "accuracy", "interval", "gap", "spuriousness", "annotation", "description", "mean_confidence", "errors",
+                 "confusion"]
 TABLE_COLUMN_CONFIG = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
+    "flagged": st.column_config.CheckboxColumn("Problem", width="small",
+                                               help="Large enough and clearly less accurate than the rest: a binomial test against the rest's "
+                                                    "error rate, Benjamini–Hochberg over all slices (q ≤ 0.05), at least 20 points below"),
     "size": st.column_config.NumberColumn("Size", width="small"),
     "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
+    "interval": st.column_config.TextColumn("95% interval", width="small", help="Wilson interval of the slice's accuracy"),
+    "gap": st.column_config.NumberColumn("Below the rest", format="percent", width="small",
+                                         help="How far the slice's accuracy lies below the accuracy of all other images"),
     "mean_confidence": st.column_config.NumberColumn("Confidence", format="percent", width="small"),
     "errors": st.column_config.NumberColumn("Errors", width="small"),
     "annotation": st.column_config.TextColumn("Annotation", width="medium"),
-    "dominant_label": "Label",
-    "dominant_prediction": "Prediction",
+    "description": st.column_config.TextColumn("Mostly", width="large", help="The slice's most common label → prediction, and how over-represented it is"),
     "confusion": st.column_config.TextColumn("label → prediction counts", width="large"),
 }
 
@@ -137,7 +144,9 @@ def _clear_points() -> None:
 
 def slice_table_view(table, slice_ids: np.ndarray, spuriousness_config) -> None:
     points = st.session_state["picked_points"]
-    shown = table[TABLE_COLUMNS].sort_values(["accuracy", "size"], ascending=[True, False]).reset_index(drop=True)
+    # Strongest evidence first: a 2-image slice at 0% is not a finding, a large slice far below the rest is.
+    with_interval = table.assign(interval=[f"{low:.0%}–{high:.0%}" for low, high in zip(table["accuracy_low"], table["accuracy_high"])])
+    shown = evidence_order(with_interval)[TABLE_COLUMNS].reset_index(drop=True)
     if points:
         shown = shown[shown["slice"].isin(slices_of(slice_ids, points))].reset_index(drop=True)
         note, clear = st.columns([4, 1], vertical_alignment="center")

@@ -8,6 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.demo import workspace_dir
+from core.evidence import evidence_order
+from core.slicing import SliceParams, default_k, find_slices, slice_table
 from core.workspace import Workspace
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
@@ -26,9 +28,13 @@ def test_main_page_opens_on_the_demo_with_a_slice_table(app, tiny_demo):
     assert app.title[0].value.startswith("Slices · demo · biased model")
     table = app.dataframe[0].value
     workspace = Workspace(workspace_dir(tiny_demo, "biased"))
-    assert {"slice", "size", "accuracy", "dominant_label", "dominant_prediction"} <= set(table.columns)
+    assert {"slice", "flagged", "size", "accuracy", "interval", "gap", "description"} <= set(table.columns)
     assert table["size"].sum() == len(workspace.images)
-    assert table["accuracy"].is_monotonic_increasing  # worst slices first
+    # Strongest evidence first: the flagged slices, then the rest, each ordered as core.evidence.evidence_order does.
+    assert table["flagged"].is_monotonic_decreasing
+    expected = evidence_order(slice_table(workspace.images, find_slices(workspace, "attribution", SliceParams(k=default_k(len(workspace.images))))))
+    assert table["slice"].tolist() == expected["slice"].tolist()
+    assert "→" in table["description"].iat[0]
     assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Layout", "Colour encoding", "Slice on", "Kernel"]
 
 

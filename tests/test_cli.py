@@ -38,12 +38,13 @@ def test_demo_then_slices(tmp_path):
         result = run_cli("slices", str(workspace.path), "--method", method, "--k", "5", "--out", str(out))
         assert result.returncode == 0, result.stderr
         slices = pd.read_csv(out)
-        assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "x", "y"]
+        assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
+                                       "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
         assert len(slices) == len(workspace.images)
         assert set(slices["slice"]) == set(range(5))
         assert slices["confidence"].between(0, 1).all()
         assert set(slices["path"]) == set(workspace.images["path"])
-        assert "lowest-accuracy slices" in result.stdout
+        assert "slices flagged as problems" in result.stdout
 
 
 def test_scan_cli_on_a_manifest_split_reproduces_the_demo_workspace(tiny_demo, tmp_path):

@@ -352,14 +352,15 @@ def test_cli_attach_train_then_influence_slices(tiny_demo, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "computing influence embeddings, once: about" in result.stdout
     slices = pd.read_csv(out)
-    assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "x", "y"]
+    assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
+                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
     assert set(slices["slice"]) == {0, 1, 2} and len(slices) == len(workspace.images)
 
     rule = run_cli("slices", str(workspace.path), "--method", "influence-rule", "--min-size", "8", "--out", str(out))
     assert rule.returncode == 0, rule.stderr
     assert "computing influence embeddings" not in rule.stdout, "the embeddings should come from the cache"
     slices = pd.read_csv(out, keep_default_na=False)
-    assert list(slices.columns)[-2:] == ["slice_path", "flagged"]
+    assert list(slices.columns)[-2:] == ["slice_path", "rule_holds"] and "flagged" in slices.columns
     assert slices.groupby("slice").size().min() >= 8
 
 

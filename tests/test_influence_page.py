@@ -56,7 +56,7 @@ def test_attach_compute_slice_and_compare(trained_workspace, image_folder):
     rule = next(frame.value for frame in app.dataframe if "path" in frame.value.columns)
     assert rule["size"].sum() == len(trained_workspace.images) and (rule["size"] >= 3).all()
     assert all(path == "" or set(path) <= set("0123456789/") for path in rule["path"])
-    assert (rule.loc[rule["flagged"], "accuracy"] <= 0.4).all()
+    assert (rule.loc[rule["rule_holds"], "accuracy"] <= 0.4).all()
     assert app.get("plotly_chart"), "the split tree is drawn"
 
     # The Slices page offers a picked slice's opponents too, whatever it was sliced on.

@@ -52,7 +52,10 @@ def test_slices_are_cached_per_parameters(workspace):
 
 def test_slices_frame_has_the_cli_columns_and_layouts_differ_per_representation(workspace):
     frame = slices_frame(workspace, "attribution", SliceParams(k=3), ProjectionParams(n_neighbors=5))
-    assert list(frame.columns) == ["path", "label", "prediction", "confidence", "slice", "x", "y"]
+    assert list(frame.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
+                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
+    per_slice = slice_table(workspace.images, frame["slice"].to_numpy()).set_index("slice")
+    assert (frame["flagged"] == per_slice["flagged"].reindex(frame["slice"]).to_numpy()).all()
     assert len(frame) == len(workspace.images) and np.isfinite(frame[["x", "y"]].to_numpy()).all()
     plain = project(workspace, "features", ProjectionParams(n_neighbors=5))
     assert not np.allclose(plain, frame[["x", "y"]].to_numpy())
@@ -65,3 +68,42 @@ def test_bad_slicing_requests_are_explained(workspace):
         find_slices(workspace, "pixels", SliceParams(k=3))
     with pytest.raises(SliceScopeError, match="unknown UMAP metric"):
         ProjectionParams(metric="hamming-ish")
+
+
+def test_slices_of_a_broken_representation_get_one_line(workspace, monkeypatch):
+    constant = np.ones((len(workspace.images), 16), np.float32)
+    monkeypatch.setattr(workspace, "representation", lambda name: constant)
+    with pytest.raises(SliceScopeError, match="only 1 distinct value.* fewer than k = 3 .*--target-layer"):
+        find_slices(workspace, "features", SliceParams(k=3, seed=7))
+    broken = np.random.default_rng(0).normal(size=(len(workspace.images), 16)).astype(np.float32)
+    broken[2, 5] = np.nan
+    monkeypatch.setattr(workspace, "representation", lambda name: broken)
+    with pytest.raises(SliceScopeError, match="NaN or infinite for 1 of 18 images"):
+        find_slices(workspace, "features", SliceParams(k=3, seed=8))
+    with pytest.raises(SliceScopeError, match="k = 40 slices is more than the 18 images"):
+        find_slices(workspace, "features", SliceParams(k=40))
+
+
+def test_a_slice_is_described_by_its_over_represented_confusion():
+    images = pd.DataFrame({
+        "label": ["star"] * 4 + ["circle"] * 16,
+        "prediction": ["circle"] * 4 + ["circle"] * 16,
+        "confidence": 0.9,
+        "correct": [False] * 4 + [True] * 16,
+    })
+    ids = np.array([0] * 5 + [1] * 15)  # slice 0: four star → circle and one circle → circle
+    table = slice_table(images, ids).set_index("slice")
+    assert table.loc[0, "description"] == "star → circle: 80% of the slice, 20% of all images (×4.0)"
+
+
+def test_a_model_with_nan_logits_is_refused_at_scan_time(image_folder, tmp_path):
+    import torch
+
+    from tests.helpers import build_small_net, small_scan_config
+
+    model = build_small_net()
+    with torch.no_grad():
+        model.classifier.bias[1] = float("nan")
+    torch.save(model.state_dict(), tmp_path / "nan.pt")
+    with pytest.raises(SliceScopeError, match=r"NaN or infinite logits for 18 of 18 images \(e.g. apple/apple_00.png\)"):
+        scan(small_scan_config(image_folder, tmp_path / "nan.pt", tmp_path / "ws-nan"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.errors import SliceScopeError
 from core.progress import duration_text, tqdm_progress
+from core.slicing import DEFAULT_REPRESENTATION, DEFAULT_SLICING, find_slices
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 
@@ -61,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     slices = commands.add_parser("slices", help="cluster a workspace into slices and write one row per image")
     slices.add_argument("workspace", type=Path)
-    slices.add_argument("--method", default="attribution", help="attribution (F_W, the attribution space), features (plain pooled features F), "
-                        "influence (InfEmbed: K-Means on influence embeddings) or influence-rule (InfEmbed-Rule); the influence methods need attach-train")
-    slices.add_argument("--k", type=int, default=50, help="number of K-Means slices (default 50)")
+    slices.add_argument("--method", default=DEFAULT_SLICING.method,
+                        help=f"how slices are cut from --representation: kmeans, domino (error-aware mixture), planespot (2-D layout + confidence) "
+                        f"or influence-rule (InfEmbed-Rule, on influence embeddings); default {DEFAULT_SLICING.method}, the benchmark's best. "
+                        "The older names attribution, features and influence mean kmeans on that representation")
+    slices.add_argument("--representation", default=DEFAULT_REPRESENTATION, choices=["attribution", "features", "influence"],
+                        help=f"attribution (F_W, the attribution space), features (plain pooled features F) or influence (InfEmbed's embeddings; "
+                        f"needs attach-train); default {DEFAULT_REPRESENTATION}")
+    slices.add_argument("--k", type=int, default=DEFAULT_SLICING.k, help=f"number of K-Means slices, or the most a mixture may choose by BIC (default {DEFAULT_SLICING.k})")
     slices.add_argument("--accuracy", type=float, default=0.4, help="influence-rule: a slice is flagged at this accuracy or below (default 0.4)")
     slices.add_argument("--min-size", type=int, default=25, help="influence-rule: smallest slice (default 25)")
     slices.add_argument("--branching", type=int, default=3, help="influence-rule: K-Means clusters per split (default 3)")
@@ -301,24 +307,28 @@ def _run_attach_train(args) -> None:
     print(f"slice with: python -m core slices {workspace.path} --method influence --out slices.csv")
 
 
-def _influence_slices_frame(args, workspace, projection):
-    """The CSV of ``slices --method influence | influence-rule``: the ``slices`` columns (+ slice_path, flagged for the rule)."""
-    from core.influence import estimate_seconds, influence_embeddings, is_computed, require_training_data
-    from core.influence_rule import RuleParams, infembed_slices, rule_slices
+# The names --method had before it was separate from --representation: K-Means on that representation.
+_REPRESENTATION_METHODS = ("attribution", "features", "influence")
+
+
+def _slices_frame(args, workspace, projection):
+    """The CSV of ``slices``: the image columns, flagged and the evidence, x,y (+ slice_path, rule_holds for InfEmbed-Rule)."""
+    from core.influence_rule import RuleParams, rule_slices
     from core.slicing import SliceParams, image_frame, project
 
-    require_training_data(workspace)
-    if not is_computed(workspace):
-        print(f"computing influence embeddings, once: about {duration_text(estimate_seconds(workspace))} on this machine", flush=True)
+    method, representation = ("kmeans", args.method) if args.method in _REPRESENTATION_METHODS else (args.method, args.representation)
+    if method == "influence-rule":
+        representation = "influence"
     progress = tqdm_progress()
-    influence_embeddings(workspace, progress=progress)
-    if args.method == "influence":
-        slice_ids = infembed_slices(workspace, SliceParams(k=args.k, seed=args.seed), progress=progress)
-        rule = None
-    else:
+    if representation == "influence":
+        _compute_influence_once(workspace, progress)
+    rule = None
+    if method == "influence-rule":
         rule = rule_slices(workspace, RuleParams(args.accuracy, args.min_size, args.branching, seed=args.seed), progress=progress)
         slice_ids = rule.slice_ids
-    frame = image_frame(workspace.images, slice_ids, project(workspace, "influence", projection, progress))
+    else:
+        slice_ids = find_slices(workspace, representation, SliceParams(k=args.k, seed=args.seed, method=method), progress=progress)
+    frame = image_frame(workspace.images, slice_ids, project(workspace, representation, projection, progress))
     if rule is not None:
         frame["slice_path"] = rule.slices.set_index("slice")["path"].reindex(rule.slice_ids).to_numpy()
         frame["rule_holds"] = rule.slices.set_index("slice")["flagged"].reindex(rule.slice_ids).to_numpy()
@@ -326,17 +336,23 @@ def _influence_slices_frame(args, workspace, projection):
     return frame
 
 
+def _compute_influence_once(workspace, progress) -> None:
+    from core.influence import estimate_seconds, influence_embeddings, is_computed, require_training_data
+
+    require_training_data(workspace)
+    if not is_computed(workspace):
+        print(f"computing influence embeddings, once: about {duration_text(estimate_seconds(workspace))} on this machine", flush=True)
+    influence_embeddings(workspace, progress=progress)
+
+
 def _run_slices(args) -> None:
     from core.evidence import evidence_order
-    from core.slicing import ProjectionParams, SliceParams, slice_table, slices_frame
+    from core.slicing import ProjectionParams, slice_table
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
     projection = ProjectionParams(n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, seed=args.seed)
-    if args.method in ("influence", "influence-rule"):
-        frame = _influence_slices_frame(args, workspace, projection)
-    else:
-        frame = slices_frame(workspace, args.method, SliceParams(k=args.k, seed=args.seed), projection, progress=tqdm_progress())
+    frame = _slices_frame(args, workspace, projection)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     table = evidence_order(slice_table(workspace.images, frame["slice"].to_numpy()))

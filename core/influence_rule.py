@@ -122,7 +122,7 @@ def infembed_slices(
         report(f"slicing influence embeddings (InfEmbed, k={params.k})", 1, 1)
         return _by_size(labels, params.k)
 
-    return workspace.cached_array("infembed_slices", {**asdict(params), **_embedding_key(workspace, influence)}, compute)
+    return workspace.cached_array("infembed_slices", {**params.key(), **_embedding_key(workspace, influence)}, compute)
 
 
 # -- InfEmbed-Rule --------------------------------------------------------------------------------

@@ -52,8 +52,11 @@ class Slicing:
     def from_name(cls, name: str) -> Slicing:
         """The slicing that :func:`core.slicing.slicing_name` calls ``name``, e.g. ``attribution:k=50:seed=0``."""
         try:
-            representation, k, seed = name.split(":")
-            return cls(representation, SliceParams(k=int(k.removeprefix("k=")), seed=int(seed.removeprefix("seed="))))
+            representation, *method, k, seed = name.split(":")
+            if len(method) > 1:
+                raise ValueError(name)
+            params = SliceParams(k=int(k.removeprefix("k=")), seed=int(seed.removeprefix("seed=")), method=method[0] if method else "kmeans")
+            return cls(representation, params)
         except ValueError:
             raise SliceScopeError(f"'{name}' does not name a slicing", "expected e.g. attribution:k=50:seed=0") from None
 

@@ -77,7 +77,7 @@ def tile_mask(polygon: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 
 
 def _mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:
-    return {"slices": asdict(slice_params), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
+    return {"slices": slice_params.key(), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
 
 
 def _cell_mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:

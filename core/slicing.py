@@ -39,14 +39,38 @@ class ProjectionParams:
             raise SliceScopeError("UMAP min_dist must lie in [0, 1]", "pass e.g. --min-dist 0.05")
 
 
+# How slices are cut from a representation. K-Means is AttributionScanner's (and, on influence embeddings,
+# InfEmbed's); the other two are error-aware: they see each image's label and how the model did on it, so
+# that images the model gets wrong in the same way are pulled into the same slice.
+SLICING_METHODS = {
+    "kmeans": "K-Means on the representation (AttributionScanner; InfEmbed's normalised K-Means on influence embeddings)",
+    "domino": "Domino-style error-aware mixture: PCA of the representation + label + predicted probabilities, Gaussian mixture, size by BIC",
+    "planespot": "PlaneSpot: the 2-D layout + the model's confidence in the true label, Gaussian mixture, size by BIC",
+}
+
+
 @dataclass(frozen=True)
 class SliceParams:
+    """``k``: the number of K-Means slices, or for the mixture methods the most components BIC may choose."""
+
     k: int = 50
     seed: int = 0
+    method: str = "kmeans"
 
     def __post_init__(self):
         if self.k < 1:
             raise SliceScopeError(f"k = {self.k} slices is not possible", "pass --k 1 or more (50 is the paper's choice)")
+        if self.method not in SLICING_METHODS:
+            raise SliceScopeError(f"unknown slicing method '{self.method}'", f"use one of: {', '.join(SLICING_METHODS)}")
+
+    def key(self) -> dict:
+        """What a cached slicing is keyed by; K-Means keeps the key it had before there were other methods."""
+        return {"k": self.k, "seed": self.seed} | ({} if self.method == "kmeans" else {"method": self.method})
+
+
+# What `python -m core slices` uses when not told otherwise: the best of benchmarks/discovery.py.
+DEFAULT_REPRESENTATION = "attribution"
+DEFAULT_SLICING = SliceParams(k=50, method="domino")
 
 
 def default_k(n_images: int) -> int:
@@ -57,7 +81,8 @@ def default_k(n_images: int) -> int:
 def slicing_name(representation: str, params: SliceParams) -> str:
     """A stable name for one slicing, e.g. ``attribution:k=50:seed=0``: slice ids mean something only within it."""
     _check_representation(representation)
-    return f"{representation}:k={params.k}:seed={params.seed}"
+    method = "" if params.method == "kmeans" else f"{params.method}:"
+    return f"{representation}:{method}k={params.k}:seed={params.seed}"
 
 
 def _check_representation(representation: str) -> None:
@@ -101,6 +126,8 @@ def find_slices(workspace: Workspace, representation: str, params: SliceParams =
     (:func:`core.influence_rule.infembed_slices`), so every slicing named ``influence:k=…`` is the paper's.
     """
     _check_representation(representation)
+    if params.method != "kmeans":
+        return _mixture_slices(workspace, representation, params, progress)
     if representation == "influence":
         from core.influence_rule import infembed_slices
 
@@ -114,15 +141,95 @@ def find_slices(workspace: Workspace, representation: str, params: SliceParams =
         report(f"slicing {representation} (K-Means, k={params.k})", 0, 1)
         clusters = KMeans(n_clusters=params.k, n_init=4, random_state=params.seed).fit_predict(vectors)
         report(f"slicing {representation} (K-Means, k={params.k})", 1, 1)
-        # Renumber so that slice 0 is the largest: ids then mean the same thing
-        # across runs with the same parameters and read naturally in the table.
-        sizes = np.bincount(clusters, minlength=params.k)
-        order = np.lexsort((np.arange(params.k), -sizes))
-        renumber = np.empty(params.k, dtype=np.int64)
-        renumber[order] = np.arange(params.k)
-        return renumber[clusters]
+        return largest_first(clusters)
 
-    return workspace.cached_array(f"slices-{representation}", asdict(params), compute)
+    return workspace.cached_array(f"slices-{representation}", params.key(), compute)
+
+
+def largest_first(clusters: np.ndarray) -> np.ndarray:
+    """Cluster labels renumbered 0, 1, ... by decreasing size (ties by first label), with no gaps.
+
+    Slice ids then mean the same thing across runs with the same parameters and read naturally in the table.
+    """
+    labels, clusters = np.unique(clusters, return_inverse=True)
+    sizes = np.bincount(clusters, minlength=len(labels))
+    order = np.lexsort((np.arange(len(labels)), -sizes))
+    renumber = np.empty(len(labels), dtype=np.int64)
+    renumber[order] = np.arange(len(labels))
+    return renumber[clusters]
+
+
+# Domino's default weights of the label and prediction terms against the embedding's (Eyuboglu et al. 2022).
+_DOMINO_LABEL_WEIGHT = 10.0
+_DOMINO_PCA_DIMENSIONS = 32
+# PlaneSpot's weight of the confidence against the standardised 2-D layout (Plumb et al. 2023 tune it per dataset).
+_PLANESPOT_CONFIDENCE_WEIGHT = 2.0
+
+
+def _mixture_slices(workspace: Workspace, representation: str, params: SliceParams, progress: ProgressFn | None) -> np.ndarray:
+    report = progress or silent
+
+    def compute() -> np.ndarray:
+        step = f"slicing {representation} ({params.method}, up to {params.k} slices by BIC)"
+        report(step, 0, 1)
+        if params.method == "domino":
+            features = domino_features(workspace.images, sliceable_vectors(workspace, representation, min(params.k, 2)), workspace.array("logits"),
+                                       workspace.classes, params.seed)
+        else:
+            features = planespot_features(workspace.images, project(workspace, representation, ProjectionParams(seed=params.seed)),
+                                          workspace.array("logits"), workspace.classes)
+        clusters = bic_mixture(features, params.k, params.seed)
+        report(step, 1, 1)
+        return largest_first(clusters)
+
+    return workspace.cached_array(f"slices-{representation}", params.key(), compute)
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+
+
+def domino_features(images: pd.DataFrame, vectors: np.ndarray, logits: np.ndarray, classes: list[str], seed: int = 0) -> np.ndarray:
+    """Domino's error-aware inputs as one matrix: the representation's whitened top principal components, the
+    one-hot label and the predicted probabilities, the last two weighted as Domino weighs their likelihoods.
+
+    Domino fits its own mixture with categorical label and prediction terms; a diagonal Gaussian mixture over
+    these columns (scikit-learn's) is the close approximation that needs no hand-written EM.
+    """
+    from sklearn.decomposition import PCA
+
+    dimensions = max(1, min(_DOMINO_PCA_DIMENSIONS, vectors.shape[1], len(vectors) - 1))
+    embedded = PCA(n_components=dimensions, whiten=True, random_state=seed).fit_transform(np.asarray(vectors, dtype=np.float64))
+    labels = np.eye(len(classes))[images["label_index"].to_numpy()]
+    weight = np.sqrt(_DOMINO_LABEL_WEIGHT)
+    return np.hstack([embedded, weight * labels, weight * _probabilities(logits)])
+
+
+def planespot_features(images: pd.DataFrame, layout: np.ndarray, logits: np.ndarray, classes: list[str]) -> np.ndarray:
+    """PlaneSpot's inputs: the standardised 2-D layout and the model's confidence in each image's true label."""
+    layout = np.asarray(layout, dtype=np.float64)
+    standardised = (layout - layout.mean(axis=0)) / np.maximum(layout.std(axis=0), 1e-12)
+    true_class = _probabilities(logits)[np.arange(len(images)), images["label_index"].to_numpy()]
+    return np.hstack([standardised, _PLANESPOT_CONFIDENCE_WEIGHT * true_class[:, None]])
+
+
+def bic_mixture(features: np.ndarray, max_components: int, seed: int = 0) -> np.ndarray:
+    """Cluster labels of the diagonal Gaussian mixture whose number of components (2 … max) has the lowest BIC."""
+    from sklearn.mixture import GaussianMixture
+
+    n = len(features)
+    upper = max(1, min(max_components, n // 5))
+    candidates = np.unique(np.geomspace(min(2, upper), upper, num=min(12, upper)).round().astype(int))
+    best, best_bic = None, np.inf
+    for components in candidates:
+        mixture = GaussianMixture(n_components=int(components), covariance_type="diag", reg_covar=1e-4, random_state=seed, max_iter=200)
+        mixture.fit(features)
+        bic = mixture.bic(features)
+        if bic < best_bic:
+            best, best_bic = mixture, bic
+    return best.predict(features)
 
 
 def sliceable_vectors(workspace: Workspace, representation: str, k: int) -> np.ndarray:

@@ -46,6 +46,13 @@ def test_demo_then_slices(tmp_path):
         assert set(slices["path"]) == set(workspace.images["path"])
         assert "slices flagged as problems" in result.stdout
 
+    default = run_cli("slices", str(workspace.path), "--k", "8", "--out", str(tmp_path / "default.csv"))
+    assert default.returncode == 0, default.stderr
+    slices = pd.read_csv(tmp_path / "default.csv")
+    assert {"slice", "flagged", "slice_accuracy", "q_value", "slice_description"} <= set(slices.columns)
+    # The default is the error-aware mixture, which picks its own number of slices by BIC (at most --k).
+    assert 2 <= slices["slice"].nunique() <= 8
+
 
 def test_scan_cli_on_a_manifest_split_reproduces_the_demo_workspace(tiny_demo, tmp_path):
     out = tmp_path / "ws"

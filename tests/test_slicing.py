@@ -107,3 +107,65 @@ def test_a_model_with_nan_logits_is_refused_at_scan_time(image_folder, tmp_path)
     torch.save(model.state_dict(), tmp_path / "nan.pt")
     with pytest.raises(SliceScopeError, match=r"NaN or infinite logits for 18 of 18 images \(e.g. apple/apple_00.png\)"):
         scan(small_scan_config(image_folder, tmp_path / "nan.pt", tmp_path / "ws-nan"))
+
+
+def blindspot_data(seed: int = 0):
+    """Three well-separated groups of a representation; the model is wrong on half of group 2's images only."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (3, 8))
+    group = np.repeat([0, 1, 2], [200, 200, 200])
+    vectors = centres[group] + rng.normal(0, 1, (600, 8))
+    label = np.where(group == 0, 0, 1)
+    wrong = (group == 2) & (np.arange(600) % 2 == 0)
+    predicted = np.where(wrong, 1 - label, label)
+    logits = np.where(np.eye(2)[predicted] > 0, 3.0, -3.0)
+    images = pd.DataFrame({"label_index": label, "label": np.array(["a", "b"])[label], "prediction": np.array(["a", "b"])[predicted],
+                           "confidence": 0.99, "correct": ~wrong})
+    return images, vectors, logits, wrong
+
+
+def test_error_aware_slicing_separates_the_model_s_errors():
+    from core.slicing import bic_mixture, domino_features
+
+    images, vectors, logits, wrong = blindspot_data()
+    plain = bic_mixture(vectors, 10)
+    aware = bic_mixture(domino_features(images, vectors, logits, ["a", "b"]), 10)
+    # K-Means-like clustering of the representation alone mixes right and wrong images of group 2 ...
+    assert min(np.mean(wrong[plain == s]) for s in np.unique(plain[wrong])) < 0.9
+    # ... while the error-aware mixture puts the errors in slices of their own, which the evidence flags,
+    # one of them holding most of them (the discovery criterion of Plumb et al.: precision ≥ 0.8, coverage ≥ 0.5).
+    table = slice_table(images, aware).set_index("slice")
+    flagged = table.index[table["flagged"]]
+    assert len(flagged) >= 1
+    assert all(np.mean(wrong[aware == s]) > 0.95 for s in flagged)
+    assert max(np.mean(aware[wrong] == s) for s in flagged) >= 0.5
+    assert np.isin(aware[wrong], flagged).mean() > 0.95
+
+
+def test_planespot_features_are_the_layout_and_the_true_class_confidence():
+    from core.slicing import planespot_features
+
+    images, _, logits, wrong = blindspot_data()
+    layout = np.random.default_rng(1).normal(5, 3, (600, 2))
+    features = planespot_features(images, layout, logits, ["a", "b"])
+    np.testing.assert_allclose(features[:, :2].mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(features[:, :2].std(axis=0), 1)
+    assert (features[wrong, 2] < features[~wrong, 2].min()).all()
+
+
+@pytest.mark.parametrize("method", ["domino", "planespot"])
+def test_every_method_slices_every_representation_and_names_itself(workspace, method):
+    from core.loop import Slicing
+    from core.slicing import slicing_name
+
+    for representation in ("attribution", "features"):
+        params = SliceParams(k=4, method=method)
+        ids = find_slices(workspace, representation, params)
+        assert len(ids) == len(workspace.images) and ids.min() == 0 and np.bincount(ids).tolist() == sorted(np.bincount(ids), reverse=True)
+        assert workspace.has_cached(f"slices-{representation}", {"k": 4, "seed": 0, "method": method})
+        name = slicing_name(representation, params)
+        assert name == f"{representation}:{method}:k=4:seed=0"
+        assert Slicing.from_name(name) == Slicing(representation, params)
+    assert slicing_name("attribution", SliceParams(k=4)) == "attribution:k=4:seed=0"  # K-Means keeps its name
+    with pytest.raises(SliceScopeError, match="unknown slicing method 'hdbscan'"):
+        SliceParams(method="hdbscan")

@@ -249,16 +249,24 @@ def slicings(workspace: Workspace, k: int, params: InfluenceParams) -> dict[str,
     return result
 
 
+def failure_mode_targets(images: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The demo's failure modes: per image, the mode it belongs to ('' for none), and the modes' names.
+
+    A mode is an injected group's misclassified images of one label → prediction pair, with ≥ MIN_MODE images.
+    """
+    group = images["group"].to_numpy()
+    cell = (images["group"] + ": " + images["label"] + " → " + images["prediction"]).to_numpy()
+    failing = ~images["correct"].to_numpy(dtype=bool) & (group != "none")
+    counts = pd.Series(cell[failing]).value_counts()
+    modes = [name for name, count in counts.items() if count >= MIN_MODE]
+    return np.where(failing & np.isin(cell, modes), cell, ""), modes
+
+
 def quality_rows(workspace: Workspace, methods: dict) -> pd.DataFrame:
     images = workspace.images
     group = images["group"].to_numpy()
-    correct = images["correct"].to_numpy(dtype=bool)
-    cell = (images["group"] + ": " + images["label"] + " → " + images["prediction"]).to_numpy()
-    failing = ~correct & (group != "none")
-    counts = pd.Series(cell[failing]).value_counts()
-    modes = [name for name, count in counts.items() if count >= MIN_MODE]
     group_target = np.where(np.isin(group, GROUPS), group, "")
-    mode_target = np.where(failing & np.isin(cell, modes), cell, "")
+    mode_target, modes = failure_mode_targets(images)
     rows = []
     for method, (slice_ids, flagged, vectors) in methods.items():
         row = {"method": method, "flagged": len(flagged)}

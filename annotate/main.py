@@ -194,8 +194,8 @@ def submit_step(store: CampaignStore, token: str, visit: Visit, answer: Answer) 
     st.rerun()
 
 
-def completion(visit: Visit, code: str) -> None:
-    st.success("Thank you: your answer is saved.")
+def completion(visit: Visit, code: str, again: bool = False) -> None:
+    st.success("You have already submitted this task: your answer is saved." if again else "Thank you: your answer is saved.")
     st.markdown("Your completion code:")
     st.code(code, language=None)
     action = mturk_submit_action(visit)
@@ -213,6 +213,10 @@ def task_page(store: CampaignStore, visit: Visit) -> None:
     finished = st.session_state.get("completion")
     if finished and finished[0] == token:
         completion(visit, finished[1])
+        return
+    submitted = store.completion_code(token)
+    if submitted is not None:
+        completion(visit, submitted, again=True)
         return
     if visit.preview:
         st.info("This is a preview: accept the task to start annotating.")

@@ -439,6 +439,12 @@ class CampaignStore(DatabaseStore):
         self._refuse_expired(row)
         return row.settings["instructions"]
 
+    def completion_code(self, token: str) -> str | None:
+        """The completion code of the task ``token`` opens once it is submitted (None before): a worker who opens the
+        link again needs it to get paid. Refused, like every call, for a forged token."""
+        row = self._assignment(token)
+        return row.completion_code if row.status == "submitted" else None
+
     def open_task(self, token: str) -> TaskView:
         """What the worker holding ``token`` may see; refused for a forged, expired or already submitted token."""
         row = self._assignment(token)

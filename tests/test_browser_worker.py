@@ -173,9 +173,14 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     assert boxes["img-a"]["entity_type"] == HOSTILE and boxes["img-a"]["attributes"] == ["white", "square"]
     assert set(frame["attribute"]) == {"white", "square", "grey"}
 
-    # The same link again: the answer stands, the task is not shown again.
-    page.goto(f"{page.app_url}?token={token.token}")
-    expect(page.get_by_text("this task was already submitted")).to_be_visible()
+    # The same link again: the answer stands, the task is not shown again, and the worker gets the code again
+    # (as a thank-you, not an error), with the form that sends it back to MTurk.
+    page.goto(f"{page.app_url}?token={token.token}&workerId=W-17&assignmentId=A-1&hitId=H-9"
+              "&turkSubmitTo=https%3A%2F%2Fworkersandbox.mturk.com")
+    expect(page.get_by_text("You have already submitted this task: your answer is saved.")).to_be_visible()
+    expect(page.locator('[data-testid="stCode"]')).to_have_text(code)
+    expect(page.locator('[data-testid="stAlertContentError"]')).to_have_count(0)
+    expect(page.locator("form#mturk_form")).to_have_attribute("action", "https://workersandbox.mturk.com/mturk/externalSubmit")
     expect(page.locator("canvas")).to_have_count(0)
 
 

@@ -122,10 +122,16 @@ def test_forged_expired_and_reused_tokens_are_refused(store, url):
         with pytest.raises(SliceScopeError, match="this task link is not valid"):
             store.submit(forged, [], {})
 
+        with pytest.raises(SliceScopeError, match="this task link is not valid"):
+            store.completion_code(forged)
+
     token = campaign.tokens[0]
+    assert store.completion_code(token.token) is None
     code = store.submit(token.token, _answer(["img-0", "img-1"]), _seconds(["img-0", "img-1"]))
     with pytest.raises(SliceScopeError, match="^this task was already submitted"):
         store.open_task(token.token)
+    assert store.completion_code(token.token) == code  # the worker who opens the link again gets the code again
+    assert store.completion_code(campaign.tokens[1].token) is None
     # Submitting again is not an error: the worker gets the code back, and nothing new is stored.
     assert store.submit(token.token, _answer(["img-0", "img-1"], "other"), _seconds(["img-0", "img-1"])) == code
     assert (_count(url, answers), _count(url, boxes)) == (1, 2)

@@ -64,7 +64,7 @@ def campaign_label(campaign: Campaign) -> str:
 
 
 def new_campaign_form(workspace: Workspace, store: CampaignStore) -> None:
-    with st.form("new_campaign"):
+    with st.form("new_campaign", clear_on_submit=True):
         st.markdown("**New campaign**: workers box and name what the saliency map highlights on each image.")
         left, middle, right = st.columns(3)
         n_images = left.number_input("Images to annotate", 1, len(workspace.images), min(300, len(workspace.images)),
@@ -89,9 +89,11 @@ def new_campaign_form(workspace: Workspace, store: CampaignStore) -> None:
     progress = st.container()
     campaign = create_workspace_campaign(workspace, store, name, plan, progress=streamlit_progress(progress))
     progress.empty()
-    # The tokens exist only now: the links are kept in the session until the analyst has downloaded them.
+    # The tokens exist only now: the links are kept in the session until the analyst has downloaded them,
+    # and the campaign picker switches to the new campaign so that they are in view.
     st.session_state["new_links"] = (campaign.id, task_links(campaign, base_url))
-    st.session_state["campaign_id"] = campaign.id
+    st.session_state["campaign_id"] = st.session_state["campaign_pick"] = campaign.id
+    st.toast(f"Campaign #{campaign.id} created: {len(campaign.tokens)} task links.", icon=":material/task_alt:")
     st.rerun()
 
 
@@ -107,8 +109,9 @@ def new_links(store: CampaignStore, campaign: Campaign) -> None:
     if not stored or stored[0] != campaign.id:
         return
     links = stored[1]
-    st.warning(f"{len(links)} task links were made for this campaign. They are shown only now: download them before leaving the page.",
-               icon=":material/key:")
+    st.success(f"Campaign #{campaign.id} “{campaign.name}” is created: {campaign.n_images} images in {len(links)} task links.",
+               icon=":material/task_alt:")
+    st.warning(f"The {len(links)} task links are shown only now: download them before leaving the page.", icon=":material/key:")
     st.download_button("Download the task links (CSV)", links.to_csv(index=False), f"campaign-{campaign.id}-links.csv", "text/csv", type="primary")
     st.dataframe(links, hide_index=True, column_config={"link": st.column_config.LinkColumn("Link")}, height=200)
     st.caption("Workers open their link in the worker app, started on the same database with:")

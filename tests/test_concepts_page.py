@@ -134,7 +134,8 @@ def test_a_new_campaign_hands_out_its_links_once(trained_workspace):
             widget.set_value(settings[widget.label])
     app.button[[button.label for button in app.button].index("Create campaign")].click().run()
     assert not app.exception, app.exception
-    assert any("4 task links were made" in warning.value for warning in app.warning)
+    assert any("8 images in 4 task links" in success.value for success in app.success)
+    assert any("The 4 task links are shown only now" in warning.value for warning in app.warning)
     database = workspace.path / "annotations.sqlite"
     assert any(code.value == f"SLICESCOPE_DATABASE_URL=sqlite:///{database} streamlit run annotate/main.py --server.port 8502" for code in app.code)
     campaigns = campaign_store(str(workspace.path)).campaigns(workspace.fingerprint)

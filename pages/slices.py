@@ -305,7 +305,9 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     controls = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
     controls[0].caption(what)
     heatmaps = controls[1].segmented_control("Show", ["Images", "GradCAM heatmaps"], default="Images", key="detail_mode") == "GradCAM heatmaps"
-    order = controls[2].selectbox("Sort", list(MEMBER_ORDERS), format_func=MEMBER_ORDERS.get, key="detail_order")
+    # A new order shows other images on every page: start again from the first.
+    order = controls[2].selectbox("Sort", list(MEMBER_ORDERS), format_func=MEMBER_ORDERS.get, key="detail_order",
+                                  on_change=st.session_state.update, kwargs={"detail_page": 1})
     controls[3].download_button(
         "Export CSV", export_frame(images, rows, slice_ids).to_csv(index=False), file_name="slicescope-selection.csv",
         mime="text/csv", icon=":material/download:", width="stretch", key="export_selection",

@@ -95,6 +95,20 @@ def test_clicking_a_table_row_fills_the_detail_view(page):
     assert_no_errors(page)
 
 
+def test_changing_the_detail_view_s_order_goes_back_to_its_first_page(page):
+    open_slices_page(page, "?slices=0,1,2")
+    pages = page.get_by_test_id("stPagination")
+    expect(pages).to_be_visible()
+    pages.get_by_role("button", name="Page 2").click()
+    expect(pages.get_by_role("button", name="Page 2")).to_have_attribute("aria-current", "page")
+    wait_until_idle(page)
+    page.get_by_role("combobox", name="Sort", exact=True).click()
+    page.get_by_role("option").nth(1).click()
+    wait_until_idle(page)
+    expect(pages.get_by_role("button", name="Page 1")).to_have_attribute("aria-current", "page")
+    assert_no_errors(page)
+
+
 def test_confusion_layout_titles_cells_in_words(page, tiny_demo):
     workspace = Workspace(workspace_dir(tiny_demo, "biased"))
     classes = set(workspace.classes)

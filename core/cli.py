@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--normalize", default="imagenet", choices=["imagenet", "none"], help="input normalisation (default imagenet)")
     scan.add_argument("--classes", help="the model's class names in output order, comma-separated (default: the dataset's classes, sorted)")
     scan.add_argument("--split", help="keep only manifest rows whose split column equals this")
-    scan.add_argument("--batch-size", type=int, default=64)
+    scan.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64; lower it if memory runs out)")
     scan.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     scan.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects (runs their code: only for files you trust)")
     scan.add_argument("--overwrite", action="store_true", help="replace a workspace built from other inputs")
@@ -45,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--train-split", help="split of --train-data the model was trained on")
 
     status = commands.add_parser("status", help="check a workspace's files (not only that they exist) and, with --repair, make it whole again")
-    status.add_argument("workspace", type=Path)
+    status.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     status.add_argument("--repair", action="store_true", help="drop damaged cached results and rescan damaged tables or arrays from the recorded inputs; annotations and your other files are kept")
 
     accept = commands.add_parser("accept-model", help="accept a workspace's changed model checkpoint as the one it was scanned with (results are kept, not recomputed)")
-    accept.add_argument("workspace", type=Path)
+    accept.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
 
     attach = commands.add_parser("attach-train", help="record the training data a workspace's model was fitted on (influence embeddings need it)")
-    attach.add_argument("workspace", type=Path)
+    attach.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     attach.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label, of the training images")
     attach.add_argument("--split", help="keep only manifest rows whose split column equals this (the demo: train for the biased model)")
     attach.add_argument("--layers", help="modules whose gradients count, comma-separated (default: the last block and the head)")
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--hessian-images", type=int, help="training images the Hessian is estimated on, a seeded random subset (default 1000)")
 
     slices = commands.add_parser("slices", help="cluster a workspace into slices and write one row per image")
-    slices.add_argument("workspace", type=Path)
+    slices.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     slices.add_argument("--method", default=DEFAULT_SLICING.method,
                         help=f"how slices are cut from --representation: kmeans, domino (error-aware mixture), planespot (2-D layout + confidence) "
                         f"or influence-rule (InfEmbed-Rule, on influence embeddings); default {DEFAULT_SLICING.method}, the benchmark's best. "
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     slices.add_argument("--accuracy", type=float, default=0.4, help="influence-rule: a slice is flagged at this accuracy or below (default 0.4)")
     slices.add_argument("--min-size", type=int, default=25, help="influence-rule: smallest slice (default 25)")
     slices.add_argument("--branching", type=int, default=3, help="influence-rule: K-Means clusters per split (default 3)")
-    slices.add_argument("--seed", type=int, default=0)
+    slices.add_argument("--seed", type=int, default=0, help="seed of the clustering and the layout (default 0)")
     slices.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
     slices.add_argument("--min-dist", type=float, default=0.05, help="UMAP min_dist")
     slices.add_argument("--metric", default="euclidean", help="UMAP metric")
@@ -81,28 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "(slice_accuracy, rest_accuracy, its 95%% interval, q_value, slice_description), x,y")
 
     annotate = commands.add_parser("annotate", help="annotate a slice in the workspace's annotation store; or clear, undo, list")
-    annotate.add_argument("workspace", type=Path)
+    annotate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     annotate.add_argument("--slice", type=int, help="slice id, in the slicing chosen by --representation, --k and --seed")
     annotate.add_argument("--kind", help=f"what the slice shows: {', '.join(ANNOTATION_KINDS)}")
     annotate.add_argument("--note", default="", help=f"free text, one line, at most {NOTE_MAX_CHARS} characters")
     annotate.add_argument("--analyst", help="who annotates (default: your login name)")
     annotate.add_argument("--representation", default="attribution", help="what the slices were found on: attribution (default) or features")
     annotate.add_argument("--k", type=int, help="the slicing's number of slices (default: the app's, 50 or fewer for small datasets)")
-    annotate.add_argument("--seed", type=int, default=0)
+    annotate.add_argument("--seed", type=int, default=0, help="the slicing's seed (default 0, as in the app)")
     action = annotate.add_mutually_exclusive_group()
     action.add_argument("--clear", action="store_true", help="remove the slice's annotation")
     action.add_argument("--undo", action="store_true", help="undo your latest annotation or relabel in this workspace")
     action.add_argument("--list", action="store_true", help="print the slicing's annotations and the images marked as mislabelled")
 
     mitigate = commands.add_parser("mitigate", help="retrain the workspace's model with CoRM on spurious slices and relabelled images; scan the new version")
-    mitigate.add_argument("workspace", type=Path)
-    mitigate.add_argument("--from", dest="source", required=True, choices=["annotations", "propagation"], help="treat the slices annotated spurious, or every slice whose propagated spuriousness reaches --threshold")
+    mitigate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
+    mitigate.add_argument("--from", dest="source", choices=["annotations", "propagation"],
+                          help="treat the slices annotated spurious, or every slice whose propagated spuriousness reaches --threshold "
+                          "(with --slices: only the record of why those slices; default annotations)")
     mitigate.add_argument("--out", type=Path, required=True, help="folder for the new version's workspace (its model goes to OUT.training)")
     mitigate.add_argument("--threshold", type=float, default=0.5, help="spuriousness at which --from propagation treats a slice (default 0.5)")
     mitigate.add_argument("--slices", help="treat exactly these slices, e.g. 1,2,3 (instead of choosing them by --from; --from is kept as the record of why)")
-    mitigate.add_argument("--epochs", type=int, default=8)
+    mitigate.add_argument("--epochs", type=int, default=8, help="passes over the training images (default 8)")
     mitigate.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 0.002)")
-    mitigate.add_argument("--batch-size", type=int, default=64)
+    mitigate.add_argument("--batch-size", type=int, default=64, help="training images per step (default 64)")
     mitigate.add_argument("--sigma", type=float, default=1.0, help="CoRM noise on the spurious regions, in [0, 1] pixel units (default 1.0)")
     mitigate.add_argument("--noise-region", default="attribution", choices=["attribution", "object-masks"],
                           help="where the noise goes: the model's GradCAM map (default, the paper) or everything outside the training data's object masks (mask_path column)")
@@ -112,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_slicing_arguments(mitigate)
 
     evaluate = commands.add_parser("evaluate", help="clean, core and spurious accuracy, RCS and worst-group accuracy; writes WS/metrics.json")
-    evaluate.add_argument("workspace", type=Path)
+    evaluate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     evaluate.add_argument("--regions", default="auto", choices=["auto", "ground_truth", "attribution"], help="core/spurious regions: the dataset's object masks (auto when it has mask_path) or the annotated slices' attribution masks")
     evaluate.add_argument("--sigma", type=float, default=0.5, help="evaluation noise, in [0, 1] pixel units (default 0.5)")
     _add_slicing_arguments(evaluate)
 
     campaign = commands.add_parser("campaign", help="SECA: a crowd campaign on a workspace: sample images, compute saliency, store tasks and write their links")
-    campaign.add_argument("workspace", type=Path)
+    campaign.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     campaign.add_argument("--images", type=int, default=300, help="images to annotate (default 300; clamped to the workspace's size)")
     campaign.add_argument("--sampling", default="random", choices=["random", "stratified"], help="random (default) or stratified by predicted class")
     campaign.add_argument("--saliency", default="smoothgrad", choices=["smoothgrad", "gradcam"], help="saliency method of the predicted class (default smoothgrad)")
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_slicing_arguments(command) -> None:
     command.add_argument("--representation", default="attribution", help="the slicing the annotations refer to (default attribution)")
     command.add_argument("--k", type=int, help="its number of slices (default: the app's)")
-    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--seed", type=int, default=0, help="the slicing's seed (default 0, as in the app)")
 
 
 def _slicing(args):
@@ -198,7 +200,10 @@ def _run_mitigate(args) -> None:
     store = open_store(workspace)
     try:
         state = read_annotations(store, workspace, _slicing(args))
-        job = plan_mitigation(workspace, state, args.source, args.out, args.threshold, params, training, treated=_slice_list(args.slices))
+        treated = _slice_list(args.slices)
+        if args.source is None and treated is None:
+            raise SliceScopeError("mitigate needs the slices to treat", "pass --from annotations, --from propagation, or --slices 1,2,3")
+        job = plan_mitigation(workspace, state, args.source or "annotations", args.out, args.threshold, params, training, treated=treated)
         print(f"treating slices {', '.join(map(str, job.treated_slices))}; {len(job.relabels)} images relabelled")
         version = mitigate(job, state, progress=tqdm_progress())
         print(f"new version ready: {version.path} (model: {job.folder})")

@@ -140,3 +140,24 @@ def test_annotate_errors_are_one_line(image_folder, small_net_checkpoint, tmp_pa
     result = run_cli("annotate", str(workspace.path), *args)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_help_is_quick_and_every_option_says_what_it_does():
+    from core.cli import build_parser
+
+    # --help must not wait for torch (seconds): the parser is built from torch-free modules.
+    probe = "import sys; from core.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"
+    parser = build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    silent = [f"{name} {action.dest}" for name, command in commands.items() for action in command._actions
+              if action.dest != "help" and not action.help]
+    assert silent == []
+
+
+def test_mitigate_needs_slices_from_somewhere(tiny_demo, tmp_path):
+    result = run_cli("mitigate", str(tiny_demo / "workspace"), "--out", str(tmp_path / "v2"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: mitigate needs the slices to treat — pass --from annotations, --from propagation, or --slices 1,2,3")

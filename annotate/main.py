@@ -35,6 +35,7 @@ from core.campaigns import CampaignImage, CampaignStore, TaskView
 from core.concepts.annotations import MAX_TERM_CHARS
 from core.demo import default_demo_dir, workspace_dir
 from core.errors import SliceScopeError
+from core.views import plural
 
 CANVAS_MAX_SIDE = 400
 BOX_COLOUR = "#00e5ff"
@@ -180,7 +181,7 @@ def navigation(answer: Answer, position: int) -> None:
 def submit_step(store: CampaignStore, token: str, visit: Visit, answer: Answer) -> None:
     st.divider()
     done = sum(1 for image_id in answer.image_ids if answer.boxes.get(image_id))
-    st.markdown(f"**{done} of {len(answer.image_ids)} images** have boxes.")
+    st.markdown(f"**{done} of {plural(len(answer.image_ids), 'image')}** {'has' if len(answer.image_ids) == 1 else 'have'} boxes.")
     problems = answer.missing()
     if problems:
         st.warning(f"Before you can submit ({len(problems)} to fix):\n\n" + "\n".join(f"- {problem}" for problem in problems[:12]))

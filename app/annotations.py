@@ -21,6 +21,7 @@ from core.loop import AnnotationState, Slicing, read_annotations
 from core.slicing import SliceParams
 from core.spuriousness import KERNELS, PropagationParams, slice_spuriousness
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
+from core.views import plural
 
 KIND_LABELS = {"core": "Core", "spurious": "Spurious", "wrong_labels": "Wrong labels", "other": "Other"}
 NO_SPURIOUSNESS_HINT = "annotate a core or spurious slice"
@@ -172,7 +173,7 @@ def annotation_form(path: str, annotations: Annotations, slices: list[int]) -> N
                 )
             first = state.kinds.get(slices[0])
             kind_key, note_key = f"annotation_kind-{state.slicing}", f"annotation_note-{state.slicing}"
-            st.segmented_control("Kind", list(ANNOTATION_KINDS), format_func=KIND_LABELS.get, default=first or "spurious", key=kind_key)
+            st.segmented_control("Kind", list(ANNOTATION_KINDS), format_func=KIND_LABELS.get, default=first, key=kind_key)
             st.text_input("Note", value=state.notes.get(slices[0], ""), max_chars=NOTE_MAX_CHARS, key=note_key,
                           placeholder="e.g. spurious: water background")
             save, clear, undo = st.columns(3)
@@ -209,9 +210,15 @@ def _mark(path: str, rows_key: str, label_key: str) -> None:
     rows, label = list(st.session_state[rows_key]), st.session_state[label_key]
 
     def apply(store, workspace, analyst) -> str:
-        for row in rows:
+        # An image already labelled ``label`` is not mislabelled as ``label``: marking it would only add noise.
+        wrong = [row for row in rows if workspace.images["label"].iat[row] != label]
+        if not wrong:
+            raise SliceScopeError(f"the chosen image{'s are' if len(rows) > 1 else ' is'} already labelled {label}",
+                                  "pick the label the images should have instead")
+        for row in wrong:
             store.mark_mislabelled(workspace.dataset_fingerprint, workspace.images["image_id"].iat[row], label, analyst)
-        return f"Marked {len(rows)} image(s) as mislabelled"
+        kept = len(rows) - len(wrong)
+        return f"Marked {plural(len(wrong), 'image')} as mislabelled" + (f" ({plural(kept, 'image')} already labelled {label} left as they are)" if kept else "")
 
     _change(path, apply, ":material/flag:")
     if ERROR_KEY not in st.session_state:
@@ -243,7 +250,9 @@ def relabel_controls(path: str, shown: np.ndarray, captions: list[str]) -> None:
     with st.expander("Mark mislabelled images"):
         position = {int(row): i for i, row in enumerate(shown)}
         rows_key, label_key = "relabel_rows", "relabel_label"
-        st.multiselect("Images on this page", [int(r) for r in shown], format_func=lambda r: f"#{position[r] + 1} · {captions[position[r]]}", key=rows_key)
+        # No "Select all": marking a whole page mislabelled is never what one click should do.
+        st.multiselect("Images on this page", [int(r) for r in shown], format_func=lambda r: f"#{position[r] + 1} · {captions[position[r]]}", key=rows_key,
+                       select_all=False)
         st.selectbox("They should be labelled", workspace.classes, key=label_key)
         st.button("Mark as mislabelled", icon=":material/flag:", disabled=not st.session_state.get(rows_key) or not st.session_state.get("analyst"),
                   on_click=_mark, args=(path, rows_key, label_key), key="relabel_mark")

@@ -24,7 +24,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from core.mosaic import CellMosaic, Mosaic
-from core.views import MATRIX_MAX_CLASSES, cell_title, confusion_cells, slice_hulls, split_view_cells
+from core.views import MATRIX_MAX_CLASSES, cell_title, confusion_cells, plural, slice_hulls, split_view_cells
 
 SLICE_PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -201,7 +201,7 @@ def _tile_hover(slice_id: int, metrics: pd.Series, in_cell: int | None = None) -
     """A tile's hover text: the slice, its size and accuracy, and its dominant label → prediction."""
     here = "" if in_cell is None else f" ({in_cell} in this cell)"
     spurious = f" · spuriousness {metrics['spuriousness']:.0%}" if pd.notna(metrics.get("spuriousness", np.nan)) else ""
-    return (f"<b>Slice {slice_id}</b> · {metrics['size']:,} images{here}<br>accuracy {metrics['accuracy']:.0%}{spurious}"
+    return (f"<b>Slice {slice_id}</b> · {plural(metrics['size'], 'image')}{here}<br>accuracy {metrics['accuracy']:.0%}{spurious}"
             f"<br>mostly {metrics['dominant_label']} → {metrics['dominant_prediction']}")
 
 

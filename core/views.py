@@ -136,3 +136,8 @@ def export_frame(images: pd.DataFrame, rows: Sequence[int], slice_ids: np.ndarra
         "correct": chosen["correct"].to_numpy(),
         "slice": slice_ids[rows],
     })[EXPORT_COLUMNS]
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``count`` and ``noun`` as a person writes them: "1 image", "2,345 images" ("1 box", "3 boxes" with the plural given)."""
+    return f"{count:,} {noun if count == 1 else plural_form or noun + 's'}"

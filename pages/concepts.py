@@ -30,6 +30,7 @@ from core.crowd import (
 )
 from core.errors import SliceScopeError
 from core.saliency import SALIENCY_METHODS, SaliencyParams
+from core.views import plural
 from core.workspace import Workspace
 
 WORKER_APP_URL = "http://localhost:8502"
@@ -60,7 +61,7 @@ KIND_LABELS = {"type": "entity types", "attribute": "attributes", "pair": "attri
 
 
 def campaign_label(campaign: Campaign) -> str:
-    return f"#{campaign.id} · {campaign.name} · {campaign.n_images} images · {campaign.created_at:%Y-%m-%d %H:%M}"
+    return f"#{campaign.id} · {campaign.name} · {plural(campaign.n_images, 'image')} · {campaign.created_at:%Y-%m-%d %H:%M}"
 
 
 def new_campaign_form(workspace: Workspace, store: CampaignStore) -> None:
@@ -109,7 +110,7 @@ def new_links(store: CampaignStore, campaign: Campaign) -> None:
     if not stored or stored[0] != campaign.id:
         return
     links = stored[1]
-    st.success(f"Campaign #{campaign.id} “{campaign.name}” is created: {campaign.n_images} images in {len(links)} task links.",
+    st.success(f"Campaign #{campaign.id} “{campaign.name}” is created: {plural(campaign.n_images, 'image')} in {plural(len(links), 'task link')}.",
                icon=":material/task_alt:")
     st.warning(f"The {len(links)} task links are shown only now: download them before leaving the page.", icon=":material/key:")
     st.download_button("Download the task links (CSV)", links.to_csv(index=False), f"campaign-{campaign.id}-links.csv", "text/csv", type="primary")
@@ -243,7 +244,7 @@ def concept_images(workspace: Workspace, store: CampaignStore, campaign: Campaig
     boxes = boxes[boxes["box_id"].isin(hits["box_id"])]
     image_ids = list(dict.fromkeys(boxes["image_id"]))
     prediction = concepts.images.set_index("image_id")
-    st.caption(f"{len(image_ids)} images, {len(boxes)} boxes; one colour per worker.")
+    st.caption(f"{plural(len(image_ids), 'image')}, {plural(len(boxes), 'box', 'boxes')}; one colour per worker.")
     columns = st.columns(6)
     for number, image_id in enumerate(image_ids[:24]):
         row = prediction.loc[image_id]

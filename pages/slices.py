@@ -45,7 +45,18 @@ from app.ui import (
 from core.errors import SliceScopeError
 from core.evidence import evidence_order
 from core.influence import is_computed
-from core.views import MEMBER_ORDERS, caption, confusion_cells, export_frame, in_cell, members, order_members, slices_of, typical_members
+from core.views import (
+    MEMBER_ORDERS,
+    caption,
+    confusion_cells,
+    export_frame,
+    in_cell,
+    members,
+    order_members,
+    plural,
+    slices_of,
+    typical_members,
+)
 
 PAGE_SIZE = 24
 THUMBNAIL_SIZE = 128
@@ -150,7 +161,7 @@ def slice_table_view(table, slice_ids: np.ndarray, spuriousness_config) -> None:
     if points:
         shown = shown[shown["slice"].isin(slices_of(slice_ids, points))].reset_index(drop=True)
         note, clear = st.columns([4, 1], vertical_alignment="center")
-        note.caption(f"Filtered to the {len(shown)} slices of the {len(points):,} points selected in the scatter.")
+        note.caption(f"Filtered to the {plural(len(shown), 'slice')} of the {plural(len(points), 'point')} selected in the scatter.")
         clear.button("Show all", on_click=_clear_points, key="clear_points", width="stretch")
     else:
         st.caption("Click rows to select slices · click a header to sort.")
@@ -220,7 +231,7 @@ def tile_panels(workspace_path: str, table, slice_ids: np.ndarray) -> None:
                           on_click=_queue_annotation, args=(slice_id,), width="stretch")
             queued = " · in the annotation form" if st.session_state.get(ANNOTATE_KEY) == slice_id else ""
             st.caption(
-                f"{row['size']:,} images · accuracy {row['accuracy']:.0%} · mostly {row['dominant_label']} → {row['dominant_prediction']}{queued}  \n"
+                f"{plural(row['size'], 'image')} · accuracy {row['accuracy']:.0%} · mostly {row['dominant_label']} → {row['dominant_prediction']}{queued}  \n"
                 "Most typical images: the members closest to the slice's mean attribution-weighted features (F_W)."
             )
             typical = typical_members(features, slice_ids, slice_id, TYPICAL_COUNT)
@@ -288,7 +299,7 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
         rows, what = np.asarray(points), f"{len(points):,} points selected in the scatter"
     elif picked_slices:
         rows = members(slice_ids, picked_slices)
-        what = f"slice{'s' if len(picked_slices) > 1 else ''} {', '.join(map(str, picked_slices))} · {len(rows):,} images"
+        what = f"slice{'s' if len(picked_slices) > 1 else ''} {', '.join(map(str, picked_slices))} · {plural(len(rows), 'image')}"
     else:
         st.info("Pick a slice in the Slice Table, or box/lasso-select points in the scatter, to see its images here.", icon=":material/touch_app:")
         return

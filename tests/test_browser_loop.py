@@ -49,8 +49,12 @@ def test_annotate_retrain_and_compare_in_the_browser(page, loop_home):
     analyst.fill("alice")
     analyst.press("Enter")
     wait_until_idle(page)
-    # Spurious is the form's default kind (clicking a chosen segment would unselect it).
-    expect(page.get_by_role("radiogroup", name="Kind").get_by_role("radio", name="Spurious")).to_be_checked()
+    # No kind is chosen for the analyst (a preselected "Spurious" was saved by accident), so Save waits for one.
+    kinds = page.get_by_role("radiogroup", name="Kind")
+    expect(kinds.get_by_role("radio", name="Spurious")).not_to_be_checked()
+    expect(page.get_by_role("button", name="Save")).to_be_disabled()
+    kinds.get_by_role("radio", name="Spurious").click()
+    expect(kinds.get_by_role("radio", name="Spurious")).to_be_checked()
     note = page.get_by_placeholder("e.g. spurious: water background")
     note.fill(HOSTILE_NOTE)
     note.press("Enter")

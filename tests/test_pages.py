@@ -293,6 +293,19 @@ def test_marking_an_image_mislabelled_flags_it_in_the_detail_view(demo_home, mon
     assert detail_captions[0].endswith("⚑ should be star") and not any("⚑" in caption for caption in detail_captions[1:])
 
 
+def test_an_image_cannot_be_marked_mislabelled_as_its_own_label(demo_home, monkeypatch, biased, slice_ids, private_store):
+    app = open_app(demo_home, monkeypatch, slices="0")
+    app.sidebar.text_input(key="analyst").input("bob")
+    shown = order_members(biased.images, members(slice_ids, [0]), next(iter(MEMBER_ORDERS)))[0]
+    own_label = biased.images["label"].iat[shown]
+    app.multiselect(key="relabel_rows").select(int(shown))
+    app.selectbox(key="relabel_label").select(own_label).run()
+    app.button(key="relabel_mark").click().run()
+    assert not app.exception, app.exception
+    assert any(f"the chosen image is already labelled {own_label}" in error.value for error in app.error)
+    assert private_store.relabels(biased.dataset_fingerprint) == {}
+
+
 def test_thumbnail_view_carries_an_image_per_point(demo_home, monkeypatch, biased):
     app = open_app(demo_home, monkeypatch, layout="confusion")
     app.segmented_control(key="plot_view").set_value("Thumbnails on hover").run()

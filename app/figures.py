@@ -169,7 +169,8 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         figure.update_yaxes(scaleanchor="x")
     figure.update_annotations(font_size=12)
     figure.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, dragmode="lasso", plot_bgcolor="white",
+        # No lasso drag mode: Streamlit turns click-to-select off while one is set; lasso and box stay in the mode bar.
+        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
         legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
         title={"text": "● correct   ◆ misclassified", "font": {"size": 12}, "x": 0.01},
     )

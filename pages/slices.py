@@ -296,7 +296,7 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     picked_slices = st.session_state["picked_slices"]
     points = st.session_state["picked_points"]
     if points:
-        rows, what = np.asarray(points), f"{len(points):,} points selected in the scatter"
+        rows, what = np.asarray(points), f"{plural(len(points), 'point')} selected in the scatter"
     elif picked_slices:
         rows = members(slice_ids, picked_slices)
         what = f"slice{'s' if len(picked_slices) > 1 else ''} {', '.join(map(str, picked_slices))} · {plural(len(rows), 'image')}"

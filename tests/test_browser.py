@@ -204,5 +204,23 @@ def test_hovering_a_point_shows_its_thumbnail(page):
     expect(tooltip).to_contain_text(re.compile(r"label: \S+ · prediction: \S+"))
     page.mouse.down()  # a click on the point selects it, as in the Plotly scatter
     page.mouse.up()
-    expect(page.get_by_text(re.compile(r"^1 points selected in the scatter"))).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"^1 point selected in the scatter"))).to_be_visible(timeout=TIMEOUT_MS)
+    assert_no_errors(page)
+
+
+def test_clicking_a_point_in_the_scatter_selects_it(page):
+    open_slices_page(page)
+    chart = page.locator(".js-plotly-plot").first
+    box = chart.bounding_box()
+    hover = page.locator(".hoverlayer .hovertext")
+    # Sweep the pointer over the plot until Plotly shows a point's hover label, then click there.
+    for step in range(600):
+        page.mouse.move(box["x"] + 30 + (step % 30) * (box["width"] - 60) / 30, box["y"] + 60 + (step // 30) * (box["height"] - 120) / 20)
+        if hover.count():
+            break
+    expect(hover.first).to_contain_text("confidence")
+    page.mouse.down()
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"^1 point selected in the scatter"))).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"^Filtered to the 1 slice of the 1 point selected"))).to_be_visible()
     assert_no_errors(page)

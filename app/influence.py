@@ -12,7 +12,7 @@ from app.ui import REPRESENTATION_LABELS, load_workspace
 from core.influence import influence_embeddings, slice_opponents
 from core.influence_rule import RuleParams, compare_slicings, rule_slices, slice_coherence
 from core.slicing import ProjectionParams, SliceParams, find_slices, project, slice_table
-from core.views import typical_members
+from core.views import readable_number, typical_members
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -98,7 +98,7 @@ def opponents_grid(path: str, slice_ids: np.ndarray, slice_id: int, k: int = 10)
     """The slice's opponents as captioned thumbnails: the training images whose influence on its loss is most negative."""
     against = opponents(path, slice_ids, slice_id, k)
     st.image([str(file) for file in against["file"]], width=96,
-             caption=[f"label: {label} · {score:.2g}" for label, score in zip(against["label"], against["influence"], strict=True)])
+             caption=[f"label: {label} · influence {readable_number(score)}" for label, score in zip(against["label"], against["influence"], strict=True)])
     st.caption("Removing an opponent from training would lower the slice's loss: look for what they share with the slice "
                "(a background, a colour, a mark) and what their labels say.")
 

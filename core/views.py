@@ -141,3 +141,15 @@ def export_frame(images: pd.DataFrame, rows: Sequence[int], slice_ids: np.ndarra
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """``count`` and ``noun`` as a person writes them: "1 image", "2,345 images" ("1 box", "3 boxes" with the plural given)."""
     return f"{count:,} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+def readable_number(value: float, significant: int = 3) -> str:
+    """A number as a person reads it: a few significant digits, thousands separated, never scientific notation.
+
+    294818.19 → "295,000", -3012.4 → "−3,010", 0.012345 → "0.0123".
+    """
+    if not np.isfinite(value) or value == 0:
+        return "0" if value == 0 else str(value)
+    decimals = significant - 1 - int(np.floor(np.log10(abs(value))))
+    text = f"{round(value, decimals):,.{max(decimals, 0)}f}"
+    return text.replace("-", "−")

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from app.influence import comparison, infembed_table, opponents_grid, rule_table, side_by_side, tree_figure, typical_rows
-from app.ui import load_images, load_workspace, selected_workspace, show_error, streamlit_progress, table_height
+from app.ui import REPRESENTATION_LABELS, load_images, load_workspace, selected_workspace, show_error, streamlit_progress, table_height
 from core.errors import SliceScopeError
 from core.evidence import evidence_order
 from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
@@ -131,7 +131,12 @@ def main() -> None:
                           "(the influence layout is computed the first time, in about a minute)"):
             with st.spinner("Laying out the three representations…"):
                 st.plotly_chart(side_by_side(str(workspace.path), k), key="side_by_side")
-        st.dataframe(comparison(str(workspace.path), k), hide_index=True, column_config={
+        compared = comparison(str(workspace.path), k).drop(columns=["coherence"])  # the raw sum of squares means nothing to a reader
+        compared["representation"] = compared["representation"].map(REPRESENTATION_LABELS).fillna(compared["representation"])
+        st.dataframe(compared, hide_index=True, column_config={
+            "representation": st.column_config.TextColumn("Representation"),
+            "k": st.column_config.NumberColumn("K", width="small"),
+            "low_slices": st.column_config.NumberColumn("Slices below the overall accuracy"),
             "coherence_share": st.column_config.NumberColumn("Coherence share", format="%.2f"),
             "worst_accuracy": st.column_config.ProgressColumn("Worst slice accuracy", min_value=0.0, max_value=1.0, format="percent"),
             "errors_in_low_slices": st.column_config.NumberColumn("Errors in low slices", format="percent"),

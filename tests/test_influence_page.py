@@ -40,10 +40,11 @@ def test_attach_compute_slice_and_compare(trained_workspace, image_folder):
 
     table = next(frame.value for frame in app.dataframe if "mean_coherence" in frame.value.columns)
     assert table["size"].sum() == len(trained_workspace.images) and (table["mean_coherence"] >= 0).all()
-    assert table["accuracy"].is_monotonic_increasing and table.columns[-1] == "confusion"  # worst slices first, long text last
+    assert table["flagged"].is_monotonic_decreasing and table.columns[-1] == "confusion"  # problems first, long text last
     assert any("Pick a slice in the table" in info.value for info in app.info)
     comparison = next(frame.value for frame in app.dataframe if "representation" in frame.value.columns)
-    assert list(comparison["representation"]) == ["attribution", "features", "influence"]
+    assert list(comparison["representation"]) == ["Attribution space (F_W)", "Original feature space (F)", "Influence embeddings (InfEmbed)"]
+    assert "coherence" not in comparison.columns  # a raw sum of squares; its share of the total is shown
     app.toggle(key="compare_layouts").set_value(True).run()
     assert not app.exception, app.exception
     assert any('"Influence embeddings (InfEmbed)"' in chart.proto.spec and 'slice accuracy' in chart.proto.spec for chart in app.get("plotly_chart"))

@@ -121,3 +121,18 @@ def test_export_has_the_promised_columns(images):
     assert list(exported["image_id"]) == ["id3", "id4"]
     assert list(exported["slice"]) == [3, 3]
     assert list(exported["prediction"]) == ["cat", "cat"]
+
+
+@pytest.mark.parametrize("value, text", [(294818.1905, "295,000"), (-3012.4, "−3,010"), (0.012345, "0.0123"), (7.0, "7.00"), (0.0, "0")])
+def test_numbers_are_written_for_people(value, text):
+    from core.views import readable_number
+
+    assert readable_number(value) == text
+
+
+@pytest.mark.parametrize("count, text", [(1, "1 image"), (2, "2 images"), (0, "0 images"), (12345, "12,345 images")])
+def test_counts_agree_with_their_noun(count, text):
+    from core.views import plural
+
+    assert plural(count, "image") == text
+    assert plural(1, "box", "boxes") == "1 box" and plural(3, "box", "boxes") == "3 boxes"

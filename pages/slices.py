@@ -369,7 +369,8 @@ def main() -> None:
     overview[0].metric("Images", f"{len(images):,}")
     overview[1].metric("Accuracy", f"{images['correct'].mean():.1%}")
     overview[2].metric("Slices", len(table))
-    overview[3].metric("Slices below 80% accuracy", int((table["accuracy"] < 0.8).sum()))
+    overview[3].metric("Problem slices", int(table["flagged"].sum()),
+                       help="Slices large enough and clearly less accurate than the rest (the Slice Table's Problem column)")
 
     confusion = selection.layout == "confusion"
     # A grid of confusion cells needs the full width; the combined scatter sits beside the table.

@@ -30,6 +30,7 @@ from annotate.worker import (
     read_visit,
     worker_database_url,
 )
+from app import FAVICON
 from app.database import configured_database_url
 from core.campaigns import CampaignImage, CampaignStore, TaskView
 from core.concepts.annotations import MAX_TERM_CHARS
@@ -244,7 +245,7 @@ def task_page(store: CampaignStore, visit: Visit) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Annotation task", page_icon=":material/crop_free:", layout="wide", initial_sidebar_state="collapsed")
+    st.set_page_config(page_title="Annotation task", page_icon=str(FAVICON), layout="wide", initial_sidebar_state="collapsed")
     st.title("What did the model look at?")
     visit = read_visit(st.query_params.to_dict())
     if visit.token is None:

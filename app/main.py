@@ -15,11 +15,12 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st
 
+from app import FAVICON
 from app.ui import ensure_demo, system_menu
 
 
 def main() -> None:
-    st.set_page_config(page_title="SliceScope", page_icon=":material/search:", layout="wide")
+    st.set_page_config(page_title="SliceScope", page_icon=str(FAVICON), layout="wide")
     pages = [
         st.Page(ROOT / "pages" / "slices.py", title="Slices", icon=":material/scatter_plot:", default=True),
         st.Page(ROOT / "pages" / "mitigate.py", title="Mitigate", icon=":material/healing:"),

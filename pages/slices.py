@@ -390,7 +390,7 @@ def main() -> None:
         views = ["Scatter", "Thumbnails on hover"] + (["Data Slice Mosaic"] if selection.representation == "attribution" else [])
         if st.session_state.get("plot_view") not in views:
             st.session_state["plot_view"] = "Scatter"  # the mosaic exists only for the attribution space
-        view = st.segmented_control("View", views, default="Scatter", key="plot_view", label_visibility="collapsed") or "Scatter"
+        view = st.segmented_control("View", views, key="plot_view", label_visibility="collapsed") or "Scatter"
         if view == "Data Slice Mosaic":
             mosaic_view(selection, table, slice_ids, colour if colour in TILE_METRICS else "accuracy")
         else:

@@ -61,9 +61,14 @@ def detail_heading(page):
 
 
 def test_main_page_renders_without_errors(page):
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     open_slices_page(page)
     expect(page.locator("h1")).to_have_text(re.compile(r"^Slices · demo · biased model"))
     assert_no_errors(page)
+    # Everything, the tab's icon included, comes from the app itself: the page works offline.
+    outside = [url for url in requested if not url.startswith(("http://127.0.0.1", "http://localhost", "data:", "blob:"))]
+    assert outside == []
 
 
 def test_clicking_a_table_row_fills_the_detail_view(page):

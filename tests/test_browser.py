@@ -192,19 +192,24 @@ def test_versions_page_lists_the_model_versions(page):
     assert_no_errors(page)
 
 
+def rest_on_a_point(page, chart, hover_label, columns: int = 30, rows: int = 20) -> None:
+    """Sweep the pointer over ``chart``, row by row, until ``hover_label`` appears: the pointer then rests on a point."""
+    box = chart.bounding_box()
+    for step in range(columns * rows):
+        page.mouse.move(box["x"] + 30 + (step % columns) * (box["width"] - 60) / columns,
+                        box["y"] + 60 + (step // columns) * (box["height"] - 120) / rows)
+        if hover_label.count():
+            return
+
+
 def test_hovering_a_point_shows_its_thumbnail(page):
     open_slices_page(page)
     page.get_by_role("radiogroup", name="View").get_by_role("radio", name="Thumbnails on hover").click()
     chart = page.get_by_test_id("stVegaLiteChart")
     expect(chart).to_be_visible(timeout=TIMEOUT_MS)
     wait_until_idle(page)
-    box = chart.bounding_box()
     tooltip = page.locator("#vg-tooltip-element.visible")
-    # Sweep the pointer over the plot until it rests on a point.
-    for step in range(400):
-        page.mouse.move(box["x"] + 20 + (step % 20) * (box["width"] - 40) / 20, box["y"] + 40 + (step // 20) * (box["height"] - 80) / 20)
-        if tooltip.count():
-            break
+    rest_on_a_point(page, chart, tooltip)
     expect(tooltip.locator("img")).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
     expect(tooltip).to_contain_text(re.compile(r"label: \S+ · prediction: \S+"))
     page.mouse.down()  # a click on the point selects it, as in the Plotly scatter
@@ -216,13 +221,8 @@ def test_hovering_a_point_shows_its_thumbnail(page):
 def test_clicking_a_point_in_the_scatter_selects_it(page):
     open_slices_page(page)
     chart = page.locator(".js-plotly-plot").first
-    box = chart.bounding_box()
     hover = page.locator(".hoverlayer .hovertext")
-    # Sweep the pointer over the plot until Plotly shows a point's hover label, then click there.
-    for step in range(600):
-        page.mouse.move(box["x"] + 30 + (step % 30) * (box["width"] - 60) / 30, box["y"] + 60 + (step // 30) * (box["height"] - 120) / 20)
-        if hover.count():
-            break
+    rest_on_a_point(page, chart, hover)
     expect(hover.first).to_contain_text("confidence")
     page.mouse.down()
     page.mouse.up()

@@ -18,7 +18,6 @@ from app.store import analyst_name, store_for
 from app.ui import load_slices, load_workspace, show_error
 from core.errors import SliceScopeError
 from core.loop import AnnotationState, Slicing, read_annotations
-from core.slicing import SliceParams
 from core.spuriousness import KERNELS, PropagationParams, slice_spuriousness
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 from core.views import plural
@@ -41,8 +40,8 @@ class Annotations:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _spuriousness(path: str, slice_on: str, k: int, kinds: tuple[tuple[int, str], ...], params: tuple) -> np.ndarray:
-    slice_ids, _ = load_slices(path, slice_on, k)
+def _spuriousness(path: str, slice_on: str, k: int, method: str, kinds: tuple[tuple[int, str], ...], params: tuple) -> np.ndarray:
+    slice_ids, _ = load_slices(path, slice_on, k, method)
     features = np.asarray(load_workspace(path).array("attribution_features"))
     return slice_spuriousness(features, slice_ids, dict(kinds), PropagationParams(*params))
 
@@ -73,11 +72,11 @@ def load_annotations(selection, params: PropagationParams) -> Annotations | None
     """The store's annotations for the selected slicing, or None (with the reason shown) if the store fails."""
     path = str(selection.workspace)
     try:
-        state = read_annotations(store_for(path), load_workspace(path), Slicing(selection.slice_on, SliceParams(k=selection.k)))
+        state = read_annotations(store_for(path), load_workspace(path), Slicing(selection.slice_on, selection.slice_params))
     except SliceScopeError as error:
         show_error(error)
         return None
-    spuriousness = _spuriousness(path, selection.slice_on, selection.k, tuple(sorted(state.kinds.items())), astuple(params))
+    spuriousness = _spuriousness(path, selection.slice_on, selection.k, selection.method, tuple(sorted(state.kinds.items())), astuple(params))
     return Annotations(state, spuriousness)
 
 

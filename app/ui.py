@@ -23,7 +23,7 @@ from core.mitigation import mitigation_unfinished
 from core.mosaic import CellMosaic, Mosaic, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, is_mosaic_built
 from core.progress import ProgressFn
 from core.render import render_images, thumbnail_data_uris
-from core.slicing import ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
+from core.slicing import DEFAULT_SLICING, ProjectionParams, SliceParams, default_k, find_slices, project, slice_table
 from core.workspace import Workspace, WorkspaceStatus, looks_like_workspace, workspace_status
 
 REPRESENTATION_LABELS = {
@@ -39,6 +39,12 @@ COLOUR_LABELS = {
     "correct": "Correct / misclassified",
     "spuriousness": "Slice spuriousness",
 }
+# The System Menu's slicing methods, the benchmark's best (core.slicing.DEFAULT_SLICING) first.
+METHOD_LABELS = {
+    "domino": "error-aware mixture",
+    "kmeans": "K-Means",
+    "planespot": "PlaneSpot",
+}
 LAYOUT_LABELS = {
     "combined": "Combined",
     "confusion": "Split by confusion-matrix cell",
@@ -51,20 +57,27 @@ class Selection:
 
     workspace: Path
     representation: str  # the 2-D layout shown
-    slice_on: str  # the representation K-Means runs on; kept when the layout changes
+    slice_on: str  # the representation slices are cut from; kept when the layout changes
     layout: str
     colour: str
-    k: int
+    k: int  # K-Means' number of slices, or the most a mixture may choose
+    method: str = DEFAULT_SLICING.method  # a key of core.slicing.SLICING_METHODS
+
+    @property
+    def slice_params(self) -> SliceParams:
+        return SliceParams(k=self.k, method=self.method)
 
     @property
     def slicing_key(self) -> tuple:
         """What slice ids depend on: a change here makes old slice ids meaningless."""
-        return (str(self.workspace), self.slice_on, self.k)
+        return (str(self.workspace), self.slice_on, self.k, self.method)
 
     @property
     def slicing_label(self) -> str:
         """The slicing in words, for messages: e.g. "the 50 slices of the attribution space (F_W)"."""
-        return f"the {self.k} slices of the {representation_phrase(self.slice_on)}"
+        if self.method == "kmeans":
+            return f"the {self.k} slices of the {representation_phrase(self.slice_on)}"
+        return f"the slices of the {representation_phrase(self.slice_on)} ({METHOD_LABELS[self.method]}, at most {self.k})"
 
 
 def representation_phrase(representation: str) -> str:
@@ -159,11 +172,12 @@ def workspace_summary(path: str) -> dict:
 
 
 @st.cache_data(show_spinner=False)
-def load_slices(path: str, representation: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
+def load_slices(path: str, representation: str, k: int, method: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Slice id per image and the Slice Table; computed once, then read from disk."""
     workspace = load_workspace(path)
-    with st.spinner(f"Finding {k} slices in the {representation_phrase(representation)}…"):
-        slice_ids = find_slices(workspace, representation, SliceParams(k=k))
+    what = f"{k} slices" if method == "kmeans" else f"up to {k} slices ({METHOD_LABELS[method]})"
+    with st.spinner(f"Finding {what} in the {representation_phrase(representation)}…"):
+        slice_ids = find_slices(workspace, representation, SliceParams(k=k, method=method))
     return slice_ids, slice_table(workspace.images, slice_ids)
 
 
@@ -226,16 +240,24 @@ def system_menu() -> Selection | None:
             help="AttributionScanner clusters the attribution-weighted features F_W; plain features are there for comparison; "
                  "influence embeddings (InfEmbed) appear once computed on the Influence page.",
         )
+        method = _choose(
+            "Slicing method", list(METHOD_LABELS), lambda name: METHOD_LABELS[name].capitalize(), "method", key="menu_method", container=st,
+            help="The error-aware mixture (Domino's: the representation plus each image's label and predicted probabilities, "
+                 "slices counted by BIC) keeps the images a model gets wrong in the same way together; it finds blindspots that "
+                 "K-Means (AttributionScanner's) merges into large slices, and is the default because it did best in "
+                 "benchmarks/discovery.py. PlaneSpot clusters the 2-D layout plus the model's confidence.",
+        )
         largest_k = max(2, min(500, n_images))
         if "menu_k" not in st.session_state:
             wanted = st.query_params.get("k", "")
             st.session_state["menu_k"] = min(largest_k, max(2, int(wanted))) if wanted.isdigit() else default_k(n_images)
         k = st.number_input(
-            "Number of slices (K-Means k)", min_value=2, max_value=largest_k, step=5, key="menu_k",
+            "Number of slices (K-Means k)" if method == "kmeans" else "Most slices the mixture may choose",
+            min_value=2, max_value=largest_k, step=5, key="menu_k",
             help="Over-clustering (the paper uses 50) keeps rare failure modes in slices of their own.",
         )
         st.query_params["k"] = str(k)
-    return Selection(Path(workspace), representation, slice_on, layout, colour, int(k))
+    return Selection(Path(workspace), representation, slice_on, layout, colour, int(k), method)
 
 
 def _first_build(built: bool, build: Callable[[ProgressFn], object], what: str) -> None:
@@ -259,20 +281,20 @@ _MOSAICS = {
 
 
 @st.cache_resource(show_spinner=False)
-def _cached_mosaic(path: str, k: int, layout: str) -> Mosaic | list[CellMosaic]:
+def _cached_mosaic(path: str, k: int, method: str, layout: str) -> Mosaic | list[CellMosaic]:
     build, _, _ = _MOSAICS[layout]
-    return build(load_workspace(path), SliceParams(k=k))
+    return build(load_workspace(path), SliceParams(k=k, method=method))
 
 
-def load_mosaic(path: str, k: int, layout: str) -> Mosaic | list[CellMosaic]:
-    """The Data Slice Mosaic (``combined``) or one per confusion cell (``confusion``).
+def load_mosaic(path: str, params: SliceParams, layout: str) -> Mosaic | list[CellMosaic]:
+    """The Data Slice Mosaic (``combined``) or one per confusion cell (``confusion``) of the slicing ``params``.
 
     The first request optimises it with a progress bar; later ones read it.
     """
     build, is_built, name = _MOSAICS[layout]
     workspace = load_workspace(path)
-    _first_build(is_built(workspace, SliceParams(k=k)), lambda progress: build(workspace, SliceParams(k=k), progress=progress), name)
-    return _cached_mosaic(path, k, layout)
+    _first_build(is_built(workspace, params), lambda progress: build(workspace, params, progress=progress), name)
+    return _cached_mosaic(path, params.k, params.method, layout)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

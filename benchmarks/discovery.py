@@ -8,7 +8,9 @@ split scanned into a workspace (:mod:`benchmarks.spotcheck`); each of these step
 is reused from ``--work`` when it is already there with the same inputs. Then
 every method of :data:`benchmarks.spotcheck.METHODS` slices the workspace and
 is scored against the planted blindspots: discovery rate, false discovery rate
-and precision-at-10 as defined in :mod:`benchmarks.spotcheck`, and its seconds.
+and precision-at-10 as defined in :mod:`benchmarks.spotcheck`, the share of the
+discovered blindspots the Slice Table names right from the images' feature columns
+(:func:`benchmarks.spotcheck.naming_rate`), and its seconds.
 
 Prints each run's model accuracy (overall, outside the blindspots, on each) and
 scores, then per method the mean ± standard deviation over the runs. The last
@@ -95,10 +97,10 @@ def spread(values: pd.Series) -> str:
 
 def summary_table(results: pd.DataFrame) -> str:
     """One Markdown row per method: DR, FDR and P@10 as mean ± std over runs, slices flagged and seconds (means)."""
-    lines = ["| method | representation | DR | FDR | P@10 | flagged | seconds |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | representation | DR | FDR | P@10 | named | flagged | seconds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, rows in results.groupby("method", sort=False):
         lines.append(f"| {name} | {METHODS[name].representation or '–'} | {spread(rows['dr'])} | {spread(rows['fdr'])} | "
-                     f"{spread(rows['p_at_10'])} | {rows['n_flagged'].mean():.1f} | {rows['seconds'].mean():.2f} |")
+                     f"{spread(rows['p_at_10'])} | {spread(rows['named'])} | {rows['n_flagged'].mean():.1f} | {rows['seconds'].mean():.2f} |")
     return "\n".join(lines)
 
 
@@ -145,7 +147,7 @@ def main() -> None:
                 result = evaluate(workspace, method)
                 rows.append({"run": name, "method": method_name, **result})
                 print(f"- {method_name}: DR {result['dr']:.2f}, FDR {result['fdr']:.2f}, P@10 {result['p_at_10']:.2f}, "
-                      f"{result['n_flagged']} flagged, {result['seconds']:.2f} s", flush=True)
+                      f"named {result['named']:.2f}, {result['n_flagged']} flagged, {result['seconds']:.2f} s", flush=True)
             print()
 
     results = pd.DataFrame(rows)

@@ -79,6 +79,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.demo.model import DemoCNN
+from core.descriptions import describe_members
 from core.extract import ScanConfig, scan
 from core.models import ModelSpec
 from core.slicing import SliceParams, find_slices, slice_table
@@ -520,4 +521,35 @@ def evaluate(workspace: Workspace, method: Method, targets: np.ndarray | None = 
         vectors = None if method.representation is None else np.asarray(fresh.representation(method.representation))
         truth = fresh.images["blindspot"].to_numpy(dtype=str) if targets is None else targets
         result = score(slice_ids, flagged, truth, vectors)
-    return {**result, "seconds": seconds}
+        named = naming_rate(fresh.images, slice_ids, flagged) if targets is None else float("nan")
+    return {**result, "named": named, "seconds": seconds}
+
+
+# The manifest's columns that hold the truth: a description may not use them.
+TRUTH_COLUMNS = ("blindspot", "true_label")
+
+
+def naming_rate(images: pd.DataFrame, slice_ids: np.ndarray, flagged: np.ndarray) -> float:
+    """The share of the discovered blindspots whose discovering slice the library names right.
+
+    The name is :func:`core.descriptions.describe_members` over the images' feature columns
+    (the truth columns left out), as the Slice Table shows it; it is right when it states every
+    feature value of the blindspot besides ``square = yes`` (which the slice's label says).
+    NaN when nothing is discovered.
+    """
+    labels = images["blindspot"].to_numpy(dtype=str)
+    features = images.drop(columns=list(TRUTH_COLUMNS))
+    named, discovered = set(), set()
+    for slice_id in np.flatnonzero(np.asarray(flagged, dtype=bool)):
+        members = slice_ids == slice_id
+        if not members.any():
+            continue
+        for name in sorted(set(labels) - {""}):
+            overlap = int((labels[members] == name).sum())
+            if overlap / members.sum() >= PRECISION and overlap / (labels == name).sum() >= COVERAGE:
+                discovered.add(name)
+                words = describe_members(features, members)
+                wanted = [f"{feature} = {value}" for feature, value in (part.split("=") for part in name.split(" & ")) if feature != "square"]
+                if all(condition in words for condition in wanted):
+                    named.add(name)
+    return len(named) / len(discovered) if discovered else float("nan")

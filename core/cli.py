@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import SliceScopeError
 from core.progress import duration_text, tqdm_progress
-from core.slicing import DEFAULT_REPRESENTATION, DEFAULT_SLICING, find_slices
+from core.slicing import DEFAULT_REPRESENTATION, DEFAULT_SLICING, SLICING_METHODS, find_slices
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 
 
@@ -82,13 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = commands.add_parser("annotate", help="annotate a slice in the workspace's annotation store; or clear, undo, list")
     annotate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
-    annotate.add_argument("--slice", type=int, help="slice id, in the slicing chosen by --representation, --k and --seed")
+    annotate.add_argument("--slice", type=int, help="slice id, in the slicing chosen by --representation, --method, --k and --seed")
     annotate.add_argument("--kind", help=f"what the slice shows: {', '.join(ANNOTATION_KINDS)}")
     annotate.add_argument("--note", default="", help=f"free text, one line, at most {NOTE_MAX_CHARS} characters")
     annotate.add_argument("--analyst", help="who annotates (default: your login name)")
-    annotate.add_argument("--representation", default="attribution", help="what the slices were found on: attribution (default) or features")
-    annotate.add_argument("--k", type=int, help="the slicing's number of slices (default: the app's, 50 or fewer for small datasets)")
-    annotate.add_argument("--seed", type=int, default=0, help="the slicing's seed (default 0, as in the app)")
+    _add_slicing_arguments(annotate)
     action = annotate.add_mutually_exclusive_group()
     action.add_argument("--clear", action="store_true", help="remove the slice's annotation")
     action.add_argument("--undo", action="store_true", help="undo your latest annotation or relabel in this workspace")
@@ -153,15 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_slicing_arguments(command) -> None:
     command.add_argument("--representation", default="attribution", help="the slicing the annotations refer to (default attribution)")
-    command.add_argument("--k", type=int, help="its number of slices (default: the app's)")
+    command.add_argument("--method", default=DEFAULT_SLICING.method, choices=list(SLICING_METHODS),
+                         help=f"how its slices were cut (default {DEFAULT_SLICING.method}, as in the app)")
+    command.add_argument("--k", type=int, help="its number of slices, or the most a mixture could choose (default: the app's, 50 or fewer for small datasets)")
     command.add_argument("--seed", type=int, default=0, help="the slicing's seed (default 0, as in the app)")
 
 
-def _slicing(args):
+def _slicing(args, workspace):
+    """The slicing the flags name; without --k, the app's default number for ``workspace``'s size."""
     from core.loop import Slicing
-    from core.slicing import SliceParams
+    from core.slicing import SliceParams, default_k
 
-    return Slicing(args.representation, None if args.k is None else SliceParams(k=args.k, seed=args.seed))
+    k = default_k(len(workspace.images)) if args.k is None else args.k
+    return Slicing(args.representation, SliceParams(k=k, seed=args.seed, method=args.method))
 
 
 def _slice_list(text: str | None) -> list[int] | None:
@@ -199,7 +201,7 @@ def _run_mitigate(args) -> None:
         training = TrainingData(args.train_data.expanduser().resolve(), args.train_split, args.val_split)
     store = open_store(workspace)
     try:
-        state = read_annotations(store, workspace, _slicing(args))
+        state = read_annotations(store, workspace, _slicing(args, workspace))
         treated = _slice_list(args.slices)
         if args.source is None and treated is None:
             raise SliceScopeError("mitigate needs the slices to treat", "pass --from annotations, --from propagation, or --slices 1,2,3")
@@ -209,7 +211,7 @@ def _run_mitigate(args) -> None:
         print(f"new version ready: {version.path} (model: {job.folder})")
         for member in (workspace, version):
             if member is version or read_metrics(member) is None:
-                _print_metrics(member.name, evaluate_version(member, store, _slicing(args)))
+                _print_metrics(member.name, evaluate_version(member, store, _slicing(args, workspace)))
     finally:
         store.close()
 
@@ -221,7 +223,7 @@ def _run_evaluate(args) -> None:
     workspace = Workspace(args.workspace)
     store = open_store(workspace)
     try:
-        metrics = evaluate_version(workspace, store, _slicing(args), args.regions, args.sigma, progress=tqdm_progress())
+        metrics = evaluate_version(workspace, store, _slicing(args, workspace), args.regions, args.sigma, progress=tqdm_progress())
     finally:
         store.close()
     _print_metrics(workspace.name, metrics)
@@ -374,12 +376,10 @@ def _run_slices(args) -> None:
 
 def _run_annotate(args) -> None:
     from core.loop import open_store
-    from core.slicing import SliceParams, default_k, slicing_name
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
-    params = SliceParams(k=default_k(len(workspace.images)) if args.k is None else args.k, seed=args.seed)
-    slicing = slicing_name(args.representation, params)
+    slicing, slice_ids = _slicing(args, workspace).resolve(workspace)
     analyst = args.analyst if args.analyst is not None else getpass.getuser()
     store = open_store(workspace)
     try:
@@ -389,7 +389,7 @@ def _run_annotate(args) -> None:
         elif args.list:
             _print_annotations(store, workspace, slicing)
         else:
-            _annotate_slice(args, store, workspace, slicing, params.k, analyst)
+            _annotate_slice(args, store, workspace, slicing, int(slice_ids.max()) + 1, analyst)
     finally:
         store.close()
 
@@ -398,7 +398,7 @@ def _annotate_slice(args, store, workspace, slicing: str, k: int, analyst: str) 
     if args.slice is None:
         raise SliceScopeError("annotate needs the slice to annotate", "pass --slice N (or --list, --undo)")
     if args.slice >= k:
-        raise SliceScopeError(f"slice {args.slice} does not exist: {slicing} has slices 0 to {k - 1}", "pass a smaller --slice, or the --k the slices were made with")
+        raise SliceScopeError(f"slice {args.slice} does not exist: {slicing} has slices 0 to {k - 1}", "pass a smaller --slice, or the --method and --k the slices were made with")
     if args.clear:
         store.clear_slice(workspace.fingerprint, slicing, args.slice, analyst)
         print(f"cleared the annotation of slice {args.slice} ({slicing})")

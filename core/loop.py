@@ -31,7 +31,7 @@ from core.mitigation import (
 )
 from core.progress import ProgressFn
 from core.robustness import DEFAULT_SIGMA, Robustness, choose_regions, evaluate, read_metrics, write_metrics
-from core.slicing import SliceParams, default_k, find_slices, slicing_name
+from core.slicing import DEFAULT_REPRESENTATION, SliceParams, default_slice_params, find_slices, slicing_name
 from core.spuriousness import PropagationParams, slice_spuriousness
 from core.store import AnnotationStore
 from core.workspace import Workspace
@@ -39,13 +39,13 @@ from core.workspace import Workspace
 
 @dataclass(frozen=True)
 class Slicing:
-    """Which slices annotations refer to: a representation and K-Means settings."""
+    """Which slices annotations refer to: a representation and how it was sliced."""
 
-    representation: str = "attribution"
-    params: SliceParams | None = None  # None: the app's default k for the workspace
+    representation: str = DEFAULT_REPRESENTATION
+    params: SliceParams | None = None  # None: the app's default for the workspace (core.slicing.default_slice_params)
 
     def resolve(self, workspace: Workspace) -> tuple[str, np.ndarray]:
-        params = self.params or SliceParams(k=default_k(len(workspace.images)))
+        params = self.params or default_slice_params(len(workspace.images))
         return slicing_name(self.representation, params), find_slices(workspace, self.representation, params)
 
     @classmethod
@@ -138,7 +138,8 @@ def mitigate_arguments(job: MitigationJob) -> list[str]:
         "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--slices", ",".join(map(str, job.treated_slices)),
         "--epochs", str(params.epochs), "--lr", repr(params.learning_rate), "--batch-size", str(params.batch_size),
         "--sigma", repr(params.sigma), "--noise-region", params.noise_region.replace("_", "-"), "--train-data", str(training.data),
-        "--representation", slicing.representation, "--k", str(slicing.params.k), "--seed", str(slicing.params.seed),
+        "--representation", slicing.representation, "--method", slicing.params.method, "--k", str(slicing.params.k),
+        "--seed", str(slicing.params.seed),
     ]
     if training.split is not None:
         arguments += ["--train-split", training.split]

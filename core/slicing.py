@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from core.descriptions import describe_by_columns
 from core.errors import SliceScopeError
 from core.evidence import FlagParams, slice_evidence
 from core.progress import ProgressFn, silent
@@ -76,6 +77,11 @@ DEFAULT_SLICING = SliceParams(k=50, method="domino")
 def default_k(n_images: int) -> int:
     """The paper's k = 50, lowered for small datasets so slices keep ~10 images."""
     return min(SliceParams().k, max(2, n_images // 10))
+
+
+def default_slice_params(n_images: int) -> SliceParams:
+    """The slicing the app opens on and the CLI assumes without flags: :data:`DEFAULT_SLICING` with :func:`default_k`."""
+    return SliceParams(k=default_k(n_images), method=DEFAULT_SLICING.method, seed=DEFAULT_SLICING.seed)
 
 
 def slicing_name(representation: str, params: SliceParams) -> str:
@@ -255,7 +261,8 @@ def sliceable_vectors(workspace: Workspace, representation: str, k: int) -> np.n
 def slice_table(images: pd.DataFrame, slice_ids: np.ndarray, flag_params: FlagParams = FlagParams()) -> pd.DataFrame:
     """One row per slice: size, accuracy, confidence, errors, dominant label → prediction, the evidence
     that it is a problem (:func:`core.evidence.slice_evidence`: ``flagged``, interval, q-value, ...) and
-    a ``description`` in words."""
+    a ``description`` in words: the dominant label → prediction, and for flagged slices the metadata columns
+    that set them apart (``metadata_description``, :func:`core.descriptions.describe_members`; "" without)."""
     frame = images[["label", "prediction", "confidence", "correct"]].assign(slice=np.asarray(slice_ids))
     grouped = frame.groupby("slice")
     table = pd.DataFrame({
@@ -277,6 +284,8 @@ def slice_table(images: pd.DataFrame, slice_ids: np.ndarray, flag_params: FlagPa
     evidence = slice_evidence(images["correct"].to_numpy(), np.asarray(slice_ids), flag_params)
     table = table.join(evidence.drop(columns=["size", "errors", "accuracy"]))
     table["description"] = describe_slices(images, slice_ids, table)
+    # Only the flagged slices: a tree per slice is cheap, but the table is drawn on every rerun of a page.
+    table["metadata_description"] = describe_by_columns(images, slice_ids, table.index[table["flagged"]]).reindex(table.index, fill_value="")
     table = table.reset_index()
     table["errors"] = table["errors"].astype(int)
     return table
@@ -323,7 +332,8 @@ def slices_frame(
 
 # Per-slice columns the CLI's CSV repeats on every image of the slice.
 FRAME_EVIDENCE_COLUMNS = {"accuracy": "slice_accuracy", "rest_accuracy": "rest_accuracy", "accuracy_low": "slice_accuracy_low",
-                          "accuracy_high": "slice_accuracy_high", "q_value": "q_value", "description": "slice_description"}
+                          "accuracy_high": "slice_accuracy_high", "q_value": "q_value", "description": "slice_description",
+                          "metadata_description": "slice_metadata"}
 
 
 def image_frame(images: pd.DataFrame, slice_ids: np.ndarray, layout: np.ndarray, flag_params: FlagParams = FlagParams()) -> pd.DataFrame:

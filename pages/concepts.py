@@ -15,9 +15,9 @@ import pandas as pd
 import streamlit as st
 
 from app.concepts import boxed_picture, campaign_boxes, campaign_store, mined_concepts, top_concepts_figure
-from app.ui import selected_workspace, show_error, streamlit_progress
+from app.ui import load_slices, selected_workspace, show_error, streamlit_progress
 from core.campaigns import INSTRUCTIONS_MAX_CHARS, MAX_IMAGES_PER_TASK, MAX_WORKERS_PER_TASK, Campaign, CampaignStore
-from core.concepts import RESULT_KINDS, Vocabulary, concept_boxes, filter_results, query_concepts
+from core.concepts import RESULT_KINDS, Vocabulary, concept_boxes, filter_results, query_concepts, slice_concepts
 from core.crowd import (
     DEFAULT_INSTRUCTIONS,
     SAMPLINGS,
@@ -55,6 +55,16 @@ DROPPED_TERM_COLUMNS = {
     "count": st.column_config.NumberColumn("Uses", format="%d"),
     "workers": st.column_config.NumberColumn("Workers", format="%d"),
     "reason": st.column_config.TextColumn("Why", width="large"),
+}
+SLICE_CONCEPT_COLUMNS = {
+    "slice": st.column_config.NumberColumn("Slice", width="small"),
+    "flagged": st.column_config.CheckboxColumn("Problem", width="small", help="Flagged on the Slices page: clearly less accurate than the rest"),
+    "size": st.column_config.NumberColumn("Size", width="small"),
+    "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
+    "annotated": st.column_config.NumberColumn("Annotated", width="small", help="The slice's images the campaign's workers annotated"),
+    "concepts": st.column_config.TextColumn("Named by the crowd", width="large",
+                                            help="The concepts that best tell the slice's annotated images from the campaign's other annotated "
+                                                 "images (a shallow decision tree), with how many of each match; blank when none does"),
 }
 KIND_LABELS = {"type": "entity types", "attribute": "attributes", "pair": "attribute-type pairs", "not": "NOT combinations",
                "and": "AND combinations", "rule": "association rules (Apriori)", "tree": "decision-tree rules", "query": "queries"}
@@ -252,6 +262,25 @@ def concept_images(workspace: Workspace, store: CampaignStore, campaign: Campaig
                                   caption=f"label {row['label']} · predicted {row['prediction']}")
 
 
+def slices_view(workspace: Workspace, concepts: CampaignConcepts) -> None:
+    """The Slices page's slices named by the crowd's concepts (issue 15: SECA terms naming slices)."""
+    selection = st.session_state["selection"]
+    try:
+        slice_ids, table = load_slices(str(selection.workspace), selection.slice_on, selection.k, selection.method)
+    except SliceScopeError as error:
+        show_error(error)
+        return
+    named = slice_concepts(concepts.table, pd.Series(slice_ids, index=workspace.images["image_id"].to_numpy()))
+    if named.empty:
+        st.info("None of the campaign's annotated images is in this workspace's slices.")
+        return
+    shown = table[["slice", "flagged", "size", "accuracy"]].merge(named, on="slice")
+    shown = shown.sort_values(["flagged", "accuracy"], ascending=[False, True], kind="stable")
+    st.caption(f"{selection.slicing_label.capitalize()} (Slicing settings in the System Menu), each named by the concepts its annotated "
+               "images share; a slice needs 5 annotated images to be named. Problem slices first.")
+    st.dataframe(shown, hide_index=True, column_config=SLICE_CONCEPT_COLUMNS, height=360)
+
+
 def exports(store: CampaignStore, campaign: Campaign, concepts: CampaignConcepts) -> None:
     columns = st.columns(5)
     columns[0].download_button("Annotations (COCO JSON)", json.dumps(store.export_coco(campaign.id), default=str),
@@ -270,7 +299,8 @@ def results(workspace: Workspace, store: CampaignStore, campaign: Campaign, answ
     with st.spinner("Reconciling terms and mining concepts…"):
         concepts = mined_concepts(str(workspace.path), campaign.id, answers, None if saved is None else saved.terms.to_csv(index=False),
                                   fasttext_path)
-    findings, vocabulary, table, queries, images, export = st.tabs(["Findings", "Vocabulary", "Table", "Queries", "Images per concept", "Export"])
+    findings, vocabulary, table, queries, slices, images, export = st.tabs(
+        ["Findings", "Vocabulary", "Table", "Queries", "Slices", "Images per concept", "Export"])
     with findings:
         findings_view(concepts)
     with vocabulary:
@@ -281,6 +311,8 @@ def results(workspace: Workspace, store: CampaignStore, campaign: Campaign, answ
         st.dataframe(concepts.table.to_frame(), height=360)
     with queries:
         query_view(concepts)
+    with slices:
+        slices_view(workspace, concepts)
     with images:
         concept_images(workspace, store, campaign, concepts, answers)
     with export:

@@ -341,7 +341,7 @@ def main() -> None:
         return
     state = annotations.state
     try:
-        _, table = load_slices(path, selection.slice_on, selection.k)
+        _, table = load_slices(path, selection.slice_on, selection.k, selection.method)
     except SliceScopeError as error:
         show_error(error)
         return

@@ -65,8 +65,8 @@ THUMBNAIL_POINTS_MAX = 3000  # one JPEG per point travels with the chart: a few 
 TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
 # The slice the analyst asked to annotate; the annotation form reads it.
 ANNOTATE_KEY = "annotate_slice"
-TABLE_COLUMNS = ["slice", "flagged", "size", "accuracy", "interval", "gap", "spuriousness", "annotation", "description", "mean_confidence", "errors",
-                 "confusion"]
+TABLE_COLUMNS = ["slice", "flagged", "size", "accuracy", "interval", "gap", "spuriousness", "annotation", "description", "metadata_description",
+                 "mean_confidence", "errors", "confusion"]
 TABLE_COLUMN_CONFIG = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
     "flagged": st.column_config.CheckboxColumn("Problem", width="small",
@@ -81,6 +81,10 @@ TABLE_COLUMN_CONFIG = {
     "errors": st.column_config.NumberColumn("Errors", width="small"),
     "annotation": st.column_config.TextColumn("Annotation", width="medium"),
     "description": st.column_config.TextColumn("Mostly", width="large", help="The slice's most common label → prediction, and how over-represented it is"),
+    "metadata_description": st.column_config.TextColumn(
+        "Set apart by", width="large",
+        help="For problem slices: the dataset's own columns (from the manifest) that best tell the slice's images from the others, "
+             "found by a shallow decision tree, with how many of the slice and of the other images match"),
     "confusion": st.column_config.TextColumn("label → prediction counts", width="large"),
 }
 
@@ -158,6 +162,8 @@ def slice_table_view(table, slice_ids: np.ndarray, spuriousness_config) -> None:
     # Strongest evidence first: a 2-image slice at 0% is not a finding, a large slice far below the rest is.
     with_interval = table.assign(interval=[f"{low:.0%}–{high:.0%}" for low, high in zip(table["accuracy_low"], table["accuracy_high"])])
     shown = evidence_order(with_interval)[TABLE_COLUMNS].reset_index(drop=True)
+    if not shown["metadata_description"].astype(bool).any():
+        shown = shown.drop(columns="metadata_description")  # a dataset without metadata columns: nothing to name slices by
     if points:
         shown = shown[shown["slice"].isin(slices_of(slice_ids, points))].reset_index(drop=True)
         note, clear = st.columns([4, 1], vertical_alignment="center")
@@ -189,9 +195,9 @@ def mosaic_view(selection, table, slice_ids: np.ndarray, metric: str) -> None:
     path, picked = str(selection.workspace), st.session_state["picked_slices"]
     try:
         if selection.layout == "confusion":
-            figure = cell_mosaic_figure(load_mosaic(path, selection.k, "confusion"), table, picked, load_workspace(path).classes, metric)
+            figure = cell_mosaic_figure(load_mosaic(path, selection.slice_params, "confusion"), table, picked, load_workspace(path).classes, metric)
         else:
-            figure = mosaic_figure(load_mosaic(path, selection.k, "combined"), table, picked, metric)
+            figure = mosaic_figure(load_mosaic(path, selection.slice_params, "combined"), table, picked, metric)
     except SliceScopeError as error:
         show_error(error)
         return
@@ -349,7 +355,7 @@ def main() -> None:
     images = workspace.images
     st.title(f"Slices · {workspace.name}")
     try:
-        slice_ids, table = load_slices(path, selection.slice_on, selection.k)
+        slice_ids, table = load_slices(path, selection.slice_on, selection.k, selection.method)
         layout = load_layout(path, selection.representation)
     except SliceScopeError as error:
         show_error(error)

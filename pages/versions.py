@@ -29,7 +29,6 @@ from core.errors import SliceScopeError
 from core.loop import Slicing, evaluate_version, slice_changes, version_board
 from core.mitigation import read_version
 from core.robustness import REGION_SOURCES, read_metrics
-from core.slicing import SliceParams
 from core.workspace import Workspace, is_workspace
 
 REGION_LABELS = {
@@ -128,7 +127,7 @@ def main() -> None:
     if evaluated["regions"].nunique() > 1:
         st.warning("The versions were evaluated with different regions, so their numbers do not compare: re-evaluate them all with the same regions.",
                    icon=":material/warning:")
-    evaluate_form(board, Slicing(selection.slice_on, SliceParams(k=selection.k)), path)
+    evaluate_form(board, Slicing(selection.slice_on, selection.slice_params), path)
     if not evaluated.empty:
         st.plotly_chart(versions_figure(board), width="stretch", key="versions_chart")
 

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.demo import workspace_dir
 from core.evidence import evidence_order
-from core.slicing import SliceParams, default_k, find_slices, slice_table
+from core.slicing import default_slice_params, find_slices, slice_table
 from core.workspace import Workspace
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
@@ -32,10 +32,10 @@ def test_main_page_opens_on_the_demo_with_a_slice_table(app, tiny_demo):
     assert table["size"].sum() == len(workspace.images)
     # Strongest evidence first: the flagged slices, then the rest, each ordered as core.evidence.evidence_order does.
     assert table["flagged"].is_monotonic_decreasing
-    expected = evidence_order(slice_table(workspace.images, find_slices(workspace, "attribution", SliceParams(k=default_k(len(workspace.images))))))
+    expected = evidence_order(slice_table(workspace.images, find_slices(workspace, "attribution", default_slice_params(len(workspace.images)))))
     assert table["slice"].tolist() == expected["slice"].tolist()
     assert "→" in table["description"].iat[0]
-    assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Layout", "Colour encoding", "Slice on", "Kernel"]
+    assert [s.label for s in app.sidebar.selectbox] == ["Dataset", "Model version", "Representation", "Layout", "Colour encoding", "Slice on", "Slicing method", "Kernel"]
 
 
 def test_switching_model_version_and_representation(app, tiny_demo):

@@ -10,12 +10,28 @@ import re
 import shutil
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.campaigns import CampaignStore
 from core.demo import workspace_dir
 from core.workspace import Workspace
 from tests.helpers import browser_page, running_app
 from tests.test_browser import TIMEOUT_MS, assert_no_errors, expect, wait_until_idle
+
+
+def choose_option(page, label: str, option: re.Pattern) -> None:
+    """Open the selectbox ``label`` and pick ``option``. The page's live monitor reruns every few seconds and can
+    re-render the open list mid-click on a busy machine, so a detached option is tried again rather than failing."""
+    for _ in range(3):
+        page.get_by_role("combobox", name=label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=15_000)
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+            continue
+        return
+    raise AssertionError(f"could not pick {option.pattern!r} in the {label!r} selectbox")
+
 
 CAMPAIGN_TIMEOUT_MS = 180_000  # sampling, GradCAM pictures and the store: seconds on the tiny demo, more on a busy machine
 
@@ -47,8 +63,7 @@ def test_a_created_campaign_is_picked_with_its_links_and_the_form_is_cleared(pag
     page.get_by_test_id("stExpander").filter(has_text="New campaign").locator("summary").first.click()
     images = page.get_by_role("spinbutton", name="Images to annotate")
     images.fill("4")
-    page.get_by_role("combobox", name="Saliency", exact=True).click()
-    page.get_by_role("option", name=re.compile(r"^GradCAM")).click()
+    choose_option(page, "Saliency", re.compile(r"^GradCAM"))
     name = page.get_by_role("textbox", name="Campaign name")
     name.fill("Boxes in the browser")
     page.get_by_role("button", name="Create campaign").click()

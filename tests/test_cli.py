@@ -39,7 +39,7 @@ def test_demo_then_slices(tmp_path):
         assert result.returncode == 0, result.stderr
         slices = pd.read_csv(out)
         assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
-                                       "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
+                                       "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "slice_metadata", "x", "y"]
         assert len(slices) == len(workspace.images)
         assert set(slices["slice"]) == set(range(5))
         assert slices["confidence"].between(0, 1).all()
@@ -49,7 +49,9 @@ def test_demo_then_slices(tmp_path):
     default = run_cli("slices", str(workspace.path), "--k", "8", "--out", str(tmp_path / "default.csv"))
     assert default.returncode == 0, default.stderr
     slices = pd.read_csv(tmp_path / "default.csv")
-    assert {"slice", "flagged", "slice_accuracy", "q_value", "slice_description"} <= set(slices.columns)
+    assert {"slice", "flagged", "slice_accuracy", "q_value", "slice_description", "slice_metadata"} <= set(slices.columns)
+    # Only flagged slices are named by the demo's metadata columns (colour, background, group ...).
+    assert slices.loc[~slices["flagged"], "slice_metadata"].isna().all()
     # The default is the error-aware mixture, which picks its own number of slices by BIC (at most --k).
     assert 2 <= slices["slice"].nunique() <= 8
 
@@ -104,10 +106,10 @@ def test_annotate_list_clear_and_undo(image_folder, small_net_checkpoint, tmp_pa
     monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
     workspace = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "ws"))
     ws = str(workspace.path)
-    # 18 images: the default k is 2, so the slicing is attribution:k=2:seed=0 and slices are 0 and 1.
+    # 18 images: the default k is 2, so the slicing is attribution:domino:k=2:seed=0 and slices are 0 and 1.
     marked = run_cli("annotate", ws, "--slice", "1", "--kind", "spurious", "--note", "<b>sky</b>'; --", "--analyst", "alice")
     assert marked.returncode == 0, marked.stderr
-    assert marked.stdout.strip() == "slice 1 (attribution:k=2:seed=0) marked spurious by alice: <b>sky</b>'; --"
+    assert marked.stdout.strip() == "slice 1 (attribution:domino:k=2:seed=0) marked spurious by alice: <b>sky</b>'; --"
     assert run_cli("annotate", ws, "--slice", "0", "--kind", "core", "--analyst", "bob").returncode == 0
 
     listed = run_cli("annotate", ws, "--list")
@@ -120,13 +122,13 @@ def test_annotate_list_clear_and_undo(image_folder, small_net_checkpoint, tmp_pa
     cleared = run_cli("annotate", ws, "--slice", "1", "--clear", "--analyst", "bob")
     assert cleared.returncode == 0, cleared.stderr
     store = AnnotationStore.for_workspace(workspace.path)
-    assert store.slice_annotations(workspace.fingerprint, "attribution:k=2:seed=0") == {}
+    assert store.slice_annotations(workspace.fingerprint, "attribution:domino:k=2:seed=0") == {}
     assert list(store.history(workspace.fingerprint)["action"]) == ["clear", "undo", "set", "set"]
     store.close()
 
 
 @pytest.mark.parametrize("args, database, message", [
-    (["--slice", "2", "--kind", "core"], None, "slice 2 does not exist: attribution:k=2:seed=0 has slices 0 to 1"),
+    (["--slice", "2", "--kind", "core"], None, "slice 2 does not exist: attribution:domino:k=2:seed=0 has slices 0 to 1"),
     (["--slice", "0"], None, "annotate needs the kind of slice"),
     (["--slice", "0", "--clear"], None, "slice 0 has no annotation to clear"),
     (["--list"], "postgresql://alice:s3cret@127.0.0.1:1/db", "annotation database at postgresql+psycopg://alice:***@127.0.0.1:1/db cannot be used"),

@@ -20,6 +20,7 @@ from core.concepts import (
     mine_concepts,
     normalise_term,
     read_annotations_csv,
+    slice_concepts,
 )
 from core.concepts.table import ConceptTable
 from core.errors import SliceScopeError
@@ -204,3 +205,18 @@ def test_command_line_writes_findings_and_answers_queries(tmp_path, capsys):
     assert "most typical of shark" in capsys.readouterr().out
     assert main([*command, "--query", "stmp"]) == 2
     assert "error: there is no concept 'stmp' — did you mean stamp" in capsys.readouterr().err
+
+
+def test_slices_are_named_by_the_concepts_their_annotated_images_share(planted_table):
+    # Slice 0: the shark images (85% carry the yellow stamp); slice 1: the rest; slice 2: two images, too few to describe.
+    image_ids = planted_table.concepts.index
+    slices = pd.Series(np.where(planted_table.prediction == "shark", 0, 1), index=image_ids)
+    slices.iloc[-2:] = 2
+    named = slice_concepts(planted_table, slices).set_index("slice")
+    assert named.loc[0, "annotated"] == 40 and named.loc[2, "annotated"] == 2
+    assert any(f"{concept} = yes" in named.loc[0, "concepts"] for concept in PLANTED), named.loc[0, "concepts"]
+    assert named.loc[2, "concepts"] == ""
+    unannotated = slice_concepts(planted_table, pd.Series({"not-annotated": 0}))
+    assert unannotated.empty
+    with pytest.raises(SliceScopeError, match="min_images"):
+        slice_concepts(planted_table, slices, min_images=0)

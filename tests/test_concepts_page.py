@@ -95,6 +95,9 @@ def test_a_campaign_is_mined_into_findings_queries_and_images(answered_workspace
     assert all(caption.endswith(f"predicted {named_by[concept]}") for caption in captions), captions
     concept_table = next(frame.value for frame in app.dataframe if "_prediction" in frame.value.columns)
     assert len(concept_table) == len(answered_workspace.images) and set(concept_table["_prediction"]) == set(prediction)
+    # Slices named by the crowd: every annotated image counted in its slice of the System Menu's slicing.
+    named = next(frame.value for frame in app.dataframe if "concepts" in frame.value.columns)
+    assert named["annotated"].sum() == len(answered_workspace.images) and named["annotated"].le(named["size"]).all()
     downloads = {button.proto.label for button in app.get("download_button")}
     assert {"Annotations (COCO JSON)", "Concept table (CSV)", "All findings (CSV)", "Rules (CSV)", "Vocabulary (CSV)"} <= downloads
 

@@ -353,7 +353,7 @@ def test_cli_attach_train_then_influence_slices(tiny_demo, tmp_path):
     assert "computing influence embeddings, once: about" in result.stdout
     slices = pd.read_csv(out)
     assert list(slices.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
-                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
+                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "slice_metadata", "x", "y"]
     assert set(slices["slice"]) == {0, 1, 2} and len(slices) == len(workspace.images)
 
     rule = run_cli("slices", str(workspace.path), "--method", "influence-rule", "--min-size", "8", "--out", str(out))

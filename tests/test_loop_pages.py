@@ -22,7 +22,7 @@ from core.cli import build_parser, training_params
 from core.errors import SliceScopeError
 from core.loop import Slicing, mitigate_arguments, open_store, plan_mitigation, read_annotations
 from core.mitigation import TrainingParams, job_folder, read_job, read_status
-from core.slicing import SliceParams, default_k
+from core.slicing import DEFAULT_SLICING, default_k, default_slice_params, find_slices
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,8 @@ def test_mitigate_page_without_annotations_says_what_to_do(home):
     assert app.title[0].value == "Mitigate · demo · biased model"
     message = next(info.value for info in app.info if "annotate them **spurious**" in info.value)
     selection = app.session_state["selection"]
-    assert message.startswith(f"None of the {selection.k} slices of the attribution space (F_W) is annotated yet.")
+    assert message.startswith(f"None of {selection.slicing_label} is annotated yet.")
+    assert "attribution space (F_W)" in selection.slicing_label
     assert not app.get("form_submit_button") and not app.get("image")
 
 
@@ -151,7 +152,8 @@ def test_an_annotated_spurious_slice_is_treated_and_previewed(home, root):
 
     app.radio(key="mitigate_source").set_value("propagation").run()
     app.slider(key="mitigate_threshold").set_value(0.0).run()  # every slice but the core one
-    assert sorted(app.dataframe[2].value["slice"]) == [0, 2, 3, 4, 5]
+    slices = find_slices(root, "attribution", default_slice_params(len(root.images)))
+    assert sorted(app.dataframe[2].value["slice"]) == sorted(set(range(int(slices.max()) + 1)) - {1})
 
 
 def test_retraining_in_the_background_then_comparing_versions(home, root):
@@ -250,8 +252,9 @@ def test_the_cli_arguments_plan_the_same_job_again(root):
     treated = [int(s) for s in arguments[arguments.index("--slices") + 1].split(",")]
     assert tuple(treated) == job.treated_slices
     assert plan_mitigation(root, state, "propagation", job.out, threshold=0.9, params=params, treated=treated) == job  # the named slices win
-    assert Slicing.from_name(job.slicing) == Slicing("attribution", SliceParams(k=default_k(len(root.images))))
+    assert Slicing.from_name(job.slicing) == Slicing("attribution", default_slice_params(len(root.images)))
     assert arguments[arguments.index("--k") + 1] == str(default_k(len(root.images)))
+    assert arguments[arguments.index("--method") + 1] == DEFAULT_SLICING.method
     with pytest.raises(SliceScopeError, match="are not all in"):
         plan_mitigation(root, state, "propagation", job.out, treated=[999])
 

@@ -33,6 +33,7 @@ from core.mitigation import (
     version_family,
 )
 from core.robustness import load_pixels, read_metrics, read_object_mask, read_object_masks
+from core.slicing import default_k
 from core.store import AnnotationStore
 from core.workspace import Workspace
 
@@ -160,13 +161,12 @@ def test_cancel_stops_at_the_next_batch_and_says_how_to_resume(line, store):
 
 
 def test_cli_annotate_mitigate_evaluate(line, capsys):
-    k = int(read_annotations(AnnotationStore.for_workspace(line.path), line).slice_ids.max()) + 1
     assert cli_main(["annotate", str(line.path), "--slice", "0", "--kind", "spurious", "--note", "water"]) == 0
     out = line.path.with_name("v2")
     assert cli_main(["mitigate", str(line.path), "--from", "annotations", "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
     printed = capsys.readouterr().out
     assert "new version ready" in printed and "RCS" in printed
-    assert cli_main(["evaluate", str(out), "--regions", "attribution", "--k", str(k)]) == 0
+    assert cli_main(["evaluate", str(out), "--regions", "attribution", "--k", str(default_k(len(line.images)))]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc"} <= set(metrics)
     assert "attribution masks" in metrics["regions"]

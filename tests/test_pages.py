@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.demo import workspace_dir
 from core.mosaic import build_cell_mosaics
-from core.slicing import SliceParams, default_k, find_slices, slicing_name
+from core.slicing import default_slice_params, find_slices, slicing_name
 from core.store import AnnotationStore
 from core.views import MEMBER_ORDERS, members, order_members, typical_members
 from core.workspace import MANIFEST, Workspace
@@ -36,7 +36,7 @@ def biased(tiny_demo) -> Workspace:
 
 @pytest.fixture
 def slice_ids(biased) -> np.ndarray:
-    return find_slices(biased, "attribution", SliceParams(k=default_k(len(biased.images))))
+    return find_slices(biased, "attribution", default_slice_params(len(biased.images)))
 
 
 def open_app(home: Path, monkeypatch, workspaces: Path | None = None, **query) -> AppTest:
@@ -202,7 +202,7 @@ def test_confusion_layout_offers_a_mosaic_per_cell_titled_in_words(demo_home, mo
     titles = [annotation["text"] for annotation in figure["layout"]["annotations"]]
     assert titles == [f"label: {label} · prediction: {prediction}" for label in classes for prediction in classes]
 
-    cells = build_cell_mosaics(biased, SliceParams(k=default_k(len(biased.images))))  # what the app built, read back
+    cells = build_cell_mosaics(biased, default_slice_params(len(biased.images)))  # what the app built, read back
     assert len(figure["layout"]["images"]) == sum(len(cell.mosaic.slice_ids) for cell in cells)
     # Each cell's pictures sit in that cell's subplot (the matrix is row-major: label × prediction).
     axis = {(label, prediction): f"x{i + 1}" if i else "x" for i, (label, prediction) in enumerate((l, p) for l in classes for p in classes)}
@@ -258,7 +258,7 @@ def test_annotating_a_slice_saves_it_spreads_spuriousness_and_undoes(demo_home, 
     app = open_app(demo_home, monkeypatch, slices="1")
     table = app.dataframe[0].value
     assert table["spuriousness"].isna().all() and (table["annotation"] == "").all()
-    slicing = slicing_name("attribution", SliceParams(k=default_k(len(biased.images))))
+    slicing = slicing_name("attribution", default_slice_params(len(biased.images)))
     hostile = "spurious: water <script>alert(1)</script>"
     app.sidebar.text_input(key="analyst").input("alice")
     app.segmented_control(key=f"annotation_kind-{slicing}").set_value("spurious")

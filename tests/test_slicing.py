@@ -53,7 +53,7 @@ def test_slices_are_cached_per_parameters(workspace):
 def test_slices_frame_has_the_cli_columns_and_layouts_differ_per_representation(workspace):
     frame = slices_frame(workspace, "attribution", SliceParams(k=3), ProjectionParams(n_neighbors=5))
     assert list(frame.columns) == ["path", "label", "prediction", "confidence", "slice", "flagged", "slice_accuracy", "rest_accuracy",
-                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "x", "y"]
+                                   "slice_accuracy_low", "slice_accuracy_high", "q_value", "slice_description", "slice_metadata", "x", "y"]
     per_slice = slice_table(workspace.images, frame["slice"].to_numpy()).set_index("slice")
     assert (frame["flagged"] == per_slice["flagged"].reindex(frame["slice"]).to_numpy()).all()
     assert len(frame) == len(workspace.images) and np.isfinite(frame[["x", "y"]].to_numpy()).all()

@@ -24,6 +24,7 @@ from benchmarks.spotcheck import (
     generate,
     generated_metadata,
     model_accuracy,
+    naming_rate,
     sample_blindspots,
     sample_features,
     scan_test_split,
@@ -153,6 +154,17 @@ def test_nothing_flagged_scores_zero_discoveries():
     assert result["dr"] == 0.0 and result["fdr"] == 0.0 and result["n_flagged"] == 0 and np.isnan(result["p_at_10"])
 
 
+def test_a_discovered_blindspot_is_named_by_its_feature_values(generated):
+    _, _, manifest = generated
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    names = sorted(set(test["blindspot"]) - {""})
+    slice_ids = np.array([names.index(name) + 1 if name else 0 for name in test["blindspot"]])
+    flagged = np.array([False] + [True] * len(names))
+    assert naming_rate(test, slice_ids, flagged) == 1.0
+    # Nothing flagged, nothing discovered: the rate is undefined rather than 0 or 1.
+    assert np.isnan(naming_rate(test, slice_ids, np.zeros_like(flagged)))
+
+
 def test_held_out_flagging_rule():
     # Overall accuracy (60 + 5 + 0 + 24) / 100 = 0.89, so a slice is flagged at accuracy ≤ 0.69 with ≥ 5 images.
     correct = np.array([1] * 60 + [1] * 5 + [0] * 5 + [0] * 4 + [1] * 24 + [0] * 2, dtype=bool)
@@ -177,6 +189,6 @@ def test_untrained_model_scans_and_every_method_scores(generated, tmp_path):
     assert set(model_accuracy(workspace)) == {"overall", "outside blindspots", *(set(test_rows["blindspot"]) - {""})}
     for method in METHODS.values():
         result = evaluate(workspace, method)
-        assert set(result) == {"dr", "fdr", "p_at_10", "n_flagged", "seconds"}
+        assert set(result) == {"dr", "fdr", "p_at_10", "n_flagged", "named", "seconds"}
         assert 0 <= result["dr"] <= 1 and 0 <= result["fdr"] <= 1
     assert not (workspace.path / "derived").exists()  # methods ran on a scratch copy

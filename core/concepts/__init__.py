@@ -5,7 +5,7 @@ The stages, each a module::
     annotations  the input tables (crowd annotations; images with their prediction)
     reconcile    C3: typed terms → Vocabulary (spelling, singular, embedding, K-Means)
     table        C4: images × concepts binary table (types, attributes, attribute-type pairs)
-    mining       C5: chi-square / Cramér's V, NOT and AND, association rules, tree rules
+    mining       C5: chi-square / Cramér's V, NOT and AND, association rules, tree rules; slices named by concepts
     query        validation queries ("stamp AND NOT fish_body") with the same statistics
 
 Typical use::
@@ -27,6 +27,7 @@ from core.concepts.mining import (
     concept_statistics,
     filter_results,
     mine_concepts,
+    slice_concepts,
 )
 from core.concepts.query import parse_query, query_concepts
 from core.concepts.reconcile import Vocabulary, reconcile
@@ -36,4 +37,5 @@ __all__ = [
     "ANNOTATION_COLUMNS", "IMAGE_COLUMNS", "RESULT_COLUMNS", "RESULT_KINDS", "AssociationRules", "ConceptStatistics", "ConceptTable",
     "Embedder", "FastTextEmbedder", "MiniLMEmbedder", "TreeRules", "Vocabulary", "build_concept_table", "concept_boxes", "concept_statistics",
     "filter_results", "mine_concepts", "normalise_term", "parse_query", "query_concepts", "read_annotations_csv", "reconcile",
+    "slice_concepts",
 ]

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from core.concepts.table import ConceptTable
+from core.descriptions import DescriptionParams, describe_members, leaf_paths
 from core.errors import SliceScopeError
 
 RESULT_COLUMNS = ("concept", "kind", "class", "p_value", "cramers_v", "frequency", "frequency_outside", "n_images", "coverage",
@@ -165,19 +166,6 @@ class AssociationRules:
         return self
 
 
-def _leaf_paths(tree, names: list[str]):
-    """(leaf node, conditions from the root) for each leaf; a binary split at 0.5 is "absent" left, "present" right."""
-    stack = [(0, ())]
-    while stack:
-        node, conditions = stack.pop()
-        if tree.children_left[node] == -1:
-            yield node, conditions
-            continue
-        name = names[tree.feature[node]]
-        stack.append((tree.children_left[node], (*conditions, f"NOT {name}")))
-        stack.append((tree.children_right[node], (*conditions, name)))
-
-
 @dataclass
 class TreeRules:
     """Per class, a decision tree (class vs rest) on the concepts; each leaf where the class is the majority is a rule.
@@ -210,7 +198,7 @@ class TreeRules:
             tree = DecisionTreeClassifier(max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf, random_state=self.seed)
             tree.fit(features, target)
             leaves = tree.apply(features)
-            for leaf, conditions in _leaf_paths(tree.tree_, names):
+            for leaf, conditions in leaf_paths(tree.tree_, lambda feature, _, present: names[feature] if present else f"NOT {names[feature]}"):
                 members = leaves == leaf
                 if conditions and target[members].mean() > 0.5:
                     expression = " AND ".join(conditions)
@@ -241,3 +229,24 @@ def mine_concepts(table: ConceptTable, statistics: ConceptStatistics | None = No
     """Statistics, association rules and tree rules in one table (``RESULT_COLUMNS``), each part in its own ranking."""
     parts = [(statistics or ConceptStatistics()), (rules or AssociationRules()), (trees or TreeRules())]
     return pd.concat([part.fit(table).results_ for part in parts], ignore_index=True)
+
+
+def slice_concepts(table: ConceptTable, image_slices: pd.Series, min_images: int = 5,
+                   params: DescriptionParams = DescriptionParams()) -> pd.DataFrame:
+    """Each slice named by the crowd's concepts: the conjunction that best tells its annotated images from the other annotated ones.
+
+    ``image_slices``: slice id per ``image_id``. A slice needs ``min_images`` annotated images to be described;
+    the words are :func:`core.descriptions.describe_members` over the concept columns ("stamp = yes & fish_body = no").
+    Returns ``slice, annotated, concepts`` (``concepts`` "" where none describes the slice), largest slices first.
+    """
+    if min_images < 1:
+        raise SliceScopeError(f"min_images = {min_images} is not a number of images", "pass min_images of at least 1, e.g. 5")
+    slices = image_slices.reindex(table.concepts.index)
+    known = slices.notna().to_numpy()
+    presence = table.concepts[known].replace({True: "yes", False: "no"}).astype(str)
+    slice_ids = slices[known].astype(int).to_numpy()
+    counts = pd.Series(slice_ids).value_counts()
+    rows = [{"slice": int(slice_id), "annotated": int(count),
+             "concepts": describe_members(presence, slice_ids == slice_id, list(presence.columns), params) if count >= min_images else ""}
+            for slice_id, count in counts.items()]
+    return pd.DataFrame(rows, columns=["slice", "annotated", "concepts"])

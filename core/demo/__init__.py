@@ -182,10 +182,9 @@ def _attach_training_data(out: Path, name: str, workspace: Workspace) -> None:
 
 
 def _precompute_views(workspace: Workspace, report: ProgressFn) -> None:
-    """Compute the default slices and layouts so the app opens without waiting."""
-    from core.slicing import SliceParams, default_k, find_slices, project
+    """Compute the app's default slices and layouts so the app opens without waiting."""
+    from core.slicing import default_slice_params, find_slices, project
 
-    k = default_k(len(workspace.images))
     for representation in ("attribution", "features"):
-        find_slices(workspace, representation, SliceParams(k=k), progress=report)
+        find_slices(workspace, representation, default_slice_params(len(workspace.images)), progress=report)
         project(workspace, representation, progress=report)

@@ -102,8 +102,8 @@ def spuriousness_column(annotations: Annotations | None):
             help="Probability that the slice relies on a spurious feature, spread from your core/spurious annotations.",
         )
     return st.column_config.NumberColumn(
-        f"Spuriousness: {NO_SPURIOUSNESS_HINT}",
-        help="Annotate at least one slice as core or spurious (below the table) and every slice gets a spuriousness probability.",
+        "Spuriousness", width="small",
+        help=f"Empty until you {NO_SPURIOUSNESS_HINT} (below the table); then every slice gets a spuriousness probability.",
     )
 
 

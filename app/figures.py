@@ -142,7 +142,12 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         if options.confusion and (label, prediction) not in positions:
             continue
         place = dict(zip(("row", "col"), positions[(label, prediction)])) if options.confusion else {}
-        figure.add_trace(_cell_trace(data, rows, options, label, prediction, show_legend=not options.confusion), **place)
+        # A cell's points take their slice's (or a value's) colour, so its legend entry is a neutral proxy in the same
+        # legend group (a click still toggles the cell); only the class colours mean something in the legend itself.
+        own_legend = not options.confusion and options.colour == "classes"
+        figure.add_trace(_cell_trace(data, rows, options, label, prediction, show_legend=own_legend), **place)
+        if not options.confusion and not own_legend:
+            figure.add_trace(_legend_proxy(label, prediction, len(rows)))
         if options.density and options.confusion:
             figure.add_trace(_density(data.layout[rows]), **place)
         if options.hull_slices and options.confusion:
@@ -154,7 +159,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         if options.hull_slices:
             _add_hulls(figure, data.layout, data.slice_ids, options.hull_slices, {})
         if options.slice_labels:
-            centres = pd.DataFrame({"x": data.layout[:, 0], "y": data.layout[:, 1], "slice": data.slice_ids}).groupby("slice").median()
+            centres = readable_slice_labels(data.layout, data.slice_ids)
             figure.add_trace(go.Scatter(
                 x=centres["x"], y=centres["y"], mode="text", text=[str(s) for s in centres.index], hoverinfo="skip",
                 textfont={"size": 11, "color": "#222"}, showlegend=False,
@@ -175,6 +180,34 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         title={"text": "● correct   ◆ misclassified", "font": {"size": 12}, "x": 0.01},
     )
     return figure
+
+
+def _legend_proxy(label: str, prediction: str, count: int) -> go.Scattergl:
+    correct = label == prediction
+    return go.Scattergl(
+        x=[None], y=[None], mode="markers", name=f"{label} → {prediction} ({count:,})", legendgroup=f"{label}|{prediction}",
+        marker={"size": 7 if correct else 9, "symbol": "circle" if correct else "diamond", "color": "#9aa0a6"}, hoverinfo="skip",
+    )
+
+
+# A slice number is drawn only this far (a share of the layout's larger side) from every number already drawn.
+LABEL_MIN_GAP = 0.035
+
+
+def readable_slice_labels(layout: np.ndarray, slice_ids: np.ndarray, min_gap: float = LABEL_MIN_GAP) -> pd.DataFrame:
+    """Where to write slice numbers (x, y indexed by slice id) so that none overlaps another: each slice's median
+    point, the largest slices first; a slice whose number would land on one already placed is left unnumbered
+    (its hover still names it)."""
+    frame = pd.DataFrame({"x": layout[:, 0], "y": layout[:, 1], "slice": slice_ids})
+    centres = frame.groupby("slice")[["x", "y"]].median()
+    sizes = frame.groupby("slice").size()
+    extent = float(max(np.ptp(layout[:, 0]), np.ptp(layout[:, 1]), 1e-12))
+    placed: list[int] = []
+    for slice_id in sizes.sort_values(ascending=False, kind="stable").index:
+        point = centres.loc[slice_id].to_numpy()
+        if all(np.hypot(*(point - centres.loc[other].to_numpy())) >= min_gap * extent for other in placed):
+            placed.append(slice_id)
+    return centres.loc[sorted(placed)]
 
 
 def _density(points: np.ndarray) -> go.Histogram2dContour:

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st
 
 from app import FAVICON
-from app.ui import ensure_demo, system_menu
+from app.ui import build_full_demo_behind, ensure_demo, system_menu
 
 
 def main() -> None:
@@ -33,6 +33,7 @@ def main() -> None:
     ensure_demo()
     st.session_state["selection"] = system_menu()
     navigation.run()
+    build_full_demo_behind()
 
 
 main()

@@ -7,6 +7,8 @@ functions for data; every load is cached, so a click re-renders from memory.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.demo import build_demo, default_demo_dir, is_demo_built
+from core.demo import (
+    BUILD_LOG,
+    QUICK_PRESET,
+    build_demo,
+    build_progress,
+    default_demo_dir,
+    is_demo_built,
+    quick_demo_dir,
+    start_background_build,
+)
 from core.errors import SliceScopeError
 from core.extract import repair_workspace
 from core.influence import is_computed
@@ -104,20 +115,82 @@ def streamlit_progress(container) -> ProgressFn:
     return report
 
 
+# Which presets the app builds: the quick demo it opens on, then the full one behind it.
+# SLICESCOPE_DEMO_PRESETS="tiny,tiny" makes both fast (tests, a machine too slow for the full demo).
+DEMO_PRESETS_ENV = "SLICESCOPE_DEMO_PRESETS"
+# The full demo's builder started by this server, per folder: a build that failed is reported, not restarted on every click.
+_BACKGROUND_BUILDS: dict[str, subprocess.Popen] = {}
+
+
+def demo_presets() -> tuple[str, str]:
+    quick, _, full = os.environ.get(DEMO_PRESETS_ENV, f"{QUICK_PRESET},full").partition(",")
+    return quick.strip() or QUICK_PRESET, full.strip() or "full"
+
+
+def demo_root() -> Path:
+    """The demo the System Menu lists: the full one once built, the quick one until then."""
+    full = default_demo_dir()
+    return full if is_demo_built(full) else quick_demo_dir()
+
+
 def ensure_demo() -> None:
-    """Build the demo on the first run, with visible progress; instant afterwards."""
-    demo_dir = default_demo_dir()
-    if is_demo_built(demo_dir):
+    """Open on the demo within a minute on a fresh machine: until the full demo is built, build the quick one here
+    (with progress, in every tab) and say at the top of the sidebar how far the full one got;
+    :func:`build_full_demo_behind` starts it."""
+    full = default_demo_dir()
+    if is_demo_built(full):
         return
+    if not is_demo_built(quick_demo_dir()):
+        _build_in_front(quick_demo_dir(), demo_presets()[0])
+    with st.sidebar:
+        st.fragment(_full_demo_banner, run_every=3)(full)
+
+
+def build_full_demo_behind() -> None:
+    """Until the full demo is built: build it in a process of its own that outlives the tab (:func:`ensure_demo`'s
+    banner says how far it got). Called after the page is drawn, so the first page does not share the CPUs with the build.
+    """
+    full = default_demo_dir()
+    if is_demo_built(full):
+        return
+    progress = build_progress(full)
+    if (progress is None or not progress.running) and str(full) not in _BACKGROUND_BUILDS:
+        _BACKGROUND_BUILDS[str(full)] = start_background_build(full, demo_presets()[1])
+
+
+def _full_demo_banner(full: Path) -> None:
+    if is_demo_built(full):
+        st.rerun(scope="app")  # the menu now lists the full demo
+    builder = _BACKGROUND_BUILDS.get(str(full))
+    if builder is not None and builder.poll() not in (None, 0):
+        st.error(f"The full demo could not be built (see {full / BUILD_LOG}); the quick demo stays usable. "
+                 f"Build it by hand with `python -m core demo --out {full}`.", icon=":material/error:")
+        return
+    progress = build_progress(full)
+    step = f"{progress.step}: {progress.done}/{progress.total}" if progress else "starting"
+    st.info("You are on the **quick demo** (400 held-out images, models trained for a few epochs). The full demo is being "
+            "built in the background and takes its place when ready.", icon=":material/hourglass_top:")
+    st.progress(progress.fraction if progress else 0.0, text=step)
+
+
+def _build_in_front(out: Path, preset: str) -> None:
+    """Build the demo at ``out`` here with a progress bar; a tab that finds another building it shows that build's progress."""
     st.title("SliceScope")
-    st.info(
-        "Building the built-in demo (first run only): generating a benchmark with injected problems, "
-        "training a biased and a balanced CNN and scanning the held-out images. This takes a few minutes; "
-        f"it is stored in {demo_dir} and reused from then on."
-    )
-    with st.status("Building the demo…", expanded=True) as status:
+    st.info("Building a quick demo to open on (first run only, under a minute): a generated benchmark with injected problems, "
+            "a biased and a balanced CNN, and the scans of their held-out images. The full demo is built behind it.")
+    progress = build_progress(out)
+    if progress is not None and progress.running:
+        with st.status("Another tab is building the quick demo…", expanded=True):
+            bar = st.progress(progress.fraction, text=progress.step)
+            while progress is not None and progress.running:
+                time.sleep(0.5)
+                progress = build_progress(out)
+                if progress is not None:
+                    bar.progress(progress.fraction, text=f"{progress.step} — {progress.done}/{progress.total}")
+        st.rerun()
+    with st.status("Building the quick demo…", expanded=True) as status:
         try:
-            build_demo(demo_dir, progress=streamlit_progress(st))
+            build_demo(out, preset, progress=streamlit_progress(st))
         except SliceScopeError as error:
             status.update(label="The demo could not be built", state="error")
             st.error(str(error))
@@ -134,7 +207,7 @@ def discover_workspaces() -> list[Path]:
     whose mitigation has not finished is left out (its job, not the menu,
     finishes it, and the Mitigate page resumes it).
     """
-    roots = [default_demo_dir()]
+    roots = [demo_root()]
     roots += [Path(p).expanduser() for p in os.environ.get("SLICESCOPE_WORKSPACES", "").split(os.pathsep) if p]
     found: list[Path] = []
     for root in roots:
@@ -194,6 +267,16 @@ def available_representations(path: str) -> list[str]:
     return [name for name in REPRESENTATION_LABELS if name != "influence" or is_computed(load_workspace(path))]
 
 
+def _follow_the_full_demo() -> None:
+    """Once the full demo replaced the quick one, a view of the quick demo (in the URL and the menu) moves to the same model in the full one."""
+    linked, quick = st.query_params.get("workspace"), quick_demo_dir().resolve()
+    if not linked or demo_root() == quick_demo_dir() or not Path(linked).resolve().is_relative_to(quick):
+        return
+    st.query_params["workspace"] = str((default_demo_dir() / Path(linked).resolve().relative_to(quick)).resolve())
+    for key in ("menu_dataset", "menu_workspace"):
+        st.session_state.pop(key, None)
+
+
 def _choose(label: str, options: list, format_func, query_key: str, key: str, container=st.sidebar, **kwargs):
     """A selectbox whose value is mirrored in the URL, so a view can be shared as a link."""
     wanted = st.query_params.get(query_key)
@@ -207,6 +290,7 @@ def system_menu() -> Selection | None:
     """Draw the System Menu in the sidebar and return the user's choices."""
     st.sidebar.header("System Menu")
     statuses = {str(p): workspace_status(p) for p in discover_workspaces()}
+    _follow_the_full_demo()
     linked = st.query_params.get("workspace")
     if linked and linked not in statuses:
         statuses[linked] = workspace_status(linked)

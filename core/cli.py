@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="build the built-in demo: data, two trained models and a workspace")
     demo.add_argument("--out", type=Path, required=True, help="folder to build the demo in (data/, models/, workspace/)")
-    demo.add_argument("--preset", default="full", help="size of the demo: full (default), small (the mosaic meaning test) or tiny (fast tests)")
+    demo.add_argument("--preset", default="full", help="size of the demo: full (default), quick (what the app opens on while it builds the full one), "
+                      "small (the mosaic meaning test) or tiny (fast tests)")
 
     scan = commands.add_parser("scan", help="extract predictions, features and GradCAM for a dataset and model into a workspace")
     scan.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label (paths relative to the CSV)")

@@ -194,7 +194,7 @@ def version_board(workspace: Workspace) -> pd.DataFrame:
             "mitigation": job.get("source", "original model") + (" (noise outside object masks)" if noise_on_object_masks else ""),
             "treated_slices": len(job.get("treated_slices", [])),
             "created": info.get("created", member.manifest.get("created", "")),
-            **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc")},
+            **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc", "relabelled")},
             "worst_group": metrics.get("worst_group", ""),
             "regions": metrics.get("regions", ""),
         })

@@ -149,6 +149,11 @@ def apply_relabels(images: pd.DataFrame, classes: list[str], relabels: dict[str,
     return labels
 
 
+def relabelled_count(images: pd.DataFrame, classes: list[str], relabels: dict[str, str]) -> int:
+    """How many of ``images`` the analyst's corrections give another label."""
+    return int((apply_relabels(images, classes, relabels) != images["label_index"].to_numpy()).sum())
+
+
 def rcs(core_acc: float, spurious_acc: float) -> float:
     """Relative core sensitivity; 0 when the model is at 0% or 100% under both noises."""
     alpha = (core_acc + spurious_acc) / 2
@@ -169,6 +174,7 @@ class Robustness:
     n_images: int
     group_acc: dict[str, float] = field(default_factory=dict)
     slice_acc: dict[int, float] = field(default_factory=dict)
+    relabelled: int = 0  # images whose label the analyst's corrections changed: clean accuracy counts their new label
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -249,6 +255,7 @@ def evaluate(
         n_images=len(images),
         group_acc={str(g): float(a) for g, a in group_acc.items()},
         slice_acc=slice_acc,
+        relabelled=relabelled_count(images, classes, relabels or {}),
     )
 
 

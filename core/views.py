@@ -153,3 +153,10 @@ def readable_number(value: float, significant: int = 3) -> str:
     decimals = significant - 1 - int(np.floor(np.log10(abs(value))))
     text = f"{round(value, decimals):,.{max(decimals, 0)}f}"
     return text.replace("-", "−")
+
+
+def version_label(version: int, name: str) -> str:
+    """A model version as every page names it: "v2 · demo · biased model" (a mitigated version's own name, which ends
+    in " · v2", is not repeated)."""
+    suffix = f" · v{version}"
+    return f"v{version} · {name.removesuffix(suffix)}"

@@ -65,7 +65,8 @@ THUMBNAIL_POINTS_MAX = 3000  # one JPEG per point travels with the chart: a few 
 TILE_PANELS_MAX = 3  # picked slices with a panel; a box selection can pick dozens, the detail view lists them all
 # The slice the analyst asked to annotate; the annotation form reads it.
 ANNOTATE_KEY = "annotate_slice"
-TABLE_COLUMNS = ["slice", "flagged", "size", "accuracy", "interval", "gap", "spuriousness", "annotation", "description", "metadata_description",
+# What matters first comes first: in the combined layout the table has half the page, and the rest scrolls.
+TABLE_COLUMNS = ["slice", "flagged", "size", "accuracy", "description", "metadata_description", "gap", "interval", "spuriousness", "annotation",
                  "mean_confidence", "errors", "confusion"]
 TABLE_COLUMN_CONFIG = {
     "slice": st.column_config.NumberColumn("Slice", width="small"),
@@ -73,14 +74,14 @@ TABLE_COLUMN_CONFIG = {
                                                help="Large enough and clearly less accurate than the rest: a binomial test against the rest's "
                                                     "error rate, Benjamini–Hochberg over all slices (q ≤ 0.05), at least 20 points below"),
     "size": st.column_config.NumberColumn("Size", width="small"),
-    "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent"),
+    "accuracy": st.column_config.ProgressColumn("Accuracy", min_value=0.0, max_value=1.0, format="percent", width="small"),
     "interval": st.column_config.TextColumn("95% interval", width="small", help="Wilson interval of the slice's accuracy"),
     "gap": st.column_config.NumberColumn("Below the rest", format="percent", width="small",
                                          help="How far the slice's accuracy lies below the accuracy of all other images"),
     "mean_confidence": st.column_config.NumberColumn("Confidence", format="percent", width="small"),
     "errors": st.column_config.NumberColumn("Errors", width="small"),
     "annotation": st.column_config.TextColumn("Annotation", width="medium"),
-    "description": st.column_config.TextColumn("Mostly", width="large", help="The slice's most common label → prediction, and how over-represented it is"),
+    "description": st.column_config.TextColumn("Mostly", width="medium", help="The slice's most common label → prediction, and how over-represented it is"),
     "metadata_description": st.column_config.TextColumn(
         "Set apart by", width="large",
         help="For problem slices: the dataset's own columns (from the manifest) that best tell the slice's images from the others, "

@@ -28,7 +28,8 @@ from app.ui import selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.loop import Slicing, evaluate_version, slice_changes, version_board
 from core.mitigation import read_version
-from core.robustness import REGION_SOURCES, read_metrics
+from core.robustness import REGION_SOURCES, read_metrics, relabelled_count
+from core.views import plural, version_label
 from core.workspace import Workspace, is_workspace
 
 REGION_LABELS = {
@@ -44,6 +45,8 @@ BOARD_COLUMNS = {
     "treated_slices": st.column_config.NumberColumn("Treated slices", width="small"),
     **METRIC_COLUMNS,
     "worst_group": "Worst group",
+    "relabelled": st.column_config.NumberColumn("Relabelled", width="small", format="%d",
+                                                help="Images marked mislabelled when the version was evaluated: clean accuracy counts them with their new label"),
     "regions": st.column_config.TextColumn("Regions", width="medium"),
     "created": "Created",
 }
@@ -51,7 +54,7 @@ CHANGE_THRESHOLD = 0.05  # a slice's accuracy must move by 5 points to count as 
 
 
 def evaluate_form(board: pd.DataFrame, slicing: Slicing, store_path: str) -> None:
-    missing = board[board["clean_acc"].isna()]
+    missing = board[board["clean_acc"].isna() | board["out_of_date"]]
     with st.expander("Evaluate", expanded=not missing.empty, icon=":material/speed:"):
         st.caption("Clean accuracy, core accuracy (noise on the spurious regions), spurious accuracy (noise on the core regions), "
                    "RCS, worst-group and per-slice accuracy. Compare versions evaluated with the same regions.")
@@ -79,7 +82,7 @@ def version_details(row: pd.Series, chosen: str, current: str) -> None:
     path = Path(chosen)
     info = read_version(Workspace(path))
     heading, action = st.columns([3, 1], vertical_alignment="center")
-    heading.subheader(f"v{row['version']} · {row['name']}")
+    heading.subheader(version_label(row["version"], row["name"]))
     action.button("Switch the app to this version", key="switch_version", on_click=switch_version, args=(str(path),),
                   icon=":material/swap_horiz:", disabled=str(path) == current, width="stretch")
     if info is None:
@@ -112,6 +115,25 @@ def version_details(row: pd.Series, chosen: str, current: str) -> None:
     model_downloads(path, key="version-model")
 
 
+def _out_of_date(workspace: Workspace, board: pd.DataFrame, path: str) -> pd.Series:
+    """Per version, whether it was evaluated before the latest images were marked mislabelled (said on the page).
+
+    Clean accuracy counts those images with their new label, so it differs from the Slices page's accuracy.
+    """
+    relabels = {image: relabel.label for image, relabel in store_for(path).relabels(workspace.dataset_fingerprint).items()}
+    current = relabelled_count(workspace.images, workspace.classes, relabels)
+    if current:
+        st.caption(f"Clean accuracy counts the {plural(current, 'image')} marked mislabelled with their corrected label "
+                   "(the Slices page shows the accuracy against the dataset's labels).")
+    stale = board["clean_acc"].notna() & (board["relabelled"].fillna(0).astype(int) != current)
+    if stale.any():
+        versions = ", ".join(f"v{version}" for version in board.loc[stale, "version"])
+        st.warning(f"{versions} {'was' if stale.sum() == 1 else 'were'} evaluated before the latest images were marked mislabelled: "
+                   "evaluate again so the numbers use the corrected labels.",
+                   icon=":material/update:")
+    return stale
+
+
 def main() -> None:
     workspace = selected_workspace()
     if workspace is None:
@@ -127,6 +149,7 @@ def main() -> None:
     if evaluated["regions"].nunique() > 1:
         st.warning("The versions were evaluated with different regions, so their numbers do not compare: re-evaluate them all with the same regions.",
                    icon=":material/warning:")
+    board["out_of_date"] = _out_of_date(workspace, board, path)
     evaluate_form(board, Slicing(selection.slice_on, selection.slice_params), path)
     if not evaluated.empty:
         st.plotly_chart(versions_figure(board), width="stretch", key="versions_chart")
@@ -135,7 +158,7 @@ def main() -> None:
     paths = rows.index.tolist()
     chosen = st.selectbox(
         "Version", paths, index=paths.index(path) if path in paths else 0,
-        format_func=lambda member: f"v{rows.at[member, 'version']} · {rows.at[member, 'name']}",
+        format_func=lambda member: version_label(rows.at[member, "version"], rows.at[member, "name"]),
         key=f"version_pick-{paths[0]}",  # one per line: another line's versions are other options
     )
     try:

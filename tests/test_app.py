@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.demo import workspace_dir
+from app.ui import DEMO_PRESETS_ENV
+from core.demo import BUILD_LOG, is_demo_built, workspace_dir
 from core.evidence import evidence_order
 from core.slicing import default_slice_params, find_slices, slice_table
 from core.workspace import Workspace
@@ -56,3 +58,26 @@ def test_report_page_lists_group_accuracy(app):
     assert app.title[0].value.startswith("Workspace report")
     groups = app.dataframe[0].value
     assert set(groups["group"]) == {"none", "background", "colour", "watermark", "flipped_label"}
+
+
+def test_a_fresh_machine_opens_on_the_quick_demo_and_moves_to_the_full_one(tmp_path, monkeypatch):
+    # Both stages at the tiny preset: the flow is what is tested here; benchmarks/first_start.py times the real presets.
+    monkeypatch.setenv("SLICESCOPE_HOME", str(tmp_path))
+    monkeypatch.setenv(DEMO_PRESETS_ENV, "tiny,tiny")
+    monkeypatch.delenv("SLICESCOPE_WORKSPACES", raising=False)
+    app = AppTest.from_file(str(MAIN), default_timeout=300)
+    app.run()
+    assert not app.exception, app.exception
+    quick, full = tmp_path / "demo-quick", tmp_path / "demo"
+    assert is_demo_built(quick) and app.session_state["selection"].workspace.is_relative_to(quick)
+    assert app.title[0].value.startswith("Slices · ") and app.dataframe
+    assert any("quick demo" in info.value for info in app.sidebar.info)
+
+    deadline = time.monotonic() + 240  # the full demo is built by a process of its own, not by the page
+    while not is_demo_built(full):
+        assert time.monotonic() < deadline, (full / BUILD_LOG).read_text()
+        time.sleep(1)
+    app.run()
+    assert not app.exception, app.exception
+    assert app.session_state["selection"].workspace.is_relative_to(full)
+    assert not any("quick demo" in info.value for info in app.sidebar.info)

@@ -168,3 +168,26 @@ def test_model_feature_map_and_training_smoke(demo):
     assert list(table.columns) == ["group", "n", "accuracy"]
     assert table["n"].sum() == TINY.n_test
     assert table["accuracy"].between(0, 1).all()
+
+
+def test_a_demo_without_balanced_model_or_crowd_builds_one_workspace_and_records_progress(tmp_path, monkeypatch):
+    import fcntl
+
+    from core.demo import BUILD_LOG, build_demo, build_progress, is_demo_built, workspace_dir
+
+    # The quick preset's shape (one model, no campaign) at the tiny preset's size.
+    monkeypatch.setitem(PRESETS, "tiny-quick", dataclasses.replace(TINY, balanced_model=False, crowd_images=0))
+    out = tmp_path / "demo"
+    assert build_progress(out) is None
+    build_demo(out, "tiny-quick")
+    assert is_demo_built(out) and workspace_dir(out, "biased").is_dir() and not workspace_dir(out, "balanced").exists()
+    metadata = pd.read_csv(out / "data" / "metadata.csv")
+    assert "balanced_train" not in set(metadata["split"]) and not (out / "models" / "balanced.pt").exists()
+    assert not (out / "simulated-crowd-tokens.json").exists()
+    finished = build_progress(out)
+    assert finished is not None and not finished.running and finished.step and finished.fraction == 1.0
+    # Another builder holds the folder's lock: the build is reported as running, with what it last recorded.
+    with open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert build_progress(out).running
+    assert not (out / BUILD_LOG).exists()  # only a background build writes a log

@@ -271,6 +271,20 @@ def test_versions_page_evaluates_with_the_chosen_regions(home, root):
     assert not app.exception and not app.error, [error.value for error in app.error]
     board = app.dataframe[0].value
     assert board["clean_acc"].notna().all() and board["regions"].tolist() == ["ground-truth object masks of 64 images"]
+    assert not app.warning
+
+    # Marking an image mislabelled changes what clean accuracy counts: the evaluated version is said to be out of date,
+    # and evaluating again (the default choice now) counts the image with its new label.
+    image = root.images.iloc[0]
+    store = open_store(root)
+    store.mark_mislabelled(root.dataset_fingerprint, image["image_id"], next(c for c in root.classes if c != image["label"]), "ada")
+    store.close()
+    app.run()
+    assert any("evaluated before the latest images were marked mislabelled" in warning.value for warning in app.warning)
+    assert any("counts the 1 image marked mislabelled" in caption.value for caption in app.caption)
+    app.button(key="evaluate").click().run()
+    assert not app.exception and not app.warning, [warning.value for warning in app.warning]
+    assert app.dataframe[0].value["relabelled"].tolist() == [1]
 
 
 def test_store_helpers_read_the_secrets_and_the_login_name(monkeypatch, tmp_path):

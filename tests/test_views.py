@@ -21,6 +21,7 @@ from core.views import (
     slices_of,
     split_view_cells,
     typical_members,
+    version_label,
 )
 
 
@@ -136,3 +137,12 @@ def test_counts_agree_with_their_noun(count, text):
 
     assert plural(count, "image") == text
     assert plural(1, "box", "boxes") == "1 box" and plural(3, "box", "boxes") == "3 boxes"
+
+
+@pytest.mark.parametrize(("version", "name", "label"), [
+    (1, "demo · biased model", "v1 · demo · biased model"),
+    (2, "demo · biased model · v2", "v2 · demo · biased model"),  # a mitigated version's name already says v2
+    (12, "demo · v1", "v12 · demo · v1"),
+])
+def test_a_version_is_named_once(version, name, label):
+    assert version_label(version, name) == label

@@ -426,7 +426,8 @@ def generate_dataset(data_dir: Path, config: DemoConfig, progress: ProgressFn | 
             f"use image_size={IMAGE_SIZE} in the DemoConfig",
         )
     data_dir = Path(data_dir)
-    sizes = {"train": config.n_train, "balanced_train": config.n_train, "val": config.n_val, "test": config.n_test}
+    # Without a balanced model (the quick demo) its training split is not drawn.
+    sizes = {"train": config.n_train, "balanced_train": config.n_train if config.balanced_model else 0, "val": config.n_val, "test": config.n_test}
     plan = pd.concat([_plan_split(split, n, config.seed) for split, n in sizes.items()], ignore_index=True)
     for split in SPLITS:
         (data_dir / "images" / split).mkdir(parents=True, exist_ok=True)

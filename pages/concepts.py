@@ -230,9 +230,19 @@ def findings_view(concepts: CampaignConcepts) -> None:
     st.dataframe(kept, hide_index=True, column_config=FINDING_COLUMNS, height=360)
 
 
+def example_query(concepts: CampaignConcepts) -> str:
+    """A query built from this campaign's own most typical concepts, so the example can be typed as it is."""
+    ranked = concepts.findings.dropna(subset=["cramers_v"]).sort_values("cramers_v", ascending=False)
+    names = list(dict.fromkeys(name for name in ranked["concept"] if name in concepts.table.concepts.columns))
+    names += [name for name in concepts.table.concepts.columns if name not in names]
+    if len(names) >= 2:
+        return f"{names[0]} AND NOT {names[1]}"
+    return names[0] if names else "a concept"
+
+
 def query_view(concepts: CampaignConcepts) -> None:
     st.markdown("**Validation questions**: combine concepts with AND, OR, NOT and parentheses.")
-    text = st.text_input("Query", placeholder="water AND NOT circle", key="concept_query", max_chars=500)
+    text = st.text_input("Query", placeholder=example_query(concepts), key="concept_query", max_chars=500)
     if not text.strip():
         return
     try:

@@ -77,6 +77,11 @@ def test_a_campaign_is_mined_into_findings_queries_and_images(answered_workspace
             typical = findings[(findings["class"] == name) & findings["kind"].isin(("type", "attribute"))]
             assert {entity_type, attribute} <= set(typical["concept"]), (name, typical)
 
+    # The query box's example is made of this campaign's own concepts, so it can be typed as it is.
+    example = app.text_input(key="concept_query").placeholder
+    concepts = set(next(frame.value for frame in app.dataframe if "_prediction" in frame.value.columns).columns)
+    assert " AND NOT " in example and set(example.split(" AND NOT ")) <= concepts, example
+
     # A query naming a misspelt concept gets a one-line answer with the nearest names, not a traceback.
     concept = tables[0]["concept"].iloc[0].split("-")[0]
     app.text_input(key="concept_query").input(f"{concept}x AND NOT nothing_like_this").run()

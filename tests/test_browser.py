@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.demo import workspace_dir
 from core.workspace import Workspace
@@ -48,6 +49,31 @@ def open_slices_page(page, query: str = "") -> None:
     expect(page.locator(TABLE)).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT_MS)
     wait_until_idle(page)
+
+
+def open_dropdown(page, label: str):
+    """Open the selectbox or multiselect ``label`` and return its options. A rerun (a fragment's timer, a busy
+    machine) can close or re-render the list right after the click, so the click is tried again."""
+    for _ in range(3):
+        page.get_by_role("combobox", name=label, exact=True).click()
+        try:
+            page.get_by_role("option").first.wait_for(timeout=15_000)
+            return page.get_by_role("option")
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"the {label!r} list never opened")
+
+
+def choose_option(page, label: str, option) -> None:
+    """Pick ``option`` (a name or pattern) in the selectbox ``label``, trying again if a rerun detaches the list mid-click."""
+    for _ in range(3):
+        open_dropdown(page, label)
+        try:
+            page.get_by_role("option", name=option, exact=isinstance(option, str)).click(timeout=15_000)
+            return
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not pick {option!r} in the {label!r} selectbox")
 
 
 def assert_no_errors(page) -> None:
@@ -229,3 +255,25 @@ def test_clicking_a_point_in_the_scatter_selects_it(page):
     expect(page.get_by_text(re.compile(r"^1 point selected in the scatter"))).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.get_by_text(re.compile(r"^Filtered to the 1 slice of the 1 point selected"))).to_be_visible()
     assert_no_errors(page)
+
+
+def test_marking_mislabelled_images_offers_no_select_all_and_refuses_their_own_label(page):
+    open_slices_page(page, "?slices=0")
+    expect(detail_heading(page)).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_test_id("stExpander").filter(has_text="Mark mislabelled images").locator("summary").first.click()
+    wait_until_idle(page)
+    options = open_dropdown(page, "Images on this page")
+    texts = options.all_inner_texts()
+    assert texts and not any("select all" in text.lower() for text in texts), texts  # one click never marks a whole page
+    own_label = re.search(r"label: (\w+)", texts[0]).group(1)
+    options.first.click()
+    page.keyboard.press("Escape")
+    wait_until_idle(page)
+    choose_option(page, "They should be labelled", own_label)
+    wait_until_idle(page)
+    page.get_by_role("button", name="Mark as mislabelled").click()
+    wait_until_idle(page)
+    # Marking an image with the label it already has is refused in one line that says what to do; nothing is marked.
+    expect(page.get_by_text(re.compile(rf"already labelled {own_label}.*pick the label the images should have"))).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"→ should be "))).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)  # the refusal is the page's only error, and no traceback

@@ -10,28 +10,12 @@ import re
 import shutil
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.campaigns import CampaignStore
 from core.demo import workspace_dir
 from core.workspace import Workspace
 from tests.helpers import browser_page, running_app
-from tests.test_browser import TIMEOUT_MS, assert_no_errors, expect, wait_until_idle
-
-
-def choose_option(page, label: str, option: re.Pattern) -> None:
-    """Open the selectbox ``label`` and pick ``option``. The page's live monitor reruns every few seconds and can
-    re-render the open list mid-click on a busy machine, so a detached option is tried again rather than failing."""
-    for _ in range(3):
-        page.get_by_role("combobox", name=label, exact=True).click()
-        try:
-            page.get_by_role("option", name=option).click(timeout=15_000)
-        except PlaywrightTimeoutError:
-            page.keyboard.press("Escape")
-            continue
-        return
-    raise AssertionError(f"could not pick {option.pattern!r} in the {label!r} selectbox")
-
+from tests.test_browser import TIMEOUT_MS, assert_no_errors, choose_option, expect, wait_until_idle
 
 CAMPAIGN_TIMEOUT_MS = 180_000  # sampling, GradCAM pictures and the store: seconds on the tiny demo, more on a busy machine
 

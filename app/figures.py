@@ -301,8 +301,9 @@ def mosaic_figure(mosaic: Mosaic, table: pd.DataFrame, picked: list[int], metric
 def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: list[int], classes: list[str], metric: str = "accuracy") -> go.Figure:
     """The Data Slice Mosaic split by confusion cell (paper Fig. 1 E), in the scatter's grid of cells titled in words.
 
-    Every cell shares the layout's axes, so a slice's tiles sit at the same
-    place in each cell it reaches.
+    Each cell is drawn on axes of its own, fitted to its tiles: a cell's images
+    often fill a small corner of the whole layout, and on shared axes its tiles
+    would be a blob too small to read.
     """
     metrics = table.set_index("slice")
     shown = pd.DataFrame({"label": [c.label for c in cells], "prediction": [c.prediction for c in cells]})
@@ -312,6 +313,11 @@ def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: lis
         row, col = positions[(cell.label, cell.prediction)]
         hover = [_tile_hover(s, metrics.loc[s], int(n)) for s, n in zip(cell.mosaic.slice_ids, cell.counts)]
         _add_tiles(figure, cell.mosaic, metrics, picked, hover, {"row": row, "col": col}, metric)
+        boxes = cell.mosaic.boxes
+        low, high = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)
+        pad = 0.03 * float(max(high - low))
+        figure.update_xaxes(range=[low[0] - pad, high[0] + pad], matches=None, row=row, col=col)
+        figure.update_yaxes(range=[low[1] - pad, high[1] + pad], matches=None, row=row, col=col)
     _mosaic_layout(figure, f"Data Slice Mosaic per confusion-matrix cell · border: {CONTINUOUS_SCALES[metric][1]} · click a tile's number to select its slice", height, metric)
     return figure
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from app.figures import ScatterData, ScatterOptions, readable_slice_labels, scatter_figure
+from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, scatter_figure
+from core.mosaic import CellMosaic, Mosaic
 
 
 def scatter_data(seed: int = 0) -> ScatterData:
@@ -50,3 +51,22 @@ def test_slice_numbers_never_overlap_and_the_largest_slice_keeps_its_number():
     gaps = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
     extent = max(np.ptp(data.layout, axis=0))
     assert (gaps[np.triu_indices(len(points), 1)] >= 0.035 * extent).all()
+
+
+def cell(label: str, prediction: str, offset: float, scale: float) -> CellMosaic:
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) * scale + offset
+    halves = [square[[0, 1, 2]], square[[0, 2, 3]]]
+    boxes = np.array([[*polygon.min(axis=0), *polygon.max(axis=0)] for polygon in halves])
+    mosaic = Mosaic(slice_ids=[0, 1], polygons=halves, boxes=boxes, images=np.zeros((2, 8, 8, 4), np.uint8))
+    return CellMosaic(label, prediction, mosaic, np.array([3, 4]))
+
+
+def test_each_confusion_cell_mosaic_is_drawn_on_axes_fitted_to_its_own_tiles():
+    table = pd.DataFrame({"slice": [0, 1], "size": [3, 4], "accuracy": [0.5, 1.0], "mean_confidence": [0.7, 0.9],
+                          "dominant_label": ["circle", "star"], "dominant_prediction": ["circle", "star"]})
+    # One cell's tiles span 10 units, the other's 0.1 in a corner of the layout: each fills its own subplot.
+    figure = cell_mosaic_figure([cell("circle", "circle", 0.0, 10.0), cell("star", "star", 9.0, 0.1)], table, [], ["circle", "star"])
+    ranges = [(tuple(figure.layout[name].range), figure.layout[name].matches)
+              for name in figure.layout if name.startswith("xaxis") and figure.layout[name].range is not None]
+    widths = sorted(high - low for (low, high), _ in ranges)
+    assert len(widths) == 2 and widths[0] < 0.2 and widths[1] > 9.0 and all(matches is None for _, matches in ranges)

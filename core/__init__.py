@@ -1,8 +1,12 @@
 """SliceScope's library: find where an image classifier fails, without metadata.
 
-Public API (the CLI, the apps and notebooks use these)::
+The main job in a notebook (docs/API.md runs it end to end)::
 
-    from core import scan, ScanConfig, ModelSpec, Workspace
+    from core import Workspace, build_demo, default_slice_params, evidence_order, find_slices, slice_table
+
+    workspace = Workspace(build_demo("demo", preset="tiny").workspace)   # or scan(ScanConfig(...))
+    slice_ids = find_slices(workspace, "attribution", default_slice_params(len(workspace.images)))
+    table = evidence_order(slice_table(workspace.images, slice_ids))     # problems first, in words
 
 The names are imported when first used, so that ``python -m core --help`` and the
 torch-free parts of the library do not pay for importing torch.
@@ -21,8 +25,55 @@ _EXPORTS = {
     "ModelSpec": "core.models",
     "load_module": "core.models",
     "Workspace": "core.workspace",
+    "build_demo": "core.demo",
+    "DEFAULT_SLICING": "core.slicing",
+    "ProjectionParams": "core.slicing",
+    "SliceParams": "core.slicing",
+    "default_slice_params": "core.slicing",
+    "find_slices": "core.slicing",
+    "project": "core.slicing",
+    "slice_table": "core.slicing",
+    "FlagParams": "core.evidence",
+    "evidence_order": "core.evidence",
+    "describe_members": "core.descriptions",
+    "build_mosaic": "core.mosaic",
+    "Slicing": "core.loop",
+    "evaluate_version": "core.loop",
+    "mitigate": "core.loop",
+    "open_store": "core.loop",
+    "plan_mitigation": "core.loop",
+    "read_annotations": "core.loop",
+    "TrainingParams": "core.mitigation",
 }
-__all__ = ["AttributionModel", "ModelSpec", "ScanConfig", "SliceScopeError", "Workspace", "attribute_batch", "load_module", "scan"]
+__all__ = [
+    "DEFAULT_SLICING",
+    "AttributionModel",
+    "FlagParams",
+    "ModelSpec",
+    "ProjectionParams",
+    "ScanConfig",
+    "SliceParams",
+    "SliceScopeError",
+    "Slicing",
+    "TrainingParams",
+    "Workspace",
+    "attribute_batch",
+    "build_demo",
+    "build_mosaic",
+    "default_slice_params",
+    "describe_members",
+    "evaluate_version",
+    "evidence_order",
+    "find_slices",
+    "load_module",
+    "mitigate",
+    "open_store",
+    "plan_mitigation",
+    "project",
+    "read_annotations",
+    "scan",
+    "slice_table",
+]
 
 
 def __getattr__(name: str):

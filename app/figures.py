@@ -200,14 +200,14 @@ def readable_slice_labels(layout: np.ndarray, slice_ids: np.ndarray, min_gap: fl
     (its hover still names it)."""
     frame = pd.DataFrame({"x": layout[:, 0], "y": layout[:, 1], "slice": slice_ids})
     centres = frame.groupby("slice")[["x", "y"]].median()
-    sizes = frame.groupby("slice").size()
-    extent = float(max(np.ptp(layout[:, 0]), np.ptp(layout[:, 1]), 1e-12))
-    placed: list[int] = []
-    for slice_id in sizes.sort_values(ascending=False, kind="stable").index:
-        point = centres.loc[slice_id].to_numpy()
-        if all(np.hypot(*(point - centres.loc[other].to_numpy())) >= min_gap * extent for other in placed):
-            placed.append(slice_id)
-    return centres.loc[sorted(placed)]
+    by_size = frame.groupby("slice").size().sort_values(ascending=False, kind="stable").index
+    points = centres.loc[by_size].to_numpy()
+    gap = min_gap * float(max(np.ptp(layout[:, 0]), np.ptp(layout[:, 1]), 1e-12))
+    # Greedy in size order: each number must clear every number already kept (a few hundred slices at most).
+    kept = np.zeros(len(points), dtype=bool)
+    for index, point in enumerate(points):
+        kept[index] = not (np.hypot(*(points[kept] - point).T) < gap).any()
+    return centres.loc[sorted(by_size[kept])]
 
 
 def _density(points: np.ndarray) -> go.Histogram2dContour:

@@ -369,7 +369,8 @@ def _run_slices(args) -> None:
           + (":" if len(flagged) else " (no slice is both large enough and clearly less accurate than the rest)"))
     for row in flagged.head(10).itertuples():
         print(f"  slice {row.slice}: {row.size} images, accuracy {row.accuracy:.0%} ({row.accuracy_low:.0%}–{row.accuracy_high:.0%}) "
-              f"vs {row.rest_accuracy:.0%} elsewhere, q = {row.q_value:.1g}; {row.description}")
+              f"vs {row.rest_accuracy:.0%} elsewhere, q = {row.q_value:.1g}; {row.description}"
+              + (f"; set apart by {row.metadata_description}" if row.metadata_description else ""))
     predicted = workspace.images["prediction"].unique()
     if len(predicted) == 1:
         print(f"note: the model predicts '{predicted[0]}' for every image, so slices can differ only in their labels")

@@ -85,15 +85,6 @@ class _Feature:
 
     column: str
     value: str | None  # None: numeric
-    n_values: int = 0  # distinct values of a text column, so "≠" of a two-valued column reads as "= the other"
-    other: str = ""
-
-    def condition(self, threshold: float, above: bool) -> str:
-        if self.value is None:
-            return f"{self.column} > {threshold:.4g}" if above else f"{self.column} ≤ {threshold:.4g}"
-        if above:
-            return f"{self.column} = {self.value}"
-        return f"{self.column} = {self.other}" if self.n_values == 2 else f"{self.column} ≠ {self.value}"
 
 
 def _design(table: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, list[_Feature]]:
@@ -110,8 +101,7 @@ def _design(table: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, li
         distinct = sorted(text.unique())
         for value in distinct:
             parts.append((text == value).to_numpy(dtype=np.float64)[:, None])
-            others = [v for v in distinct if v != value]
-            features.append(_Feature(column, value, len(distinct), others[0] if len(others) == 1 else ""))
+            features.append(_Feature(column, value))
     return np.hstack(parts), features
 
 
@@ -149,9 +139,9 @@ def describe_members(table: pd.DataFrame, members: np.ndarray, columns: Sequence
     path = list(best_path)
     for condition in list(path):
         shorter = [c for c in path if c != condition]
-        if shorter and _f1(members, _selection(design, shorter)) >= best_f1:
-            path = shorter
-            best_f1 = _f1(members, _selection(design, path))
+        score = _f1(members, _selection(design, shorter)) if shorter else 0.0
+        if score >= best_f1:
+            path, best_f1 = shorter, score
     if not path:
         return ""
     selected = _selection(design, path)
@@ -164,12 +154,14 @@ def describe_members(table: pd.DataFrame, members: np.ndarray, columns: Sequence
 
 
 def _worded(table: pd.DataFrame, selected: np.ndarray, feature: _Feature, threshold: float, above: bool) -> str:
-    """One condition in words; "size ≠ large" reads "size = small" when that is the only value left among the selected rows."""
-    if feature.value is not None and not above:
-        left = table.loc[selected, feature.column].astype(str).unique()
-        if len(left) == 1:
-            return f"{feature.column} = {left[0]}"
-    return feature.condition(threshold, above)
+    """One condition in words: "size_px ≤ 12", "colour = green", or "colour ≠ blue" unless one value is left among the
+    selected rows ("size ≠ large" reads "size = small", and a two-valued column always reads as its other value)."""
+    if feature.value is None:
+        return f"{feature.column} > {threshold:.4g}" if above else f"{feature.column} ≤ {threshold:.4g}"
+    if above:
+        return f"{feature.column} = {feature.value}"
+    left = table.loc[selected, feature.column].astype(str).unique()
+    return f"{feature.column} = {left[0]}" if len(left) == 1 else f"{feature.column} ≠ {feature.value}"
 
 
 def _selection(design: np.ndarray, path: Sequence[tuple[int, float, bool]]) -> np.ndarray:

@@ -230,11 +230,16 @@ def findings_view(concepts: CampaignConcepts) -> None:
     st.dataframe(kept, hide_index=True, column_config=FINDING_COLUMNS, height=360)
 
 
+def concepts_by_typicality(concepts: CampaignConcepts) -> list[str]:
+    """The campaign's concept names, the most typical (highest Cramér's V in any finding) first."""
+    ranked = concepts.findings.dropna(subset=["cramers_v"]).sort_values("cramers_v", ascending=False)["concept"]
+    columns = list(concepts.table.concepts.columns)
+    return list(dict.fromkeys([*(name for name in ranked if name in columns), *columns]))
+
+
 def example_query(concepts: CampaignConcepts) -> str:
     """A query built from this campaign's own most typical concepts, so the example can be typed as it is."""
-    ranked = concepts.findings.dropna(subset=["cramers_v"]).sort_values("cramers_v", ascending=False)
-    names = list(dict.fromkeys(name for name in ranked["concept"] if name in concepts.table.concepts.columns))
-    names += [name for name in concepts.table.concepts.columns if name not in names]
+    names = concepts_by_typicality(concepts)
     if len(names) >= 2:
         return f"{names[0]} AND NOT {names[1]}"
     return names[0] if names else "a concept"
@@ -254,10 +259,7 @@ def query_view(concepts: CampaignConcepts) -> None:
 
 
 def concept_images(workspace: Workspace, store: CampaignStore, campaign: Campaign, concepts: CampaignConcepts, answers: int) -> None:
-    ranked = concepts.findings.dropna(subset=["cramers_v"]).sort_values("cramers_v", ascending=False)["concept"]
-    columns = list(concepts.table.concepts.columns)
-    names = list(dict.fromkeys([*(name for name in ranked if name in columns), *columns]))  # the most typical first
-    concept = st.selectbox("Concept", names, key="images_concept", help="The images whose boxes named this concept, with those boxes")
+    concept = st.selectbox("Concept", concepts_by_typicality(concepts), key="images_concept", help="The images whose boxes named this concept, with those boxes")
     overlay = st.toggle("Show the saliency overlay", value=True, key="images_overlay")
     hits = concept_boxes(concepts.annotations, concepts.vocabulary, concept)
     boxes = campaign_boxes(str(workspace.path), campaign.id, answers)
@@ -286,7 +288,8 @@ def slices_view(workspace: Workspace, concepts: CampaignConcepts) -> None:
         return
     shown = table[["slice", "flagged", "size", "accuracy"]].merge(named, on="slice")
     shown = shown.sort_values(["flagged", "accuracy"], ascending=[False, True], kind="stable")
-    st.caption(f"{selection.slicing_label.capitalize()} (Slicing settings in the System Menu), each named by the concepts its annotated "
+    label = selection.slicing_label
+    st.caption(f"{label[0].upper()}{label[1:]} (Slicing settings in the System Menu), each named by the concepts its annotated "
                "images share; a slice needs 5 annotated images to be named. Problem slices first.")
     st.dataframe(shown, hide_index=True, column_config=SLICE_CONCEPT_COLUMNS, height=360)
 

@@ -243,7 +243,8 @@ def slice_concepts(table: ConceptTable, image_slices: pd.Series, min_images: int
         raise SliceScopeError(f"min_images = {min_images} is not a number of images", "pass min_images of at least 1, e.g. 5")
     slices = image_slices.reindex(table.concepts.index)
     known = slices.notna().to_numpy()
-    presence = table.concepts[known].replace({True: "yes", False: "no"}).astype(str)
+    concepts = table.concepts[known]
+    presence = pd.DataFrame(np.where(concepts.to_numpy(dtype=bool), "yes", "no"), index=concepts.index, columns=concepts.columns)
     slice_ids = slices[known].astype(int).to_numpy()
     counts = pd.Series(slice_ids).value_counts()
     rows = [{"slice": int(slice_id), "annotated": int(count),

@@ -1,6 +1,6 @@
 """Blindspot discovery on SpotCheck-style data (issue 15): DR, FDR and P@10 of every registered method.
 
-    python -m benchmarks.discovery [--configs 5] [--seeds 0] [--work DIR] [--image-size 64]
+    python -m benchmarks.discovery [--configs 5] [--seeds 0] [--work DIR] [--image-size 64] [--model cnn|resnet18]
 
 A run is one configuration (configuration c plants 1 + c mod 3 blindspots) under
 one seed. For each run the data is drawn, a CNN trained from scratch and the test
@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.spotcheck import (
+    ARCHITECTURES,
     DEFAULT_METHOD,
     EPOCHS,
     METHODS,
@@ -50,7 +51,7 @@ def run_seed(configuration: int, seed: int) -> int:
     return 1000 * seed + configuration
 
 
-def prepare_run(run_dir: Path, config: SpotCheckConfig, seed: int) -> tuple[Workspace, dict[str, float]]:
+def prepare_run(run_dir: Path, config: SpotCheckConfig, seed: int, architecture: str = "cnn") -> tuple[Workspace, dict[str, float]]:
     """Data, model and workspace of one run, each made only when missing or made from other inputs; seconds per step.
 
     A step that is redone invalidates the later ones: new data means a new model,
@@ -67,12 +68,13 @@ def prepare_run(run_dir: Path, config: SpotCheckConfig, seed: int) -> tuple[Work
         seconds["generate"] = time.perf_counter() - started
     manifest, checkpoint = data_dir / "manifest.csv", model_dir / "model.pt"
     training = model_dir / "training.json"
-    if fresh_data or not (checkpoint.is_file() and training.is_file()) or json.loads(training.read_text()).get("epochs") != EPOCHS:
+    trained = json.loads(training.read_text()) if training.is_file() else {}
+    if fresh_data or not checkpoint.is_file() or (trained.get("epochs"), trained.get("architecture", "cnn")) != (EPOCHS, architecture):
         started = time.perf_counter()
-        train_model(manifest, model_dir, seed)
+        train_model(manifest, model_dir, seed, architecture=architecture)
         seconds["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    workspace = scan_test_split(manifest, checkpoint, run_dir / "workspace", config.image_size)
+    workspace = scan_test_split(manifest, checkpoint, run_dir / "workspace", config.image_size, architecture)
     seconds["scan"] = time.perf_counter() - started
     return workspace, seconds
 
@@ -127,6 +129,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/slicescope-spotcheck"), help="where runs are made and reused")
     parser.add_argument("--image-size", type=int, default=64, help="side of the drawn images; 32 trains about 3× faster")
+    parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="cnn",
+                        help="the network trained per run: the demo's CNN (default, ~40 s per run) or torchvision's ResNet-18 (~6 min per run)")
     parser.add_argument("--demo", type=Path, default=default_demo_dir(),
                         help="a built demo (python -m core demo --out DIR) whose failure modes are scored too; skipped when it is not built "
                         "(default: the app's demo folder)")
@@ -140,8 +144,9 @@ def main() -> None:
         for configuration in range(args.configs):
             config = SpotCheckConfig(n_blindspots=1 + configuration % 3, image_size=args.image_size)
             name = f"configuration {configuration}, seed {seed}"
-            run_dir = args.work / f"px{args.image_size}" / f"config{configuration}-seed{seed}"
-            workspace, seconds = prepare_run(run_dir, config, run_seed(configuration, seed))
+            suite = f"px{args.image_size}" if args.model == "cnn" else f"px{args.image_size}-{args.model}"
+            run_dir = args.work / suite / f"config{configuration}-seed{seed}"
+            workspace, seconds = prepare_run(run_dir, config, run_seed(configuration, seed), args.model)
             print(describe_run(name, workspace, seconds), flush=True)
             for method_name, method in METHODS.items():
                 result = evaluate(workspace, method)
@@ -151,7 +156,7 @@ def main() -> None:
             print()
 
     results = pd.DataFrame(rows)
-    print(f"# Blindspot discovery over {results['run'].nunique()} runs ({args.image_size}-px images)\n")
+    print(f"# Blindspot discovery over {results['run'].nunique()} runs ({args.image_size}-px images, {args.model})\n")
     print(summary_table(results))
     if (args.demo / "workspace" / "workspace.toml").is_file():
         print()

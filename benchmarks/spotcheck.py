@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
@@ -88,7 +89,6 @@ from core.workspace import Workspace
 # -- the data -----------------------------------------------------------------------------------------
 
 CLASSES = ("no_square", "square")  # sorted, as the scan orders a manifest's classes
-FACTORY = "benchmarks.spotcheck:build_spotcheck_cnn"
 NONE = "none"
 FEATURES: dict[str, tuple[str, ...]] = {
     "square": ("yes", "no"),
@@ -323,6 +323,20 @@ def build_spotcheck_cnn(num_classes: int = len(CLASSES)) -> DemoCNN:
     return model
 
 
+def build_spotcheck_resnet18(num_classes: int = len(CLASSES)) -> nn.Module:
+    """torchvision's ResNet-18 from scratch, the model of the held-out SpotCheck benchmark (random weights, no download)."""
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+# The networks a run can train, by the name --model takes.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"cnn": build_spotcheck_cnn, "resnet18": build_spotcheck_resnet18}
+
+
+def factory_name(architecture: str) -> str:
+    """The ``module:function`` a workspace's manifest names to rebuild the ``architecture``."""
+    return f"benchmarks.spotcheck:{ARCHITECTURES[architecture].__name__}"
+
+
 def load_split(manifest: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's images as one float tensor (N, 3, S, S) in [0, 1] and its training labels as class indices."""
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
@@ -332,8 +346,8 @@ def load_split(manifest: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0), labels
 
 
-def train_model(manifest: Path, out_dir: Path, seed: int, epochs: int = EPOCHS) -> Path:
-    """Train :func:`build_spotcheck_cnn` from scratch on ``train``; save its state_dict as ``model.pt``.
+def train_model(manifest: Path, out_dir: Path, seed: int, epochs: int = EPOCHS, architecture: str = "cnn") -> Path:
+    """Train the ``architecture`` (a key of :data:`ARCHITECTURES`) from scratch on ``train``; save its state_dict as ``model.pt``.
 
     The demo's recipe (AdamW, one-cycle schedule) with random mirroring, long enough
     for the network to fit the planted label noise as well as the square. Records
@@ -345,7 +359,7 @@ def train_model(manifest: Path, out_dir: Path, seed: int, epochs: int = EPOCHS) 
     history = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_spotcheck_cnn()
+        model = ARCHITECTURES[architecture]()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.1)
         shuffler = torch.Generator().manual_seed(seed)
@@ -370,14 +384,14 @@ def train_model(manifest: Path, out_dir: Path, seed: int, epochs: int = EPOCHS) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "model.pt"
-    (out_dir / "training.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "history": history}, indent=2))
+    (out_dir / "training.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "architecture": architecture, "history": history}, indent=2))
     torch.save(model.state_dict(), checkpoint)
     return checkpoint
 
 
-def scan_test_split(manifest: Path, checkpoint: Path, out: Path, image_size: int) -> Workspace:
+def scan_test_split(manifest: Path, checkpoint: Path, out: Path, image_size: int, architecture: str = "cnn") -> Workspace:
     """The test split scanned into a workspace at ``out`` (reused as is when its inputs are unchanged)."""
-    spec = ModelSpec(checkpoint=checkpoint, factory=FACTORY, num_classes=len(CLASSES))
+    spec = ModelSpec(checkpoint=checkpoint, factory=factory_name(architecture), num_classes=len(CLASSES))
     config = ScanConfig(data=manifest, model=spec, out=out, split="test", image_size=image_size, normalize="none",
                         batch_size=128, workers=0, overwrite=True)
     return scan(config)

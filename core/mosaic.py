@@ -1,6 +1,7 @@
 """The Data Slice Mosaic as a cached job: tiles + one feature inversion per tile.
 
-Each slice owns a tile of the attribution space (``core.tiles``); the tile's
+Each slice owns a tile of a square laid out from the attribution space
+(``core.tiles``: near where the slice lives, sized by it); the tile's
 picture is the feature inversion of the slice's mean F_W (``core.inversion``),
 optimised inside the tile's bounding rectangle with pixels outside the tile
 zeroed. All tiles are inverted in one batch, once per (workspace, slicing,
@@ -30,7 +31,7 @@ from core.workspace import Workspace
 
 # A slice with one or two images in a cell has no shared pattern to summarise
 # there: its mean F_W would be a single image's, and its tile would carve the
-# cell around a stray point. Three is also what a tile's hull needs.
+# cell around a stray point. Three is also the fewest points that span an area.
 CELL_MIN_MEMBERS = 3
 # Only a cell's largest slices get a tile, so one batch holds at most
 # CELL_MAX_TILES × the cells shown (25 for a 5-class matrix, else 12): ≤ 150
@@ -41,7 +42,7 @@ CELL_MAX_TILES = 6
 @dataclass(frozen=True)
 class Mosaic:
     slice_ids: list[int]
-    polygons: list[np.ndarray]  # per tile, M × 2 in layout coordinates
+    polygons: list[np.ndarray]  # per tile, M × 2 in the unit square (core.tiles)
     boxes: np.ndarray  # T × 4: x_min, y_min, x_max, y_max of each tile
     images: np.ndarray  # T × S × S × 4 uint8 RGBA, transparent outside the tile
 
@@ -71,13 +72,17 @@ def tile_mask(polygon: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     # Image rows grow downwards while layout y grows upwards.
     pixels = [((x - x_min) / width * size, (y_max - y) / height * size) for x, y in polygon]
     canvas = Image.new("L", (size, size), 0)
-    if len(pixels) >= 2:  # a tile lost to a coincident medoid (core.tiles) is empty: nothing to draw
+    if len(pixels) >= 2:  # a tile lost to a coincident site (core.tiles) is empty: nothing to draw
         ImageDraw.Draw(canvas).polygon(pixels, fill=255)
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
+# Part of the cache key: pictures are inverted inside their tiles, so tiles laid out another way need new pictures.
+TILING = "spread-power-diagram"
+
+
 def _mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:
-    return {"slices": slice_params.key(), "layout": asdict(projection_params), "inversion": asdict(inversion_params)}
+    return {"slices": slice_params.key(), "layout": asdict(projection_params), "tiling": TILING, "inversion": asdict(inversion_params)}
 
 
 def _cell_mosaic_key(slice_params: SliceParams, projection_params: ProjectionParams, inversion_params: InversionParams) -> dict:
@@ -191,7 +196,7 @@ def build_cell_mosaics(
 ) -> list[CellMosaic]:
     """One mosaic per confusion cell shown (see ``core.views.split_view_cells``), computed once and then read from disk.
 
-    Within a cell the tiles partition the cell's points by slice; slices with
+    Within a cell the tiles partition a square among the cell's slices; slices with
     fewer than ``CELL_MIN_MEMBERS`` images there are left out, and at most the
     ``CELL_MAX_TILES`` largest are kept. Cells left with no tile are omitted.
     """

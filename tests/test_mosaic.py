@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial import ConvexHull
 
 import core.mosaic
 from core.demo import workspace_dir
 from core.inversion import InversionParams, invert_features
 from core.mosaic import CELL_MAX_TILES, CELL_MIN_MEMBERS, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, tile_mask
 from core.slicing import SliceParams, find_slices, project
-from core.tiles import polygon_area, slice_medoids
+from core.tiles import mosaic_tiles, polygon_area
 from core.views import confusion_cells, split_view_cells
 from core.workspace import Workspace
 from tests.test_tiles import inside
@@ -71,7 +70,7 @@ def test_cell_mosaics_tile_each_cell_by_slice_with_one_batched_inversion(tiny_de
 
     assert len(inversions) == 1  # every tile of every cell in one batch
     targets = iter(inversions[0])
-    samples = np.random.default_rng(0).uniform(layout.min(0), layout.max(0), size=(20000, 2))
+    samples = np.random.default_rng(0).uniform(0, 1, size=(20000, 2))
     for cell in cells:
         mosaic = cell.mosaic
         in_cell = np.flatnonzero((images["label"] == cell.label).to_numpy() & (images["prediction"] == cell.prediction).to_numpy())
@@ -81,13 +80,12 @@ def test_cell_mosaics_tile_each_cell_by_slice_with_one_batched_inversion(tiny_de
             members = in_cell[slice_ids[in_cell] == slice_id]
             assert count == len(members) >= CELL_MIN_MEMBERS
             assert np.allclose(next(targets), features[members].mean(axis=0), atol=1e-5)  # the slice's mean F_W in this cell
-        # The tiles partition the hull of this cell's points, not of the whole layout.
-        assert sum(polygon_area(p) for p in mosaic.polygons) == pytest.approx(ConvexHull(layout[tiled]).volume, rel=1e-6)
+        # Each cell's tiles partition a square of their own: they are laid out from the cell's points alone.
+        assert sum(polygon_area(p) for p in mosaic.polygons) == pytest.approx(1.0, rel=1e-6)
         membership = np.stack([inside(p, samples) for p in mosaic.polygons])
         assert membership.sum(axis=0).max() <= 1  # no overlap
-        medoids = slice_medoids(layout[tiled], slice_ids[tiled])
-        for slice_id, polygon in zip(mosaic.slice_ids, mosaic.polygons):
-            assert inside(polygon, medoids[slice_id][None, :], tolerance=-1e-9).all()
+        expected = [tile.polygon for tile in mosaic_tiles(layout[tiled], slice_ids[tiled])]
+        assert all(np.allclose(a, b) for a, b in zip(mosaic.polygons, expected))
         assert mosaic.images.shape == (len(mosaic.slice_ids), 64, 64, 4)
         for polygon, box, picture in zip(mosaic.polygons, mosaic.boxes, mosaic.images):
             assert np.array_equal(picture[..., 3] > 0, tile_mask(polygon, box, 64) > 0)

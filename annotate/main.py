@@ -7,14 +7,7 @@ instructions and the task's pictures, from the database; there is no other page,
 """
 
 import io
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# `streamlit run annotate/main.py` puts annotate/ on sys.path, not the project root that holds the packages.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import streamlit as st
 from PIL import Image, ImageDraw

@@ -4,19 +4,14 @@ Opens on the built-in demo (built on the first run). The System Menu in the
 sidebar is shared by every page; the pages live in ``pages/``.
 """
 
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# `streamlit run app/main.py` puts app/ on sys.path, not the project root that
-# holds the `core` and `app` packages.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import streamlit as st
 
 from app import FAVICON
 from app.ui import build_full_demo_behind, ensure_demo, system_menu
+
+ROOT = Path(__file__).resolve().parent.parent  # the pages are files of the checkout, run by Streamlit as scripts
 
 
 def main() -> None:

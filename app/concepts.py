@@ -13,7 +13,6 @@ from app.database import configured_database_url
 from core.campaigns import CampaignStore
 from core.concepts import FastTextEmbedder, Vocabulary
 from core.crowd import CampaignConcepts, mine_campaign
-from core.mitigation import version_root
 from core.workspace import Workspace
 
 BOX_COLOURS = ("#00e5ff", "#ffd400", "#ff3d7f", "#7cff4f", "#b388ff")  # one per worker, bright on heat maps
@@ -22,7 +21,7 @@ BOX_COLOURS = ("#00e5ff", "#ffd400", "#ff3d7f", "#7cff4f", "#b388ff")  # one per
 @st.cache_resource(show_spinner=False)
 def campaign_store(workspace_path: str) -> CampaignStore:
     """The campaigns of the workspace's version line, in the same database as its annotations."""
-    return CampaignStore.for_workspace(version_root(Workspace(workspace_path)).path, configured_database_url())
+    return CampaignStore.for_version_line(Workspace(workspace_path), configured_database_url())
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -9,8 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.ui import REPRESENTATION_LABELS, load_workspace
-from core.influence import influence_embeddings, slice_opponents
-from core.influence_rule import RuleParams, compare_slicings, rule_slices, slice_coherence
+from core.influence import RuleParams, compare_slicings, influence_embeddings, rule_slices, slice_coherence, slice_opponents
 from core.slicing import ProjectionParams, SliceParams, find_slices, project, slice_table
 from core.views import readable_number, typical_members
 

@@ -7,8 +7,7 @@ import getpass
 import streamlit as st
 
 from app.database import configured_database_url
-from core.loop import open_store
-from core.store import ANALYST_MAX_CHARS, AnnotationStore
+from core.store import ANALYST_MAX_CHARS, AnnotationStore, open_store
 from core.workspace import Workspace
 
 

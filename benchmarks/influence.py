@@ -32,7 +32,7 @@ DEMO/data/metadata.csv --split train``), then:
      also its *failure modes*: the group's misclassified images of one
      label → prediction pair, those with ≥ 25 images;
    * coherence on influence embeddings of the three K-Means slicings
-     (core.influence_rule.compare_slicings).
+     (core.influence.compare_slicings).
 
 Prints Markdown tables; the figures are written up in docs/BENCHMARKS.md.
 """
@@ -61,15 +61,18 @@ from core.demo import build_demo, default_demo_dir, workspace_dir
 from core.influence import (
     InfluenceEmbedder,
     InfluenceParams,
-    attach_training_data,
+    RuleParams,
+    compare_slicings,
+    infembed_slices,
     influence_embeddings,
     influence_params,
+    record_influence_params,
     representation_source,
-    training_data,
+    rule_slices,
 )
-from core.influence_rule import RuleParams, compare_slicings, infembed_slices, rule_slices
 from core.progress import tqdm_progress
 from core.slicing import SliceParams, find_slices
+from core.training import attach_training_data, training_data
 from core.workspace import Workspace
 
 GROUPS = ("background", "colour", "watermark", "flipped_label")
@@ -305,7 +308,8 @@ def main() -> None:
     params = replace(influence_params(workspace), arnoldi_dim=args.arnoldi_dim, embedding_dim=args.embedding_dim, hessian_images=args.hessian_images)
     training = training_data(workspace)
     if training is None or influence_params(workspace) != params:
-        training = attach_training_data(workspace, args.demo / "data" / "metadata.csv", training.split if training else "train", params)
+        training = attach_training_data(workspace, args.demo / "data" / "metadata.csv", training.split if training else "train")
+        record_influence_params(workspace, params)
     print(f"# Influence embeddings on {workspace.path}\n")
     print(f"training data: {training.num_images} images of {training.data} (split {training.split}); "
           f"P = {params.arnoldi_dim}, D = {params.embedding_dim}, Hessian on {params.hessian_images} training images "

@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 
 from core.demo import build_demo, default_demo_dir
-from core.mitigation import DEFAULT_THRESHOLD, MitigationJob, TrainingParams, choose_treated_slices, default_training_data, run_mitigation
+from core.mitigation import DEFAULT_THRESHOLD, MitigationJob, TrainingParams, choose_treated_slices, run_mitigation
 from core.progress import tqdm_progress
 from core.robustness import DEFAULT_SIGMA, choose_regions, evaluate
 from core.slicing import SliceParams, default_k, find_slices, slicing_name
 from core.spuriousness import slice_spuriousness
+from core.training import default_training_data
 from core.workspace import Workspace
 
 _OBVIOUS = {"background": 0.9, "prediction": 0.9, "true_class": 0.6, "min_size": 20, "count": 3}

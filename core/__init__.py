@@ -40,7 +40,7 @@ _EXPORTS = {
     "Slicing": "core.loop",
     "evaluate_version": "core.loop",
     "mitigate": "core.loop",
-    "open_store": "core.loop",
+    "open_store": "core.store",
     "plan_mitigation": "core.loop",
     "read_annotations": "core.loop",
     "TrainingParams": "core.mitigation",

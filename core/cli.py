@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects (runs their code: only for files you trust)")
     scan.add_argument("--overwrite", action="store_true", help="replace a workspace built from other inputs")
     scan.add_argument("--out", type=Path, required=True, help="workspace folder to create (or resume)")
-    scan.add_argument("--train-data", type=Path, help="the data the model was trained on (ImageFolder or CSV manifest), recorded for influence embeddings")
+    scan.add_argument("--train-data", type=Path, help="the data the model was trained on (ImageFolder or CSV manifest), recorded for influence embeddings and retraining")
     scan.add_argument("--train-split", help="split of --train-data the model was trained on")
 
     status = commands.add_parser("status", help="check a workspace's files (not only that they exist) and, with --repair, make it whole again")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     mitigate.add_argument("--sigma", type=float, default=1.0, help="CoRM noise on the spurious regions, in [0, 1] pixel units (default 1.0)")
     mitigate.add_argument("--noise-region", default="attribution", choices=["attribution", "object-masks"],
                           help="where the noise goes: the model's GradCAM map (default, the paper) or everything outside the training data's object masks (mask_path column)")
-    mitigate.add_argument("--train-data", type=Path, help="the images to retrain on (default: the scanned manifest's train split)")
+    mitigate.add_argument("--train-data", type=Path, help="the images to retrain on (default: the training data attached with attach-train or scan --train-data, else the scanned manifest's train split)")
     mitigate.add_argument("--train-split", help="split of --train-data to retrain on")
     mitigate.add_argument("--val-split", help="split of --train-data to validate on (default: 10%% of the training images)")
     _add_slicing_arguments(mitigate)
@@ -190,9 +190,10 @@ def training_params(args):
 
 
 def _run_mitigate(args) -> None:
-    from core.loop import evaluate_version, mitigate, open_store, plan_mitigation, read_annotations
-    from core.mitigation import TrainingData
+    from core.loop import evaluate_version, mitigate, plan_mitigation, read_annotations
     from core.robustness import read_metrics
+    from core.store import open_store
+    from core.training import TrainingData
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
@@ -218,7 +219,8 @@ def _run_mitigate(args) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from core.loop import evaluate_version, open_store
+    from core.loop import evaluate_version
+    from core.store import open_store
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
@@ -264,7 +266,7 @@ def _run_scan(args) -> None:
     if report.get("duplicate_rows"):
         print(f"{len(report['duplicate_rows'])} images listed more than once in the manifest were scanned once (listed in report.json)")
     if args.train_data is not None:
-        from core.influence import attach_training_data
+        from core.training import attach_training_data
 
         training = attach_training_data(workspace, args.train_data, args.train_split)
         print(f"training data recorded: {training.num_images} images of {training.data}" + (f" (split {training.split})" if training.split else ""))
@@ -300,14 +302,16 @@ def _run_accept_model(args) -> None:
 def _run_attach_train(args) -> None:
     from dataclasses import replace
 
-    from core.influence import attach_training_data, influence_params
+    from core.influence import influence_params, record_influence_params
+    from core.training import attach_training_data
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
     layers = tuple(name.strip() for name in args.layers.split(",")) if args.layers is not None else None
     given = {"layers": layers, "arnoldi_dim": args.arnoldi_dim, "embedding_dim": args.embedding_dim, "hessian_images": args.hessian_images}
     params = replace(influence_params(workspace), **{name: value for name, value in given.items() if value is not None})
-    training = attach_training_data(workspace, args.data, args.split, params)
+    training = attach_training_data(workspace, args.data, args.split)
+    record_influence_params(workspace, params)
     split = f", split {training.split}" if training.split else ""
     print(f"attached {training.num_images} training images ({training.data}{split}) to {workspace.path}")
     print(f"influence settings: layers {', '.join(params.layers) if params.layers else 'the last block and the head'}, "
@@ -321,7 +325,7 @@ _REPRESENTATION_METHODS = ("attribution", "features", "influence")
 
 def _slices_frame(args, workspace, projection):
     """The CSV of ``slices``: the image columns, flagged and the evidence, x,y (+ slice_path, rule_holds for InfEmbed-Rule)."""
-    from core.influence_rule import RuleParams, rule_slices
+    from core.influence import RuleParams, rule_slices
     from core.slicing import SliceParams, image_frame, project
 
     method, representation = ("kmeans", args.method) if args.method in _REPRESENTATION_METHODS else (args.method, args.representation)
@@ -345,7 +349,8 @@ def _slices_frame(args, workspace, projection):
 
 
 def _compute_influence_once(workspace, progress) -> None:
-    from core.influence import estimate_seconds, influence_embeddings, is_computed, require_training_data
+    from core.influence import estimate_seconds, influence_embeddings, is_computed
+    from core.training import require_training_data
 
     require_training_data(workspace)
     if not is_computed(workspace):
@@ -377,7 +382,7 @@ def _run_slices(args) -> None:
 
 
 def _run_annotate(args) -> None:
-    from core.loop import open_store
+    from core.store import open_store
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
@@ -427,10 +432,8 @@ def _print_annotations(store, workspace, slicing: str) -> None:
 
 def _open_campaign_store(workspace):
     from core.campaigns import CampaignStore
-    from core.mitigation import version_root
-    from core.store import database_url
 
-    return CampaignStore(database_url(version_root(workspace).path, None))
+    return CampaignStore.for_version_line(workspace)
 
 
 def _run_campaign(args) -> None:

@@ -20,20 +20,17 @@ from core.errors import SliceScopeError
 from core.mitigation import (
     DEFAULT_THRESHOLD,
     MitigationJob,
-    TrainingData,
     TrainingParams,
     choose_treated_slices,
-    default_training_data,
-    read_version,
     run_mitigation,
-    version_family,
-    version_root,
 )
 from core.progress import ProgressFn
 from core.robustness import DEFAULT_SIGMA, Robustness, choose_regions, evaluate, read_metrics, write_metrics
 from core.slicing import DEFAULT_REPRESENTATION, SliceParams, default_slice_params, find_slices, slicing_name
 from core.spuriousness import PropagationParams, slice_spuriousness
 from core.store import AnnotationStore
+from core.training import TrainingData, default_training_data
+from core.versions import read_version, version_family, version_root
 from core.workspace import Workspace
 
 
@@ -70,11 +67,6 @@ class AnnotationState:
     kinds: dict[int, str]
     notes: dict[int, str]
     relabels: dict[str, str] = field(default_factory=dict)
-
-
-def open_store(workspace: Workspace, configured: str | None = None) -> AnnotationStore:
-    """The annotation store of ``workspace``'s whole version line (the root's, unless a URL is configured)."""
-    return AnnotationStore.for_workspace(version_root(workspace).path, configured)
 
 
 def read_annotations(store: AnnotationStore, workspace: Workspace, slicing: Slicing = Slicing()) -> AnnotationState:

@@ -43,12 +43,14 @@ from core.extract import attribute_batch, load_workspace_model, recorded_scan_co
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
 from core.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
+from core.training import TrainingData
+from core.versions import VERSION_FILE, read_version, version_family, version_root
 from core.workspace import Workspace, is_workspace, read_json, save_json
 
 SOURCES = ("annotations", "propagation")
 NOISE_REGIONS = ("attribution", "object_masks")
 JOB_FILE, STATUS_FILE, CHECKPOINT_FILE, CANCEL_FILE = "job.json", "status.json", "last-epoch.pt", "cancel"
-MODEL_FILE, TORCHSCRIPT_FILE, VERSION_FILE = "model.pt", "model.torchscript.pt", "version.json"
+MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
 DEFAULT_THRESHOLD = 0.5
 _VALIDATION_SHARE = 0.1
 _ATTRIBUTION_BATCH = 256
@@ -80,15 +82,6 @@ class TrainingParams:
 
 
 @dataclass(frozen=True)
-class TrainingData:
-    """Where the retraining images come from: a manifest or ImageFolder, optionally one split of it."""
-
-    data: Path
-    split: str | None = None
-    validation_split: str | None = None
-
-
-@dataclass(frozen=True)
 class MitigationJob:
     """Everything a mitigation depends on, frozen when it starts."""
 
@@ -117,7 +110,7 @@ class MitigationJob:
         return cls(
             parent=Path(values["parent"]), out=Path(values["out"]), source=values["source"],
             treated_slices=tuple(values["treated_slices"]), slicing=values["slicing"], relabels=dict(values["relabels"]),
-            training=TrainingData(Path(training["data"]), training["split"], training["validation_split"]),
+            training=TrainingData(**{**training, "data": Path(training["data"])}),  # a job of an older version lacks the later fields
             params=TrainingParams(**values["params"]),
         )
 
@@ -143,21 +136,6 @@ def choose_treated_slices(kinds: dict[int, str], spuriousness: np.ndarray | None
     if not treated:
         raise SliceScopeError(f"no slice has spuriousness ≥ {threshold:.2f}", "lower the threshold or annotate more slices")
     return treated
-
-
-def default_training_data(workspace: Workspace) -> TrainingData:
-    """The data the workspace was scanned from, split ``train`` (and ``val``) when a manifest has those splits."""
-    config = recorded_scan_config(workspace)
-    if config.data.suffix.lower() == ".csv":
-        import pandas as pd
-
-        splits = set(pd.read_csv(config.data, usecols=lambda c: c == "split", dtype=str).get("split", pd.Series(dtype=str)))
-        if "train" in splits:
-            return TrainingData(config.data, "train", "val" if "val" in splits else None)
-    raise SliceScopeError(
-        f"SliceScope cannot tell which images {workspace.name}'s model was trained on",
-        "pass --train-data (a manifest with a split column, or an ImageFolder) to mitigate",
-    )
 
 
 # ---------------------------------------------------------------------------- status
@@ -449,33 +427,6 @@ def run_mitigation(
 
 
 # ---------------------------------------------------------------------------- versions
-
-
-def read_version(workspace: Workspace) -> dict | None:
-    return read_json(workspace.path / VERSION_FILE)
-
-
-def version_root(workspace: Workspace) -> Workspace:
-    """The first version of ``workspace``'s line (itself when it was not made by a mitigation)."""
-    info = read_version(workspace)
-    if info and is_workspace(Path(info["root"])):
-        return Workspace(info["root"])
-    return workspace
-
-
-def version_family(workspace: Workspace) -> list[Workspace]:
-    """The root version and every finished version made from it, in version order.
-
-    Versions are looked for beside the root (where the app puts them).
-    """
-    root = version_root(workspace)
-    family = [root]
-    for candidate in sorted(root.path.parent.iterdir()):
-        if candidate != root.path and is_workspace(candidate):
-            info = read_version(Workspace(candidate))
-            if info and Path(info["root"]).resolve() == root.path:
-                family.append(Workspace(candidate))
-    return sorted(family, key=lambda w: (read_version(w) or {"number": 1})["number"])
 
 
 def _next_version_number(root: Workspace) -> int:

@@ -17,7 +17,7 @@ from core.descriptions import describe_by_columns
 from core.errors import SliceScopeError
 from core.evidence import FlagParams, slice_evidence
 from core.progress import ProgressFn, silent
-from core.workspace import REPRESENTATIONS, Workspace
+from core.workspace import REPRESENTATIONS, Workspace, representation_provider
 
 UMAP_METRICS = ("euclidean", "cosine", "manhattan", "correlation")
 
@@ -128,16 +128,17 @@ def project(workspace: Workspace, representation: str, params: ProjectionParams 
 def find_slices(workspace: Workspace, representation: str, params: SliceParams = SliceParams(), progress: ProgressFn | None = None) -> np.ndarray:
     """Slice id per image: K-Means on the representation, ids ordered by slice size.
 
-    Influence embeddings are sliced as InfEmbed does, with centroids normalised at each iteration
-    (:func:`core.influence_rule.infembed_slices`), so every slicing named ``influence:k=…`` is the paper's.
+    A computed representation may bring its own K-Means (``kmeans_slices``, see
+    ``core.workspace.COMPUTED_REPRESENTATIONS``): influence embeddings are sliced as
+    InfEmbed does, with centroids normalised at each iteration
+    (:func:`core.influence.infembed_slices`), so every slicing named ``influence:k=…`` is the paper's.
     """
     _check_representation(representation)
     if params.method != "kmeans":
         return _mixture_slices(workspace, representation, params, progress)
-    if representation == "influence":
-        from core.influence_rule import infembed_slices
-
-        return infembed_slices(workspace, params, progress=progress)
+    own_kmeans = getattr(representation_provider(representation), "kmeans_slices", None)
+    if own_kmeans is not None:
+        return own_kmeans(workspace, params, progress=progress)
     report = progress or silent
 
     def compute() -> np.ndarray:

@@ -56,6 +56,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from core.errors import SliceScopeError
+from core.versions import version_root
+from core.workspace import Workspace
 
 ANNOTATION_KINDS = ("core", "spurious", "wrong_labels", "other")
 NOTE_MAX_CHARS = 500
@@ -290,6 +292,11 @@ class DatabaseStore:
     def for_workspace(cls, workspace_path: str | Path, configured: str | None = None) -> Self:
         return cls(database_url(workspace_path, configured))
 
+    @classmethod
+    def for_version_line(cls, workspace: Workspace, configured: str | None = None) -> Self:
+        """The store shared by ``workspace``'s whole line of model versions: its root version's (or ``configured``, a URL)."""
+        return cls.for_workspace(version_root(workspace).path, configured)
+
     def close(self) -> None:
         """Close the pooled connections (the store reopens them if used again)."""
         self._engine.dispose()
@@ -425,3 +432,11 @@ class AnnotationStore(DatabaseStore):
                 for r in self.relabels(dataset_scope).values()
             ],
         }
+
+
+def open_store(workspace: Workspace, configured: str | None = None) -> AnnotationStore:
+    """The annotation store of ``workspace``'s whole version line (the root's, unless ``configured`` names a database URL).
+
+    >>> store = open_store(Workspace("demo/workspace"))  # doctest: +SKIP
+    """
+    return AnnotationStore.for_version_line(workspace, configured)

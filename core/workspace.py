@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -61,7 +62,16 @@ REPRESENTATIONS = {
 # (``representation(workspace)``, cached in derived/) and names what they depend on
 # beyond the scan (``representation_source(workspace)``: influence embeddings need
 # the training data), so that every result derived from them is keyed by it too.
+# A provider may also offer ``kmeans_slices(workspace, params, progress)``, K-Means
+# in its own geometry, which core.slicing uses for that representation. Looking the
+# provider up here, by name, is what keeps the early stages (workspace, slicing)
+# from importing the later ones that compute such representations.
 COMPUTED_REPRESENTATIONS = {"influence": "core.influence"}
+
+
+def representation_provider(name: str) -> ModuleType | None:
+    """The module that computes the representation ``name`` (see COMPUTED_REPRESENTATIONS), or None for a scan array."""
+    return importlib.import_module(COMPUTED_REPRESENTATIONS[name]) if name in COMPUTED_REPRESENTATIONS else None
 
 
 def stable_hash(payload: object) -> str:
@@ -355,9 +365,8 @@ class Workspace:
     def representation(self, name: str) -> np.ndarray:
         if name not in REPRESENTATIONS:
             raise SliceScopeError(f"unknown representation '{name}'", f"use one of: {', '.join(REPRESENTATIONS)}")
-        if name in COMPUTED_REPRESENTATIONS:
-            return importlib.import_module(COMPUTED_REPRESENTATIONS[name]).representation(self)
-        return self.array(REPRESENTATIONS[name])
+        provider = representation_provider(name)
+        return self.array(REPRESENTATIONS[name]) if provider is None else provider.representation(self)
 
     def image_path(self, relative_path: str) -> Path:
         return self.data_root / relative_path
@@ -370,10 +379,8 @@ class Workspace:
     def _representation_source(self, kind: str) -> dict:
         """For a result of a computed representation (``slices-influence``, ``projection-influence``), what that
         representation was computed from; nothing for the others, so their keys stay as they were."""
-        name = kind.rpartition("-")[2]
-        if name not in COMPUTED_REPRESENTATIONS:
-            return {}
-        return {"representation_source": importlib.import_module(COMPUTED_REPRESENTATIONS[name]).representation_source(self)}
+        provider = representation_provider(kind.rpartition("-")[2])
+        return {} if provider is None else {"representation_source": provider.representation_source(self)}
 
     def cached_array(self, kind: str, params: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Load the ``kind`` result for ``params``, computing and storing it once."""

@@ -15,10 +15,10 @@ from app.influence import comparison, infembed_table, opponents_grid, rule_table
 from app.ui import REPRESENTATION_LABELS, load_images, load_workspace, selected_workspace, show_error, streamlit_progress, table_height
 from core.errors import SliceScopeError
 from core.evidence import evidence_order
-from core.influence import attach_command, attach_training_data, estimate_seconds, influence_embeddings, is_computed, training_data
-from core.influence_rule import RuleParams
+from core.influence import RuleParams, estimate_seconds, influence_embeddings, is_computed
 from core.progress import duration_text
 from core.slicing import default_k
+from core.training import attach_command, attach_training_data, training_data
 from core.views import caption
 from core.workspace import Workspace
 

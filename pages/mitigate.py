@@ -37,9 +37,9 @@ from core.mitigation import (
     read_status,
     request_cancel,
     unfinished_jobs,
-    version_root,
 )
 from core.robustness import read_metrics
+from core.versions import version_root
 from core.views import typical_members
 from core.workspace import Workspace, is_workspace
 

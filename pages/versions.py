@@ -27,8 +27,8 @@ from app.store import store_for
 from app.ui import selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
 from core.loop import Slicing, evaluate_version, slice_changes, version_board
-from core.mitigation import read_version
 from core.robustness import REGION_SOURCES, read_metrics, relabelled_count
+from core.versions import read_version
 from core.views import plural, version_label
 from core.workspace import Workspace, is_workspace
 

@@ -21,26 +21,24 @@ from core.extract import scan
 from core.influence import (
     InfluenceEmbedder,
     InfluenceParams,
-    attach_training_data,
-    default_layers,
-    influence_embeddings,
-    rank_opponents,
-    representation_source,
-    slice_opponents,
-    training_data,
-    training_embeddings,
-)
-from core.influence_rule import (
     RuleParams,
     compare_slicings,
+    default_layers,
     infembed_rule,
     infembed_slices,
+    influence_embeddings,
     normalised_kmeans,
+    rank_opponents,
+    record_influence_params,
+    representation_source,
     rule_slices,
     slice_coherence,
+    slice_opponents,
     slicing_coherence,
+    training_embeddings,
 )
 from core.slicing import SliceParams, find_slices
+from core.training import attach_training_data, training_data
 from core.workspace import MANIFEST, Workspace, save_manifest
 from tests.helpers import small_scan_config
 
@@ -268,7 +266,8 @@ def copy_workspace(tiny_demo: Path, tmp_path: Path, attach: bool) -> Workspace:
     save_manifest(target / MANIFEST, manifest)
     workspace = Workspace(target)
     if attach:
-        attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train", SMALL)
+        attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train")
+        record_influence_params(workspace, SMALL)
     return workspace
 
 
@@ -319,7 +318,8 @@ def test_influence_is_a_cached_representation_keyed_by_its_training_data_and_set
     assert comparison["coherence_share"].between(0, 1).all()
 
     # Other settings are another source: the slices of the old embeddings are not reused, nor overwritten.
-    attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train", InfluenceParams(arnoldi_dim=40, embedding_dim=10, hessian_images=96))
+    attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train")
+    record_influence_params(workspace, InfluenceParams(arnoldi_dim=40, embedding_dim=10, hessian_images=96))
     new_key = workspace.derived_path("infembed_slices", {"k": 3, "seed": 0, "representation_source": representation_source(workspace)}, ".npy")
     assert new_key != key and key.is_file()
     assert influence_embeddings(workspace).shape == (len(workspace.images), 10)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core.influence import is_computed, training_data
+from core.influence import is_computed
+from core.training import training_data
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,11 +30,11 @@ from core.mitigation import (
     request_cancel,
     run_mitigation,
     unfinished_jobs,
-    version_family,
 )
 from core.robustness import load_pixels, read_metrics, read_object_mask, read_object_masks
 from core.slicing import default_k
 from core.store import AnnotationStore
+from core.versions import version_family
 from core.workspace import Workspace
 
 QUICK = TrainingParams(epochs=2, batch_size=32)

@@ -262,7 +262,7 @@ def _simulate_crowd(out: Path, config, report: ProgressFn) -> None:
 
 def _attach_training_data(out: Path, name: str, workspace: Workspace) -> None:
     """Record the split the model was trained on, so influence embeddings need no question (cheap: no image is read)."""
-    from core.influence import attach_training_data, training_data
+    from core.training import attach_training_data, training_data
 
     if training_data(workspace) is None:
         attach_training_data(workspace, out / "data" / "metadata.csv", TRAINING_SPLITS[name])

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import SliceScopeError
-from core.influence import InfluenceParams, influence_embeddings, influence_params, representation_source
+from core.influence.embeddings import InfluenceParams, influence_embeddings, influence_params, representation_source
 from core.progress import ProgressFn, silent
 from core.slicing import SliceParams, default_k, find_slices
 from core.workspace import Workspace

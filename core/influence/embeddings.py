@@ -11,7 +11,7 @@ gives H⁻¹ ≈ M λ⁻¹ Mᵀ, so that
 
 is a D-dimensional *influence embedding* with I(z', z) ≈ μ(z')·μ(z). Images
 with close embeddings are influenced alike by the whole training set (the
-paper's Lemma 1), so clustering them (:mod:`core.influence_rule`) finds slices
+paper's Lemma 1), so clustering them (:mod:`core.influence.rule`) finds slices
 that are wrong for the same reason, and a slice's *opponents* (§3.6) are the
 training images whose influence on its total loss is most negative.
 
@@ -26,8 +26,8 @@ in the paper (captum sums over its data, so the loss is divided by the subset's
 size).
 
 A workspace needs the training data its model was fitted on: it is recorded in
-the manifest's ``[training]`` table (:func:`attach_training_data`, ``python -m
-core attach-train``), with the workspace's ``[influence]`` settings. The
+the manifest's ``[training]`` table (:func:`core.training.attach_training_data`, ``python -m
+core attach-train``), with the workspace's ``[influence]`` settings (:func:`record_influence_params`). The
 factors, the training images' embeddings and the workspace images' embeddings
 are cached in ``derived/``, keyed by the model checkpoint's hash, the training
 data's fingerprint and the settings.
@@ -41,7 +41,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,11 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from core.data import ImageIndex, Preprocess, load_index, read_image
+from core.data import ImageIndex, Preprocess, read_image
 from core.errors import SliceScopeError
 from core.models import load_module, resolve_device
 from core.progress import ProgressFn, silent
+from core.training import require_training_data, training_data, training_index
 from core.workspace import MANIFEST, Workspace, load_cached_array, save_manifest
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -120,93 +120,17 @@ class InfluenceParams:
         return cls(**known)
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    """The training images a workspace's model was fitted on, as attached to the workspace."""
-
-    data: Path
-    split: str | None
-    fingerprint: str
-    num_images: int
-
-    def attach_arguments(self) -> str:
-        return f"--data {self.data}" + (f" --split {self.split}" if self.split else "")
-
-
-def training_data(workspace: Workspace) -> TrainingData | None:
-    """The training data recorded in ``workspace``, or None (cheap: reads the manifest only)."""
-    record = workspace.manifest.get("training")
-    if not isinstance(record, dict) or "data" not in record:
-        return None
-    return TrainingData(Path(record["data"]), record.get("split"), str(record.get("fingerprint", "")), int(record.get("num_images", 0)))
-
-
-def training_index(workspace: Workspace) -> ImageIndex:
-    """The workspace's training images in their recorded order, refused if they changed since they were attached."""
-    training = require_training_data(workspace)
-    index = load_index(training.data, training.split)
-    if index.fingerprint() != training.fingerprint:
-        raise SliceScopeError(
-            f"the training data {training.data} changed since it was attached (files added, removed or modified)",
-            f"attach it again with: python -m core attach-train {workspace.path} {training.attach_arguments()}",
-        )
-    return index
-
-
 def influence_params(workspace: Workspace) -> InfluenceParams:
     """The workspace's recorded influence settings (the defaults where none are recorded)."""
     record = workspace.manifest.get("influence")
     return InfluenceParams.from_record(record) if isinstance(record, dict) else InfluenceParams()
 
 
-def attach_command(workspace: Workspace) -> str:
-    """The command that attaches the training data: exact for the demo's workspaces, with placeholders otherwise."""
-    scan_inputs = workspace.manifest.get("scan") or {}
-    model = scan_inputs.get("model") or {}
-    data, split = "PATH", "[--split NAME]"
-    from core.demo import FACTORY, TRAINING_SPLITS
-
-    checkpoint = Path(model.get("checkpoint", ""))
-    if model.get("factory") == FACTORY and checkpoint.stem in TRAINING_SPLITS and scan_inputs.get("data"):
-        data, split = scan_inputs["data"], f"--split {TRAINING_SPLITS[checkpoint.stem]}"
-    elif str(scan_inputs.get("data", "")).endswith(".csv") and scan_inputs.get("split"):
-        data, split = scan_inputs["data"], "--split NAME"
-    return f"python -m core attach-train {workspace.path} --data {data} {split}"
-
-
-def require_training_data(workspace: Workspace) -> TrainingData:
-    """The workspace's training data, or a SliceScopeError that says how to attach it."""
-    training = training_data(workspace)
-    if training is None:
-        raise SliceScopeError(
-            f"workspace {workspace.name} does not record the training data its model was fitted on, which influence embeddings need",
-            f"attach it with: {attach_command(workspace)}",
-        )
-    return training
-
-
-def attach_training_data(workspace: Workspace, data: str | Path, split: str | None = None, params: InfluenceParams | None = None) -> TrainingData:
-    """Record in ``workspace`` the training data its model was fitted on (and the influence settings).
-
-    The data is indexed now (not decoded) and fingerprinted, so later runs can
-    tell whether it changed; its labels must be classes of the workspace's
-    model. ``params`` None keeps the recorded settings (or the defaults).
-    """
-    data = Path(data).expanduser().resolve()
-    index = load_index(data, split)
-    unknown = sorted(set(index.classes) - set(workspace.classes))
-    if unknown:
-        raise SliceScopeError(
-            f"training label '{unknown[0]}' is not one of the model's classes ({', '.join(workspace.classes[:6])}{', ...' if len(workspace.classes) > 6 else ''})",
-            "attach the data the model was trained on, labelled with the workspace's class names",
-        )
-    record = {"data": str(data), "fingerprint": index.fingerprint(), "num_images": len(index.table), "attached": datetime.now(UTC).isoformat(timespec="seconds")}
-    if split is not None:
-        record["split"] = split
-    manifest = {**workspace.manifest, "training": record, "influence": (params or influence_params(workspace)).record()}
+def record_influence_params(workspace: Workspace, params: InfluenceParams) -> None:
+    """Make ``params`` the workspace's influence settings (the manifest's ``[influence]`` table)."""
+    manifest = {**workspace.manifest, "influence": params.record()}
     save_manifest(workspace.path / MANIFEST, manifest)
     workspace.manifest = manifest
-    return training_data(workspace)
 
 
 # -- the model, cut where the counted layers begin ------------------------------------------------

@@ -25,8 +25,8 @@ from annotate.worker import (
 )
 from app import FAVICON
 from app.database import configured_database_url
-from core.campaigns import CampaignImage, CampaignStore, TaskView
 from core.concepts.annotations import MAX_TERM_CHARS
+from core.crowd import CampaignImage, CampaignStore, TaskView
 from core.demo import default_demo_dir, workspace_dir
 from core.errors import SliceScopeError
 from core.views import plural

@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from core.campaigns import MAX_ATTRIBUTES_PER_BOX, PLATFORM_ID_MAX_CHARS, Box, canvas_to_image_box
+from core.crowd import MAX_ATTRIBUTES_PER_BOX, PLATFORM_ID_MAX_CHARS, Box, canvas_to_image_box
 from core.store import DATABASE_URL_ENV, SQLITE_FILE
 
 # MTurk opens an external HIT's page with this assignment id while the worker only previews it.

@@ -17,8 +17,7 @@ import streamlit as st
 from app.store import analyst_name, store_for
 from app.ui import load_slices, load_workspace, show_error
 from core.errors import SliceScopeError
-from core.loop import AnnotationState, Slicing, read_annotations
-from core.spuriousness import KERNELS, PropagationParams, slice_spuriousness
+from core.mitigation import KERNELS, AnnotationState, PropagationParams, Slicing, read_annotations, slice_spuriousness
 from core.store import ANNOTATION_KINDS, NOTE_MAX_CHARS
 from core.views import plural
 

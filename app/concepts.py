@@ -10,9 +10,8 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from app.database import configured_database_url
-from core.campaigns import CampaignStore
 from core.concepts import FastTextEmbedder, Vocabulary
-from core.crowd import CampaignConcepts, mine_campaign
+from core.crowd import CampaignConcepts, CampaignStore, mine_campaign
 from core.workspace import Workspace
 
 BOX_COLOURS = ("#00e5ff", "#ffd400", "#ff3d7f", "#7cff4f", "#b388ff")  # one per worker, bright on heat maps

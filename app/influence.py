@@ -9,29 +9,23 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app.ui import REPRESENTATION_LABELS, load_workspace
-from core.influence import RuleParams, compare_slicings, influence_embeddings, rule_slices, slice_coherence, slice_opponents
-from core.slicing import ProjectionParams, SliceParams, find_slices, project, slice_table
+from core.influence import RuleParams, compare_slicings, influence_embeddings, slice_opponents
+from core.influence import infembed_table as infembed_slice_table
+from core.influence import rule_table as rule_slice_table
+from core.slicing import ProjectionParams, SliceParams, find_slices, project
 from core.views import readable_number, typical_members
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def infembed_table(path: str, k: int) -> tuple[np.ndarray, pd.DataFrame]:
     """InfEmbed's slice per image and its Slice Table, with each slice's coherence."""
-    workspace = load_workspace(path)
-    slice_ids = find_slices(workspace, "influence", SliceParams(k=k))
-    coherence = slice_coherence(influence_embeddings(workspace), slice_ids)[["slice", "mean_coherence"]]
-    return slice_ids, slice_table(workspace.images, slice_ids).merge(coherence, on="slice")
+    return infembed_slice_table(load_workspace(path), SliceParams(k=k))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def rule_table(path: str, max_accuracy: float, min_size: int, branching: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """InfEmbed-Rule's slice per image, its Slice Table (with each slice's path in the split tree) and the tree."""
-    workspace = load_workspace(path)
-    rule = rule_slices(workspace, RuleParams(max_accuracy=max_accuracy, min_size=min_size, branching=branching))
-    coherence = slice_coherence(influence_embeddings(workspace), rule.slice_ids)[["slice", "mean_coherence"]]
-    rule_columns = rule.slices[["slice", "path", "flagged"]].rename(columns={"flagged": "rule_holds"})
-    table = rule_columns.merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
-    return rule.slice_ids, table, rule.tree
+    return rule_slice_table(load_workspace(path), RuleParams(max_accuracy=max_accuracy, min_size=min_size, branching=branching))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

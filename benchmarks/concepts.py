@@ -4,8 +4,8 @@
 
 On the demo's biased and balanced workspaces, a 300-image stratified SmoothGrad
 campaign (the library defaults) is answered by the SIMULATED crowd
-(:mod:`core.crowd_sim`, seeded) in a temporary SQLite database of its own, and
-mined with :func:`core.crowd.mine_campaign` (MiniLM reconciliation, chi-square,
+(:mod:`core.demo.crowd`, seeded) in a temporary SQLite database of its own, and
+mined with :func:`core.crowd.pipeline.mine_campaign` (MiniLM reconciliation, chi-square,
 Cramér's V). Each injected problem has a concept and the predicted class it
 pushes towards:
 
@@ -47,11 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.campaigns import CampaignStore
 from core.concepts import ConceptStatistics, MiniLMEmbedder, build_concept_table, reconcile
-from core.crowd import CampaignPlan, campaign_tables, create_workspace_campaign, mine_campaign
-from core.crowd_sim import simulate_campaign
+from core.crowd import CampaignPlan, CampaignStore, campaign_tables, create_workspace_campaign, mine_campaign
 from core.demo import build_demo, default_demo_dir, workspace_dir
+from core.demo.crowd import simulate_campaign
 from core.progress import tqdm_progress
 from core.workspace import Workspace
 

@@ -10,7 +10,7 @@ holds more than 60% (the prediction follows the background, not the object).
 the annotations and treats every slice with spuriousness ≥ the threshold.
 All three models are evaluated on the held-out images with the demo's
 ground-truth object masks (core = object, spurious = the rest) and groups,
-with the same seeded evaluation noise (``core.robustness.DEFAULT_SIGMA``).
+with the same seeded evaluation noise (``core.mitigation.robustness.DEFAULT_SIGMA``).
 The demo's ``balanced`` model (trained on data without the shortcuts) is
 evaluated too, as a reference for what a shortcut-free model scores on these
 metrics; it is not a mitigation and is not retrained.
@@ -34,11 +34,19 @@ import numpy as np
 import pandas as pd
 
 from core.demo import build_demo, default_demo_dir
-from core.mitigation import DEFAULT_THRESHOLD, MitigationJob, TrainingParams, choose_treated_slices, run_mitigation
+from core.mitigation import (
+    DEFAULT_SIGMA,
+    DEFAULT_THRESHOLD,
+    MitigationJob,
+    TrainingParams,
+    choose_regions,
+    choose_treated_slices,
+    evaluate,
+    run_mitigation,
+    slice_spuriousness,
+)
 from core.progress import tqdm_progress
-from core.robustness import DEFAULT_SIGMA, choose_regions, evaluate
 from core.slicing import SliceParams, default_k, find_slices, slicing_name
-from core.spuriousness import slice_spuriousness
 from core.training import default_training_data
 from core.workspace import Workspace
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.mosaic [--demo DIR] [--per-tile 5]
     python -m benchmarks.mosaic --figures docs/ [--demo DIR]
+    python -m benchmarks.mosaic --tiles [--demo DIR]
 
 Builds the full demo if DIR has none (default: the app's demo folder).
 
@@ -11,7 +12,7 @@ cache is left alone. It times, at the demo's image size (64 px) with the
 default inversion settings:
 
 * ours, the first request: ``build_mosaic`` (tiles, model reload, every tile
-  inverted in one batch by ``core.inversion.invert_features``, stored);
+  inverted in one batch by ``core.mosaic.inversion.invert_features``, stored);
 * the cached second request: ``build_mosaic`` again, read from the workspace;
 * the obvious alternative, one optimisation per tile (``invert_features`` with
   one target and one tile mask), timed on ``--per-tile`` tiles spread over the
@@ -25,7 +26,7 @@ per tile is.
 ``--figures DIR`` writes ``mosaic-background-slice.png`` and
 ``mosaic-object-slice.png`` into DIR: the tile of the largest background-driven
 and of the largest object-driven slice (picked from the demo's ground truth by
-``core.mosaic_check.demo_slices``), enlarged, beside the slice's most typical
+``core.mosaic.check.demo_slices``), enlarged, beside the slice's most typical
 real images, and prints the Mosaic-meaning check for both.
 """
 
@@ -44,14 +45,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from core.demo import build_demo, default_demo_dir, workspace_dir
+from core.demo.mosaic import demo_images_and_masks, demo_slices
 from core.extract import load_workspace_model
-from core.inversion import invert_features
-from core.mosaic import Mosaic, build_mosaic, tile_mask
-from core.mosaic_check import attention_on_objects, demo_images_and_masks, demo_slices, resemblance
+from core.mosaic import Mosaic, attention_on_objects, build_mosaic, invert_features, resemblance, tile_mask
 from core.progress import tqdm_progress
 from core.slicing import SliceParams, find_slices
 from core.views import typical_members
-from core.workspace import Workspace
+from core.workspace import Workspace, is_workspace
 
 TILE_PX = 256  # the 64-px tile, enlarged 4× with nearest-neighbour so its pixels stay visible
 MEMBER_PX = 128
@@ -105,6 +105,39 @@ def time_mosaic(workspace: Workspace, per_tile: int) -> None:
           f"{', '.join(f'{s:.2f}' for s in single)} s), extrapolated to {tiles} tiles: {per_tile_total:.1f} s")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     print(f"first_s={first:.1f} cached_s={cached:.3f} per_tile_s={per_tile_total:.1f} ratio={per_tile_total / first:.1f}")
+
+
+def tile_readability(workspace: Workspace) -> None:
+    """How readable the tiles are, ours against the medoids' Voronoi diagram (the obvious tiling, and ours until issue 16).
+
+    A tile is a sliver when its area is under 0.3 of the slice's √size share; *in tile* is the share of each slice's
+    points its own tile covers, after our spreading (where our tiles live) or in the layout (where Voronoi's live).
+    """
+    from matplotlib.path import Path as Polygon
+    from scipy.spatial import ConvexHull
+
+    from core.mosaic import mosaic_tiles, polygon_area, power_cells, slice_medoids
+    from core.slicing import default_slice_params, project
+
+    layout = project(workspace, "attribution")
+    hull = ConvexHull(layout)
+    for name, params in (("default slicing", default_slice_params(len(workspace.images))), ("K-Means k=50", SliceParams(k=50))):
+        slice_ids = find_slices(workspace, "attribution", params)
+        ids, sizes = np.unique(slice_ids, return_counts=True)
+        shares = np.sqrt(sizes) / np.sqrt(sizes).sum()
+        medoids = slice_medoids(layout, slice_ids)
+        started = time.perf_counter()
+        voronoi = power_cells(layout[hull.vertices], np.array([medoids[i] for i in ids]), np.zeros(len(ids)))
+        voronoi_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        ours = mosaic_tiles(layout, slice_ids)
+        our_seconds = time.perf_counter() - started
+        voronoi_ratio = np.array([polygon_area(cell) for cell in voronoi]) / hull.volume / shares
+        our_ratio = np.array([tile.area for tile in ours]) / shares
+        in_tile = np.mean([Polygon(cell).contains_points(layout[slice_ids == i]).mean() if len(cell) >= 3 else 0.0 for cell, i in zip(voronoi, ids)])
+        print(f"{name}, {len(ids)} tiles: medoid Voronoi {int((voronoi_ratio < 0.3).sum())} slivers (area / share "
+              f"{voronoi_ratio.min():.2f}–{voronoi_ratio.max():.2f}), {in_tile:.2f} of a slice's points in its tile, {voronoi_seconds:.2f} s; "
+              f"ours {int((our_ratio < 0.3).sum())} slivers ({our_ratio.min():.2f}–{our_ratio.max():.2f}), {our_seconds:.2f} s")
 
 
 def _tile_picture(rgba: np.ndarray) -> Image.Image:
@@ -166,12 +199,19 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=default_demo_dir())
     parser.add_argument("--per-tile", type=int, default=5, help="tiles optimised one at a time for the alternative")
     parser.add_argument("--figures", type=Path, help="write the two slice figures into this folder instead of timing")
+    parser.add_argument("--tiles", action="store_true", help="measure how readable the tiles are (slivers, ours against Voronoi) instead of timing")
     args = parser.parse_args()
 
+    workspace_path = workspace_dir(args.demo, "biased")
+    if args.tiles and is_workspace(workspace_path):
+        tile_readability(Workspace(workspace_path))  # reads a built demo's slices and layout, whatever preset built it
+        return
     build_demo(args.demo, progress=tqdm_progress())
-    workspace = Workspace(workspace_dir(args.demo, "biased"))
+    workspace = Workspace(workspace_path)
     if args.figures:
         write_figures(workspace, args.figures)
+    elif args.tiles:
+        tile_readability(workspace)
     else:
         time_mosaic(workspace, args.per_tile)
 

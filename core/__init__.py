@@ -12,7 +12,7 @@ The names are imported when first used, so that ``python -m core --help`` and th
 torch-free parts of the library do not pay for importing torch.
 """
 
-import importlib
+from core.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -37,13 +37,15 @@ _EXPORTS = {
     "evidence_order": "core.evidence",
     "describe_members": "core.descriptions",
     "build_mosaic": "core.mosaic",
-    "Slicing": "core.loop",
-    "evaluate_version": "core.loop",
-    "mitigate": "core.loop",
+    "Slicing": "core.mitigation",
+    "evaluate_version": "core.mitigation",
+    "mitigate": "core.mitigation",
     "open_store": "core.store",
-    "plan_mitigation": "core.loop",
-    "read_annotations": "core.loop",
+    "plan_mitigation": "core.mitigation",
+    "read_annotations": "core.mitigation",
     "TrainingParams": "core.mitigation",
+    "TrainingData": "core.training",
+    "attach_training_data": "core.training",
 }
 __all__ = [
     "DEFAULT_SLICING",
@@ -55,8 +57,10 @@ __all__ = [
     "SliceParams",
     "SliceScopeError",
     "Slicing",
+    "TrainingData",
     "TrainingParams",
     "Workspace",
+    "attach_training_data",
     "attribute_batch",
     "build_demo",
     "build_mosaic",
@@ -76,7 +80,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'core' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

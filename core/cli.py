@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import sys
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def _add_slicing_arguments(command) -> None:
 
 def _slicing(args, workspace):
     """The slicing the flags name; without --k, the app's default number for ``workspace``'s size."""
-    from core.loop import Slicing
+    from core.mitigation.loop import Slicing
     from core.slicing import SliceParams, default_k
 
     k = default_k(len(workspace.images)) if args.k is None else args.k
@@ -183,15 +184,15 @@ def _print_metrics(name: str, metrics) -> None:
 
 def training_params(args):
     """The retraining settings a parsed ``mitigate`` command asks for."""
-    from core.mitigation import TrainingParams
+    from core.mitigation.corm import TrainingParams
 
     return TrainingParams(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, sigma=args.sigma,
                           noise_region=args.noise_region.replace("-", "_"))
 
 
 def _run_mitigate(args) -> None:
-    from core.loop import evaluate_version, mitigate, plan_mitigation, read_annotations
-    from core.robustness import read_metrics
+    from core.mitigation.loop import evaluate_version, mitigate, plan_mitigation, read_annotations
+    from core.mitigation.robustness import read_metrics
     from core.store import open_store
     from core.training import TrainingData
     from core.workspace import Workspace
@@ -219,7 +220,7 @@ def _run_mitigate(args) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from core.loop import evaluate_version
+    from core.mitigation.loop import evaluate_version
     from core.store import open_store
     from core.workspace import Workspace
 
@@ -431,7 +432,7 @@ def _print_annotations(store, workspace, slicing: str) -> None:
 
 
 def _open_campaign_store(workspace):
-    from core.campaigns import CampaignStore
+    from core.crowd.campaigns import CampaignStore
 
     return CampaignStore.for_version_line(workspace)
 
@@ -440,8 +441,8 @@ def _run_campaign(args) -> None:
     import os
     from datetime import UTC, datetime
 
-    from core.crowd import CampaignPlan, create_workspace_campaign, task_links
-    from core.saliency import SaliencyParams
+    from core.crowd.pipeline import CampaignPlan, create_workspace_campaign, task_links
+    from core.crowd.saliency import SaliencyParams
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
@@ -464,7 +465,7 @@ def _run_campaign(args) -> None:
               f"stored in {store.url}")
         print(f"wrote {len(links)} task links to {path} (they are not stored anywhere else)")
         if args.simulate:
-            from core.crowd_sim import simulate_campaign
+            from core.demo.crowd import simulate_campaign
 
             answered = simulate_campaign(workspace, store, campaign, seed=args.seed, progress=tqdm_progress())
             lazy = answered[answered["lazy"]]
@@ -476,8 +477,8 @@ def _run_campaign(args) -> None:
 
 
 def _campaign_concepts(args, embedder, vocabulary):
-    """The workspace mode of ``concepts``: the campaign's table, vocabulary and findings, through core.crowd.mine_campaign."""
-    from core.crowd import latest_campaign, mine_campaign, saved_vocabulary, vocabulary_path
+    """The workspace mode of ``concepts``: the campaign's table, vocabulary and findings, through core.crowd.pipeline.mine_campaign."""
+    from core.crowd.pipeline import latest_campaign, mine_campaign, saved_vocabulary, vocabulary_path
     from core.workspace import Workspace
 
     if args.images is not None:
@@ -576,12 +577,32 @@ COMMANDS = {
 }
 
 
+# The library's parameters whose flag is not their name with dashes.
+_FLAG_ALIASES = {"checkpoint": "--model", "max_accuracy": "--accuracy", "learning_rate": "--lr", "source": "--from", "train_data": "--train-data"}
+
+
+def parameter_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Library parameter name → the CLI flag that sets it, from every subcommand's options (plus the aliases)."""
+    flags = {}
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                flags.update({option.dest: option.option_strings[-1] for option in subparser._actions if option.option_strings and option.dest != "help"})
+    return {**flags, **_FLAG_ALIASES}
+
+
+def in_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message as the CLI says it: each parameter the library names in backticks (`out`) becomes its flag (--out)."""
+    return re.sub(r"`(\w+)`", lambda match: flags.get(match.group(1), match.group(0)), message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except SliceScopeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(str(error), parameter_flags(parser))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; re-run the same command to resume", file=sys.stderr)

@@ -77,7 +77,7 @@ def load_index(data: str | Path, split: str | None = None) -> ImageIndex:
         raise SliceScopeError(f"dataset not found: {data}", "pass an ImageFolder directory or a CSV manifest with columns path,label")
     if data.is_dir():
         if split is not None:
-            raise SliceScopeError("--split works only with a CSV manifest that has a split column", "drop --split or point --data at the manifest")
+            raise SliceScopeError("`split` works only with a CSV manifest that has a split column", "drop `split` or point `data` at the manifest")
         index = _index_image_folder(data)
     elif data.suffix.lower() == ".csv":
         index = _index_manifest(data, split)
@@ -124,7 +124,7 @@ def _index_manifest(csv_path: Path, split: str | None) -> ImageIndex:
     table.insert(0, "_line", np.arange(2, len(table) + 2))
     if split is not None:
         if "split" not in table.columns:
-            raise SliceScopeError(f"manifest {csv_path.name} has no split column", "drop --split or add a split column")
+            raise SliceScopeError(f"manifest {csv_path.name} has no split column", "drop `split` or add a split column")
         available = sorted(table["split"].str.strip().unique())
         table = table[table["split"].str.strip() == split]
         if table.empty:

@@ -183,14 +183,14 @@ def _resolve_classes(index: ImageIndex, model_classes: tuple[str, ...] | None, n
     classes = tuple(model_classes) if model_classes else index.classes
     if len(classes) != num_outputs:
         if model_classes:
-            raise SliceScopeError(f"--classes names {len(classes)} classes but the model outputs {num_outputs}", "list exactly one name per model output, in output order")
+            raise SliceScopeError(f"`classes` names {len(classes)} classes but the model outputs {num_outputs}", "list exactly one name per model output, in output order")
         raise SliceScopeError(
             f"the model outputs {num_outputs} classes but the dataset has {len(classes)} ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})",
-            "pass --classes with the model's class names in output order",
+            "pass `classes`: the model's class names in output order",
         )
     missing = sorted(set(index.classes) - set(classes))
     if missing:
-        raise SliceScopeError(f"dataset class '{missing[0]}' is missing from the model's classes", "pass --classes with the model's class names in output order, or remove that class's images")
+        raise SliceScopeError(f"dataset class '{missing[0]}' is missing from the model's classes", "pass `classes`: the model's class names in output order, or remove that class's images")
     return classes
 
 
@@ -287,7 +287,7 @@ def _is_unchanged(out: Path, fingerprint: str) -> bool:
 
 def _require_writable_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise SliceScopeError(f"--out {out} is a file, not a folder", "choose a folder for the workspace")
+        raise SliceScopeError(f"`out` {out} is a file, not a folder", "choose a folder for the workspace")
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / ".write-test", lambda target: target.write_bytes(b""))
@@ -307,7 +307,7 @@ def _scan_folder(out: Path, fingerprint: str, overwrite: bool) -> Path:
         status = workspace_status(out)
         if _recorded_fingerprint(out) != fingerprint and not overwrite:
             held = "built from other inputs" if status.state == "ready" else f"that is {status.state}"
-            raise SliceScopeError(f"{out} already holds a workspace {held}", "choose another --out folder or pass --overwrite")
+            raise SliceScopeError(f"{out} already holds a workspace {held}", "choose another `out` folder or pass `overwrite`")
         rescan = out / RESCAN_FOLDER
         if (read_scan_state(rescan) or {}).get("fingerprint") != fingerprint:
             shutil.rmtree(rescan, ignore_errors=True)
@@ -317,9 +317,9 @@ def _scan_folder(out: Path, fingerprint: str, overwrite: bool) -> Path:
         return out
     if state is not None or (out / SCAN_STATE).is_file():
         if not overwrite:
-            raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another --out folder or pass --overwrite to start over")
+            raise SliceScopeError(f"{out} holds an interrupted scan of other inputs (the data, model or options changed)", "choose another `out` folder or pass `overwrite` to start over")
     elif any(out.iterdir()) and not overwrite:
-        raise SliceScopeError(f"{out} exists and is not empty", "choose a new --out folder, or pass --overwrite to build a workspace there (files other than the workspace's own are kept)")
+        raise SliceScopeError(f"{out} exists and is not empty", "choose a new `out` folder, or pass `overwrite` to build a workspace there (files other than the workspace's own are kept)")
     _remove_scan_outputs(out)
     return out
 
@@ -426,7 +426,7 @@ def _consolidate(plan: _ScanPlan, n_chunks: int) -> None:
         example = index.table["path"].iat[int(positions[np.flatnonzero(non_finite)[0]])]
         raise SliceScopeError(
             f"the model returned NaN or infinite logits for {int(non_finite.sum())} of {len(positions)} images (e.g. {example})",
-            "check the checkpoint (a diverged training run?) and that --normalize matches how the model was trained",
+            "check the checkpoint (a diverged training run?) and that `normalize` matches how the model was trained",
         )
     logits = torch.from_numpy(arrays["logits"])
     probabilities = torch.softmax(logits, dim=1)

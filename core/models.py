@@ -81,13 +81,13 @@ def file_sha256(path: Path) -> str:
 def load_module(spec: ModelSpec) -> nn.Module:
     """Build the network the spec names and load its weights, in eval mode."""
     if spec.arch and spec.factory:
-        raise SliceScopeError("both --arch and --factory were given", "pass only one of them")
+        raise SliceScopeError("both `arch` and `factory` were given", "pass only one of them")
     checkpoint = Path(spec.checkpoint).expanduser() if spec.checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
-        raise SliceScopeError(f"model checkpoint not found: {checkpoint}", "check the --model path")
+        raise SliceScopeError(f"model checkpoint not found: {checkpoint}", "check the `checkpoint` path")
     if spec.kind == "torchscript":
         if checkpoint is None:
-            raise SliceScopeError("no model given", "pass --model CKPT with --arch NAME --num-classes N, a TorchScript file, or --factory module:function")
+            raise SliceScopeError("no model given", "pass a `checkpoint` with `arch` and `num_classes`, a TorchScript file, or a `factory` (module:function)")
         module = _load_torchscript(checkpoint, spec.trust_checkpoint)
     else:
         module = _build_torchvision(spec) if spec.arch else _build_from_factory(spec)
@@ -105,14 +105,14 @@ def _build_torchvision(spec: ModelSpec) -> nn.Module:
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         raise SliceScopeError(f"unknown torchvision architecture '{spec.arch}'", hint)
     if spec.num_classes is None:
-        raise SliceScopeError(f"--arch {spec.arch} needs --num-classes", "pass the number of classes the model was trained on")
+        raise SliceScopeError(f"`arch` {spec.arch} needs `num_classes`", "pass the number of classes the model was trained on")
     return torchvision.models.get_model(spec.arch, weights=None, num_classes=spec.num_classes)
 
 
 def _build_from_factory(spec: ModelSpec) -> nn.Module:
     module_name, _, function_name = spec.factory.partition(":")
     if not module_name or not function_name:
-        raise SliceScopeError(f"factory '{spec.factory}' is not of the form module:function", "e.g. --factory mypkg.models:build_model")
+        raise SliceScopeError(f"factory '{spec.factory}' is not of the form module:function", "e.g. `factory` mypkg.models:build_model")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
@@ -136,7 +136,7 @@ def _read_state_dict(checkpoint: Path, trust: bool):
     except pickle.UnpicklingError:
         raise SliceScopeError(
             f"{checkpoint.name} contains pickled Python objects, which can run code when loaded",
-            "save model.state_dict() instead, or pass --trust-checkpoint if you trust the file",
+            "save model.state_dict() instead, or pass `trust_checkpoint` if you trust the file",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise SliceScopeError(f"{checkpoint.name} is not a readable PyTorch checkpoint ({str(error).splitlines()[0]})", "check the file is complete and was written by torch.save") from None
@@ -162,18 +162,18 @@ def _load_weights(module: nn.Module, checkpoint: Path, spec: ModelSpec) -> None:
         example = (missing or unexpected)[0]
         raise SliceScopeError(
             f"checkpoint {checkpoint.name} does not fit {source}: {len(missing)} missing and {len(unexpected)} unexpected weights (e.g. '{example}')",
-            "check --arch/--factory matches the model that was saved",
+            "check that `arch` or `factory` matches the model that was saved",
         )
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             if tensor.ndim >= 1 and key == _last_weight_key(expected) and tensor.shape[1:] == expected[key].shape[1:]:
                 raise SliceScopeError(
                     f"checkpoint {checkpoint.name} has {tensor.shape[0]} output classes but the model was built with {expected[key].shape[0]}",
-                    f"pass --num-classes {tensor.shape[0]}",
+                    f"set `num_classes` to {tensor.shape[0]}",
                 )
             raise SliceScopeError(
                 f"checkpoint {checkpoint.name} does not fit {source}: weight '{key}' has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}",
-                "check --arch/--factory matches the model that was saved",
+                "check that `arch` or `factory` matches the model that was saved",
             )
     module.load_state_dict(state)
 
@@ -198,7 +198,7 @@ def _load_torchscript(checkpoint: Path, trust: bool) -> nn.Module:
         return loaded
     raise SliceScopeError(
         f"{checkpoint.name} is a state_dict, not a TorchScript model",
-        "pass --arch NAME --num-classes N (torchvision) or --factory module:function to build the network",
+        "pass `arch` and `num_classes` (torchvision) or a `factory` (module:function) to build the network",
     )
 
 
@@ -232,7 +232,7 @@ class AttributionModel:
         if activation.ndim != 4:
             raise SliceScopeError(
                 f"layer '{self.target_layer}' outputs shape {tuple(activation.shape)}, not a (batch, channels, height, width) map",
-                "name a convolutional layer with --target-layer",
+                "name a convolutional layer with `target_layer`",
             )
         self.num_classes = int(logits.shape[1])
         self.latent_shape = tuple(int(s) for s in activation.shape[2:])
@@ -259,7 +259,7 @@ class AttributionModel:
 
         def capture(_module, _inputs, output):
             if captured:
-                raise SliceScopeError(f"layer '{self.target_layer}' runs more than once per forward pass", "name a layer that runs once with --target-layer")
+                raise SliceScopeError(f"layer '{self.target_layer}' runs more than once per forward pass", "name a layer that runs once with `target_layer`")
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
             # A clone, so that in-place ops above the layer (e.g. ReLU(inplace=True)
@@ -273,7 +273,7 @@ class AttributionModel:
         finally:
             handle.remove()
         if not captured:
-            raise SliceScopeError(f"layer '{self.target_layer}' did not run in the forward pass", "name a layer on the path to the output with --target-layer")
+            raise SliceScopeError(f"layer '{self.target_layer}' did not run in the forward pass", "name a layer on the path to the output with `target_layer`")
         return logits, captured[0]
 
 
@@ -281,7 +281,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SliceScopeError(f"device '{device}' was asked for but no CUDA GPU is available", "use --device cpu")
+        raise SliceScopeError(f"device '{device}' was asked for but no CUDA GPU is available", "set `device` to cpu")
     return device
 
 
@@ -314,7 +314,7 @@ def find_target_layer(module: nn.Module, image_size: int) -> str:
         for handle in handles:
             handle.remove()
     if not finished:
-        raise SliceScopeError("found no convolutional layer with a spatial output for GradCAM", "name one with --target-layer")
+        raise SliceScopeError("found no convolutional layer with a spatial output for GradCAM", "name one with `target_layer`")
     return finished[-1]
 
 
@@ -332,13 +332,13 @@ class _ScriptChain:
         self.children = [(name, child, _starts_with_linear(child)) for name, child in module.named_children()]
         names = [name for name, _, _ in self.children]
         if not names:
-            raise SliceScopeError("this TorchScript model has no sub-modules to take GradCAM from", "export it with its layers as attributes, or use --factory")
+            raise SliceScopeError("this TorchScript model has no sub-modules to take GradCAM from", "export it with its layers as attributes, or use a `factory`")
         if target_name is None:
             target_name = self._last_spatial_child(probe)
         if target_name not in names:
             raise SliceScopeError(
                 f"'{target_name}' is not a top-level layer of this TorchScript model",
-                f"for TorchScript, --target-layer must be one of: {', '.join(names)}",
+                f"for TorchScript, `target_layer` must be one of: {', '.join(names)}",
             )
         self.target_name = target_name
         self.split = names.index(target_name) + 1
@@ -352,7 +352,7 @@ class _ScriptChain:
         if not same:
             raise SliceScopeError(
                 "this TorchScript model's forward is not a plain chain of its layers, so its GradCAM layer cannot be reached",
-                "load it with --arch or --factory and a state_dict instead",
+                "load it with `arch` or `factory` and a state_dict instead",
             )
 
     def _last_spatial_child(self, probe: torch.Tensor) -> str:
@@ -365,7 +365,7 @@ class _ScriptChain:
                 if x.ndim == 4 and x.shape[2] * x.shape[3] > 1 and not is_pool:
                     chosen = name
         if chosen is None:
-            raise SliceScopeError("found no layer with a spatial output in this TorchScript model", "name one with --target-layer")
+            raise SliceScopeError("found no layer with a spatial output in this TorchScript model", "name one with `target_layer`")
         return chosen
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,9 +35,9 @@ class ProjectionParams:
         if self.metric not in UMAP_METRICS:
             raise SliceScopeError(f"unknown UMAP metric '{self.metric}'", f"use one of: {', '.join(UMAP_METRICS)}")
         if self.n_neighbors < 2:
-            raise SliceScopeError("UMAP n_neighbors must be at least 2", "pass --n-neighbors 2 or more")
+            raise SliceScopeError("UMAP n_neighbors must be at least 2", "set `n_neighbors` to 2 or more")
         if not 0.0 <= self.min_dist <= 1.0:
-            raise SliceScopeError("UMAP min_dist must lie in [0, 1]", "pass e.g. --min-dist 0.05")
+            raise SliceScopeError("UMAP min_dist must lie in [0, 1]", "set `min_dist` to e.g. 0.05")
 
 
 # How slices are cut from a representation. K-Means is AttributionScanner's (and, on influence embeddings,
@@ -60,7 +60,7 @@ class SliceParams:
 
     def __post_init__(self):
         if self.k < 1:
-            raise SliceScopeError(f"k = {self.k} slices is not possible", "pass --k 1 or more (50 is the paper's choice)")
+            raise SliceScopeError(f"k = {self.k} slices is not possible", "set `k` to 1 or more (50 is the paper's choice)")
         if self.method not in SLICING_METHODS:
             raise SliceScopeError(f"unknown slicing method '{self.method}'", f"use one of: {', '.join(SLICING_METHODS)}")
 
@@ -243,18 +243,18 @@ def sliceable_vectors(workspace: Workspace, representation: str, k: int) -> np.n
     """The representation as float32 rows, once it is checked to be something k slices can be cut from."""
     vectors = np.asarray(workspace.representation(representation), dtype=np.float32)
     if k > len(vectors):
-        raise SliceScopeError(f"k = {k} slices is more than the {len(vectors)} images", f"pass --k {max(1, len(vectors) // 10)} or less")
+        raise SliceScopeError(f"k = {k} slices is more than the {len(vectors)} images", f"set `k` to {max(1, len(vectors) // 10)} or less")
     broken = ~np.isfinite(vectors).all(axis=1)
     if broken.any():
         raise SliceScopeError(
             f"the {representation} representation is NaN or infinite for {int(broken.sum())} of {len(vectors)} images",
-            "the model produced non-finite values: check its checkpoint and the scan's --normalize, then rescan",
+            "the model produced non-finite values: check its checkpoint and the scan's `normalize`, then rescan",
         )
     distinct = len(np.unique(vectors.round(6), axis=0))
     if distinct < k:
         raise SliceScopeError(
             f"the {representation} representation has only {distinct} distinct value(s) over {len(vectors)} images, fewer than k = {k} slices",
-            f"pass --k {max(1, distinct)} or less, or check the target layer (--target-layer): a constant layer cannot tell images apart",
+            f"set `k` to {max(1, distinct)} or less, or check the target layer (`target_layer`): a constant layer cannot tell images apart",
         )
     return vectors
 

@@ -1,6 +1,6 @@
 """Model versions: which workspaces form one line of versions (torch-free, read by every stage).
 
-A mitigation (``core.mitigation``) writes ``version.json`` into the workspace of
+A mitigation (``core.mitigation.corm``) writes ``version.json`` into the workspace of
 the version it made: its number, the version it started from and the line's
 root. The root is where a line's shared state lives (its annotation and
 campaign databases), so annotations can find it without importing the

@@ -16,20 +16,26 @@ import streamlit as st
 
 from app.concepts import boxed_picture, campaign_boxes, campaign_store, mined_concepts, top_concepts_figure
 from app.ui import load_slices, selected_workspace, show_error, streamlit_progress
-from core.campaigns import INSTRUCTIONS_MAX_CHARS, MAX_IMAGES_PER_TASK, MAX_WORKERS_PER_TASK, Campaign, CampaignStore
 from core.concepts import RESULT_KINDS, Vocabulary, concept_boxes, filter_results, query_concepts, slice_concepts
 from core.crowd import (
     DEFAULT_INSTRUCTIONS,
+    INSTRUCTIONS_MAX_CHARS,
+    MAX_IMAGES_PER_TASK,
+    MAX_WORKERS_PER_TASK,
+    SALIENCY_METHODS,
     SAMPLINGS,
+    Campaign,
     CampaignConcepts,
     CampaignPlan,
+    CampaignStore,
+    SaliencyParams,
     create_workspace_campaign,
     save_vocabulary,
     saved_vocabulary,
     task_links,
+    worker_summary,
 )
 from core.errors import SliceScopeError
-from core.saliency import SALIENCY_METHODS, SaliencyParams
 from core.views import plural
 from core.workspace import Workspace
 
@@ -139,10 +145,7 @@ def monitor(store: CampaignStore, campaign: Campaign) -> pd.DataFrame:
     submitted = progress[progress["status"] == "submitted"]
     columns[3].metric("Answers", f"{len(submitted)} / {len(progress)}")
     columns[4].metric("Rejected", int((submitted["rejection"] != "").sum()), help="By the automatic checks: too fast on some images")
-    workers = submitted.assign(worker=submitted["worker_id"].where(submitted["worker_id"] != "", "assignment " + submitted["assignment_id"].astype(str)))
-    per_worker = workers.groupby("worker").agg(answers=("assignment_id", "size"), boxes=("boxes", "sum"), seconds=("seconds", "sum"),
-                                              rejected=("rejection", lambda values: int((values != "").sum())))
-    per_worker["seconds per box"] = per_worker["seconds"] / per_worker["boxes"].clip(lower=1)
+    per_worker = worker_summary(progress)
     with st.expander(f"Workers ({len(per_worker)})"):
         st.dataframe(per_worker.reset_index(), hide_index=True, column_config={
             "seconds": st.column_config.NumberColumn("Seconds", format="%.0f"),

@@ -23,22 +23,29 @@ from app.board import history_figure, model_downloads, show_metric_changes, swit
 from app.store import configured_database_url, store_for
 from app.ui import load_images, load_slices, load_workspace, selected_workspace, show_error
 from core.errors import SliceScopeError
-from core.jobs import job_phase, last_error, log_path, start_job
-from core.loop import AnnotationState, mitigate_arguments, plan_mitigation
 from core.mitigation import (
+    CANCELLABLE_PHASES,
     DEFAULT_THRESHOLD,
+    LIVE_PHASES,
     SOURCES,
+    AnnotationState,
     TrainingParams,
     choose_treated_slices,
     corm_preview,
     job_folder,
+    job_phase,
+    last_error,
+    log_path,
+    mitigate_arguments,
     next_version_path,
+    plan_mitigation,
     read_job,
+    read_metrics,
     read_status,
     request_cancel,
+    start_job,
     unfinished_jobs,
 )
-from core.robustness import read_metrics
 from core.versions import version_root
 from core.views import typical_members
 from core.workspace import Workspace, is_workspace
@@ -60,8 +67,6 @@ PHASES = {
     "failed": "failed",
     "interrupted": "interrupted — its process stopped; Resume continues from the last finished epoch",
 }
-LIVE = ("starting", "preparing", "training", "scanning", "evaluating")
-CANCELLABLE = ("starting", "preparing", "training")
 
 
 # ---------------------------------------------------------------------------- background jobs
@@ -117,14 +122,14 @@ def resume(out: Path) -> None:
 def _board(out: Path, polled: bool) -> None:
     status = read_status(out)
     phase = phase_of(out, status)
-    if polled and phase not in LIVE:
+    if polled and phase not in LIVE_PHASES:
         st.rerun()  # the job ended: redraw the whole page, outside the polled fragment (results, start form)
     job = read_job(out)
     history = status["history"] if status else []
     epochs = status["epochs"] if status else (job.params.epochs if job else 0)
     with st.container(border=True):
         st.markdown(f"**{out.name}** · {PHASES[phase]}")
-        if phase in LIVE:
+        if phase in LIVE_PHASES:
             done = f"epoch {len(history)} of {epochs} done"
             message = status["message"] if status else ""
             st.progress(min(1.0, len(history) / epochs) if epochs else 0.0, text=done if message in ("", done) else f"{done} · {message}")
@@ -139,7 +144,7 @@ def _board(out: Path, polled: bool) -> None:
             st.caption(f"{status['treated_images']:,} training images of the treated slices get CoRM noise.")
         if history:
             st.plotly_chart(history_figure(history, epochs), width="stretch", key=f"history-{out.name}")
-        if phase in CANCELLABLE:
+        if phase in CANCELLABLE_PHASES:
             if st.button("Cancel", key=f"cancel-{out.name}", icon=":material/stop_circle:"):
                 request_cancel(out)
                 st.toast("The retraining stops at the next batch; Resume continues from the last finished epoch.", icon=":material/stop_circle:")
@@ -168,7 +173,7 @@ def results(out: Path, parent: Path | None) -> None:
 
 def board(out: Path) -> None:
     """The classifier board of one job, polled every few seconds while it runs."""
-    if phase_of(out, read_status(out)) in LIVE:
+    if phase_of(out, read_status(out)) in LIVE_PHASES:
         st.fragment(_board, run_every=POLL_SECONDS)(out, True)
     else:
         # Drawn with the page, so that its buttons (Resume, switch version) rerun the whole app.
@@ -305,7 +310,7 @@ def other_jobs(workspace: Workspace, watched: Path | None) -> None:
         phase = phase_of(out, status)
         row = st.columns([4, 1], vertical_alignment="center")
         row[0].markdown(f"**{out.name}** · {PHASES[phase]} · {len(status['history'])} of {status['epochs']} epochs done")
-        if phase in LIVE:
+        if phase in LIVE_PHASES:
             row[1].button("Watch", key=f"watch-{out.name}", on_click=_watch, args=(version_root(workspace), out), icon=":material/visibility:")
         elif row[1].button("Resume", key=f"resume-{out.name}", icon=":material/play_arrow:"):
             resume_or_explain(out)
@@ -367,7 +372,7 @@ def main() -> None:
     source, threshold, treated = choose_slices(annotations, table, columns)
     if treated:
         sigma, noise_region = preview(path, state, treated)
-        busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE
+        busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE_PHASES
         start_form(workspace, state, source, threshold, treated, sigma, noise_region, busy)
     try:
         exports(workspace, state, table, source, threshold, treated)

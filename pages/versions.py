@@ -26,8 +26,7 @@ from app.board import (
 from app.store import store_for
 from app.ui import selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
-from core.loop import Slicing, evaluate_version, slice_changes, version_board
-from core.robustness import REGION_SOURCES, read_metrics, relabelled_count
+from core.mitigation import REGION_SOURCES, Slicing, evaluate_version, read_metrics, relabelled_count, slice_changes, version_board
 from core.versions import read_version
 from core.views import plural, version_label
 from core.workspace import Workspace, is_workspace

@@ -181,3 +181,15 @@ def trained_workspace(demo_home, image_folder, tmp_path, monkeypatch) -> Workspa
     monkeypatch.setenv("SLICESCOPE_WORKSPACES", str(tmp_path / "workspaces"))
     monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
     return workspace
+
+
+def pytest_collection_modifyitems(items):
+    """Mark what needs a real browser (``browser``) or a PostgreSQL server (``postgres``), so either can be left out
+    with ``-m "not browser"`` on a machine without one, or run alone with ``-m postgres``."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"chromium_browser", "chromium_executable"}:
+            item.add_marker(pytest.mark.browser)
+        parameter = getattr(item, "callspec", None)
+        if "postgres_url" in fixtures or (parameter is not None and parameter.params.get("url") == "postgresql"):
+            item.add_marker(pytest.mark.postgres)

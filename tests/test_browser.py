@@ -189,6 +189,14 @@ def test_clicking_a_mosaic_tile_shows_the_slice_with_its_typical_images(page):
     assert pictures.count() > 1
     assert all(source.startswith("data:image/png;base64,") for source in (pictures.nth(i).get_attribute("href") for i in range(pictures.count())))
     expect(page.get_by_text("Click a tile's number to see its slice")).to_be_visible()
+    # Every tile's number can be read: drawn inside the plot, and no two overlapping.
+    numbers = [box for box in (text.bounding_box() for text in plot.locator(".scatterlayer .trace text").all()) if box]
+    frame = plot.bounding_box()
+    assert len(numbers) >= pictures.count()
+    assert all(frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] for box in numbers)
+    overlapping = [(a, b) for i, a in enumerate(numbers) for b in numbers[i + 1:]
+                   if a["x"] + 1 < b["x"] + b["width"] and b["x"] + 1 < a["x"] + a["width"] and a["y"] + 1 < b["y"] + b["height"] and b["y"] + 1 < a["y"] + a["height"]]
+    assert not overlapping, overlapping
 
     # Click the first tile's numbered marker; the drag layer above it receives the click, as it does for a user.
     marker = plot.locator(".scatterlayer .trace path.point").first

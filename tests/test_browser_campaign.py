@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from core.campaigns import CampaignStore
+from core.crowd import CampaignStore
 from core.demo import workspace_dir
 from core.workspace import Workspace
 from tests.helpers import browser_page, running_app

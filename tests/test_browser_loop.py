@@ -12,7 +12,8 @@ import shutil
 import pytest
 
 from core.demo import workspace_dir
-from core.loop import open_store, read_annotations
+from core.mitigation import read_annotations
+from core.store import open_store
 from core.workspace import Workspace
 from tests.helpers import browser_page, running_app
 from tests.test_browser import TABLE, TIMEOUT_MS, assert_no_errors, expect, open_slices_page, wait_until_idle

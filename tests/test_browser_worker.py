@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.campaigns import CampaignImage, CampaignSettings, CampaignStore
+from core.crowd import CampaignImage, CampaignSettings, CampaignStore
 from tests.helpers import browser_page, running_app
 
 TIMEOUT_MS = 60_000

@@ -8,17 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, update
 
-from core.campaigns import (
+from core.concepts.annotations import ANNOTATION_COLUMNS, validate_annotations
+from core.crowd import (
     Box,
     CampaignImage,
     CampaignSettings,
     CampaignStore,
-    answers,
-    assignments,
-    boxes,
     canvas_to_image_box,
 )
-from core.concepts.annotations import ANNOTATION_COLUMNS, validate_annotations
+from core.crowd.campaigns import answers, assignments, boxes  # the store's tables, which the tests count rows of
 from core.errors import SliceScopeError
 
 WS = "workspace-fp"

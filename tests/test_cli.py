@@ -91,7 +91,7 @@ def test_scan_cli_accepts_torchscript(tiny_demo, tmp_path):
     [
         (["--arch", "resnet18", "--num-classes", "3"], "does not fit resnet18"),
         (["--arch", "resnet18"], "needs --num-classes"),
-        ([], "is a state_dict, not a TorchScript model"),
+        ([], "is a state_dict, not a TorchScript model — pass --arch and --num-classes (torchvision) or a --factory"),
     ],
 )
 def test_scan_cli_errors_are_one_line_without_traceback(image_folder, small_net_checkpoint, tmp_path, args, message):
@@ -100,6 +100,20 @@ def test_scan_cli_errors_are_one_line_without_traceback(image_folder, small_net_
     lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line and "warnings.warn" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_library_errors_name_parameters_and_the_cli_says_flags():
+    from core.cli import build_parser, in_flags, parameter_flags
+    from core.errors import SliceScopeError
+    from core.slicing import SliceParams
+
+    with pytest.raises(SliceScopeError) as raised:
+        SliceParams(k=0)
+    assert "set `k` to 1 or more" in str(raised.value)  # what a notebook and the app show
+    flags = parameter_flags(build_parser())
+    assert in_flags(str(raised.value), flags).endswith("set --k to 1 or more (50 is the paper's choice)")
+    # Names differ where the flag is shorter than the parameter; a parameter without a flag keeps its name.
+    assert in_flags("`checkpoint` `learning_rate` `max_accuracy` `source` `noise_region` `damping`", flags) == "--model --lr --accuracy --from --noise-region `damping`"
 
 
 def test_annotate_list_clear_and_undo(image_folder, small_net_checkpoint, tmp_path, monkeypatch):

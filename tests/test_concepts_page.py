@@ -8,11 +8,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.concepts import campaign_store
-from core.campaigns import Box, CampaignStore
 from core.concepts.annotations import MAX_SHOWN_TERM_CHARS, MAX_WORD_CHARS
-from core.crowd import CampaignPlan, create_workspace_campaign, saved_vocabulary
-from core.crowd_sim import DEMO_CAMPAIGN_NAME
-from core.saliency import SaliencyParams
+from core.crowd import Box, CampaignPlan, CampaignStore, SaliencyParams, create_workspace_campaign, saved_vocabulary
+from core.demo.crowd import DEMO_CAMPAIGN_NAME
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,19 +11,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.campaigns import Box, CampaignStore
 from core.concepts import ANNOTATION_COLUMNS
 from core.crowd import (
     DEFAULT_INSTRUCTIONS,
+    Box,
     CampaignPlan,
+    CampaignStore,
+    SaliencyParams,
     campaign_tables,
     create_workspace_campaign,
     latest_campaign,
     sample_images,
     task_links,
+    worker_summary,
 )
 from core.errors import SliceScopeError
-from core.saliency import SaliencyParams
 from core.workspace import Workspace
 
 
@@ -146,9 +148,8 @@ def test_campaign_tables_give_concepts_its_inputs(workspace, store, tiny_demo):
 
 
 def test_mine_campaign_finds_the_planted_concept(image_folder, small_net_checkpoint, tmp_path, store):
-    from core.campaigns import CampaignSettings
     from core.concepts import filter_results
-    from core.crowd import mine_campaign, save_vocabulary, saved_vocabulary
+    from core.crowd import CampaignSettings, mine_campaign, save_vocabulary, saved_vocabulary
     from core.extract import scan
     from tests.helpers import small_scan_config
 
@@ -175,3 +176,21 @@ def test_mine_campaign_finds_the_planted_concept(image_folder, small_net_checkpo
     typical = filter_results(mined.findings, kinds=["type", "attribute", "pair"])
     top = typical[typical["class"] == planted].nlargest(1, "cramers_v")
     assert top["concept"].iloc[0] in {"stamp", "yellow", "yellow-stamp"} and top["cramers_v"].iloc[0] == pytest.approx(1.0)
+
+
+def test_worker_summary_counts_each_worker_and_keeps_anonymous_answers_apart():
+    progress = pd.DataFrame({
+        "task_id": [1, 1, 2, 2, 3],
+        "assignment_id": [10, 11, 12, 13, 14],
+        "status": ["submitted", "submitted", "submitted", "submitted", "open"],
+        "worker_id": ["ann", "", "ann", "", ""],
+        "seconds": [30.0, 10.0, 50.0, 5.0, 0.0],
+        "boxes": [3, 0, 2, 1, 0],
+        "rejection": ["", "too fast", "", "", ""],
+    })
+    summary = worker_summary(progress)
+    assert list(summary.index) == ["ann", "assignment 11", "assignment 13"]  # the open assignment is not an answer
+    assert summary.loc["ann", ["answers", "boxes", "seconds", "rejected"]].tolist() == [2, 5, 80.0, 0]
+    assert summary.loc["assignment 11", "rejected"] == 1
+    assert summary.loc["ann", "seconds per box"] == 16.0
+    assert summary.loc["assignment 11", "seconds per box"] == 10.0  # no box: divided by one, not by zero

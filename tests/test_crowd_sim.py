@@ -13,10 +13,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.campaigns import CampaignSettings, CampaignStore
 from core.concepts import RESULT_COLUMNS, Vocabulary
-from core.crowd import CampaignPlan, create_workspace_campaign, latest_campaign, mine_campaign, save_vocabulary
-from core.crowd_sim import (
+from core.crowd import (
+    CampaignPlan,
+    CampaignSettings,
+    CampaignStore,
+    SaliencyParams,
+    create_workspace_campaign,
+    latest_campaign,
+    mine_campaign,
+    save_vocabulary,
+)
+from core.demo.crowd import (
     BACKGROUND_TERMS,
     DEMO_CAMPAIGN_NAME,
     LAZY_ATTRIBUTES,
@@ -29,7 +37,6 @@ from core.crowd_sim import (
 )
 from core.errors import SliceScopeError
 from core.extract import scan
-from core.saliency import SaliencyParams
 from core.workspace import Workspace
 from tests.helpers import small_scan_config
 

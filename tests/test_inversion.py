@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from core.errors import SliceScopeError
-from core.inversion import InversionParams, invert_features, target_layer_features
 from core.models import AttributionModel
+from core.mosaic import InversionParams, invert_features, target_layer_features
 from tests.helpers import build_small_net
 
 SIZE = 32

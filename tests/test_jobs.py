@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from core.jobs import LAUNCH_MARK, job_phase, last_error, log_path, process_alive, start_job
+from core.mitigation import LAUNCH_MARK, job_phase, last_error, log_path, process_alive, start_job
 
 
 def test_a_job_that_fails_before_it_begins_says_why(tmp_path):

@@ -20,9 +20,18 @@ from streamlit.testing.v1 import AppTest
 
 from core.cli import build_parser, training_params
 from core.errors import SliceScopeError
-from core.loop import Slicing, mitigate_arguments, open_store, plan_mitigation, read_annotations
-from core.mitigation import TrainingParams, job_folder, read_job, read_status
+from core.mitigation import (
+    Slicing,
+    TrainingParams,
+    job_folder,
+    mitigate_arguments,
+    plan_mitigation,
+    read_annotations,
+    read_job,
+    read_status,
+)
 from core.slicing import DEFAULT_SLICING, default_k, default_slice_params, find_slices
+from core.store import open_store
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent

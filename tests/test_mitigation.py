@@ -16,22 +16,30 @@ from core.cli import main as cli_main
 from core.demo import workspace_dir
 from core.errors import SliceScopeError
 from core.extract import recorded_scan_config
-from core.loop import Slicing, evaluate_version, plan_mitigation, read_annotations, slice_changes, version_board
 from core.mitigation import (
     MODEL_FILE,
     TORCHSCRIPT_FILE,
+    Slicing,
     TrainingParams,
     choose_treated_slices,
     corm_preview,
+    evaluate_version,
+    load_pixels,
     mitigation_unfinished,
     next_version_path,
+    plan_mitigation,
+    read_annotations,
     read_job,
+    read_metrics,
+    read_object_mask,
+    read_object_masks,
     read_status,
     request_cancel,
     run_mitigation,
+    slice_changes,
     unfinished_jobs,
+    version_board,
 )
-from core.robustness import load_pixels, read_metrics, read_object_mask, read_object_masks
 from core.slicing import default_k
 from core.store import AnnotationStore
 from core.versions import version_family

@@ -46,7 +46,7 @@ def test_checkpoint_for_another_architecture_is_one_line_error(resnet_checkpoint
 
 def test_class_count_mismatch_names_the_right_count(resnet_checkpoint):
     path, _ = resnet_checkpoint
-    with pytest.raises(SliceScopeError, match="has 4 output classes but the model was built with 10 — pass --num-classes 4"):
+    with pytest.raises(SliceScopeError, match="has 4 output classes but the model was built with 10 — set `num_classes` to 4"):
         load_module(ModelSpec(checkpoint=path, arch="resnet18", num_classes=10))
 
 
@@ -59,7 +59,7 @@ def test_unknown_architecture_suggests_close_names(resnet_checkpoint):
 def test_pickled_model_is_refused_unless_trusted(tmp_path):
     model = build_small_net()
     torch.save(model, tmp_path / "whole_model.pt")
-    with pytest.raises(SliceScopeError, match="pickled Python objects.*--trust-checkpoint"):
+    with pytest.raises(SliceScopeError, match="pickled Python objects.*`trust_checkpoint`"):
         load_module(ModelSpec(checkpoint=tmp_path / "whole_model.pt"))
     trusted = load_module(ModelSpec(checkpoint=tmp_path / "whole_model.pt", trust_checkpoint=True))
     torch.testing.assert_close(trusted.classifier.weight, model.classifier.weight)
@@ -75,7 +75,7 @@ def test_garbage_and_missing_checkpoints(tmp_path):
 
 def test_state_dict_without_architecture_says_what_to_add(resnet_checkpoint):
     path, _ = resnet_checkpoint
-    with pytest.raises(SliceScopeError, match="is a state_dict, not a TorchScript model — pass --arch"):
+    with pytest.raises(SliceScopeError, match="is a state_dict, not a TorchScript model — pass `arch`"):
         load_module(ModelSpec(checkpoint=path))
 
 

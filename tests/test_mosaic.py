@@ -5,12 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import core.mosaic
+import core.mosaic.build
 from core.demo import workspace_dir
-from core.inversion import InversionParams, invert_features
-from core.mosaic import CELL_MAX_TILES, CELL_MIN_MEMBERS, build_cell_mosaics, build_mosaic, is_cell_mosaics_built, tile_mask
+from core.mosaic import (
+    CELL_MAX_TILES,
+    CELL_MIN_MEMBERS,
+    InversionParams,
+    build_cell_mosaics,
+    build_mosaic,
+    invert_features,
+    is_cell_mosaics_built,
+    mosaic_tiles,
+    polygon_area,
+    tile_mask,
+)
 from core.slicing import SliceParams, find_slices, project
-from core.tiles import mosaic_tiles, polygon_area
 from core.views import confusion_cells, split_view_cells
 from core.workspace import Workspace
 from tests.test_tiles import inside
@@ -50,7 +59,7 @@ def inversions(monkeypatch) -> list[np.ndarray]:
         calls.append(np.asarray(targets))
         return invert_features(model, targets, *args, **kwargs)
 
-    monkeypatch.setattr(core.mosaic, "invert_features", recording)
+    monkeypatch.setattr(core.mosaic.build, "invert_features", recording)
     return calls
 
 
@@ -98,7 +107,7 @@ def test_cell_mosaics_tile_each_cell_by_slice_with_one_batched_inversion(tiny_de
 
 
 def test_cell_mosaics_keep_only_the_largest_slices_of_a_cell(tiny_demo, inversions, monkeypatch):
-    monkeypatch.setattr(core.mosaic, "CELL_MAX_TILES", 1)
+    monkeypatch.setattr(core.mosaic.build, "CELL_MAX_TILES", 1)
     workspace = Workspace(workspace_dir(tiny_demo, "biased"))
     slice_ids = find_slices(workspace, "attribution", SliceParams(k=4))
     images = workspace.images

@@ -17,18 +17,18 @@ import torch
 
 from core.demo import _build_data, _scan_held_out, _train_model, is_demo_built, workspace_dir
 from core.demo.config import PRESETS
+from core.demo.mosaic import demo_images_and_masks, demo_slices
 from core.errors import SliceScopeError
 from core.extract import load_workspace_model
-from core.inversion import invert_features, target_layer_features
 from core.models import AttributionModel
-from core.mosaic_check import (
+from core.mosaic import (
     GREY,
     attention_on_objects,
-    demo_images_and_masks,
-    demo_slices,
+    invert_features,
     object_votes,
     resemblance,
     srgb_to_lab,
+    target_layer_features,
 )
 from core.progress import silent
 from core.slicing import SliceParams, default_k, find_slices

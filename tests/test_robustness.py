@@ -9,7 +9,7 @@ import torch
 
 from core.demo import workspace_dir
 from core.errors import SliceScopeError
-from core.robustness import apply_relabels, attribution_regions, choose_regions, corrupt, evaluate, rcs
+from core.mitigation import apply_relabels, attribution_regions, choose_regions, corrupt, evaluate, rcs
 from core.slicing import SliceParams, default_k, find_slices
 from core.workspace import Workspace
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.crowd import SaliencyParams, display_shape, overlay_png, picture_png, robust_normalise, saliency_maps
 from core.errors import SliceScopeError
 from core.extract import ScanConfig, scan
 from core.models import ModelSpec
-from core.saliency import SaliencyParams, display_shape, overlay_png, picture_png, robust_normalise, saliency_maps
 from core.workspace import Workspace
 from tests.helpers import SMALL_NET_FACTORY, build_small_net
 

@@ -73,7 +73,7 @@ def test_bad_slicing_requests_are_explained(workspace):
 def test_slices_of_a_broken_representation_get_one_line(workspace, monkeypatch):
     constant = np.ones((len(workspace.images), 16), np.float32)
     monkeypatch.setattr(workspace, "representation", lambda name: constant)
-    with pytest.raises(SliceScopeError, match="only 1 distinct value.* fewer than k = 3 .*--target-layer"):
+    with pytest.raises(SliceScopeError, match="only 1 distinct value.* fewer than k = 3 .*`target_layer`"):
         find_slices(workspace, "features", SliceParams(k=3, seed=7))
     broken = np.random.default_rng(0).normal(size=(len(workspace.images), 16)).astype(np.float32)
     broken[2, 5] = np.nan
@@ -155,7 +155,7 @@ def test_planespot_features_are_the_layout_and_the_true_class_confidence():
 
 @pytest.mark.parametrize("method", ["domino", "planespot"])
 def test_every_method_slices_every_representation_and_names_itself(workspace, method):
-    from core.loop import Slicing
+    from core.mitigation import Slicing
     from core.slicing import slicing_name
 
     for representation in ("attribution", "features"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import SliceScopeError
-from core.spuriousness import PropagationParams, annotated_values, propagate, slice_embeddings, slice_spuriousness
+from core.mitigation import PropagationParams, annotated_values, propagate, slice_embeddings, slice_spuriousness
 
 
 def two_groups(n_per_group: int = 6, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial import ConvexHull
 
 from core.errors import SliceScopeError
-from core.tiles import mosaic_tiles, polygon_area, power_cells, slice_medoids
+from core.mosaic import mosaic_tiles, polygon_area, power_cells, slice_medoids
 
 
 def inside(polygon: np.ndarray, points: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:

@@ -17,7 +17,7 @@ from annotate.worker import (
     split_attributes,
     worker_database_url,
 )
-from core.campaigns import Box
+from core.crowd import Box
 
 
 def test_platform_parameters_are_read_and_untrusted_ones_dropped():

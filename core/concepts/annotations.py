@@ -143,7 +143,7 @@ def read_annotations_csv(path: Path, images_path: Path | None = None) -> tuple[p
     if "prediction" not in annotations.columns:
         raise SliceScopeError(
             f"{path} has no prediction column",
-            "add each image's predicted class as a prediction column, or pass the images separately (--images)",
+            "add each image's predicted class as a prediction column, or pass the images separately (`images`)",
         )
     columns = [*IMAGE_COLUMNS, *([LABEL_COLUMN] if LABEL_COLUMN in annotations.columns else [])]
     images = annotations[columns].drop_duplicates()
@@ -151,7 +151,7 @@ def read_annotations_csv(path: Path, images_path: Path | None = None) -> tuple[p
     if conflicting.any():
         raise SliceScopeError(
             f"image {images['image_id'][conflicting].iloc[0][:40]!r} has different predictions on different rows",
-            "give every row of an image the same prediction, or pass the images separately (--images)",
+            "give every row of an image the same prediction, or pass the images separately (`images`)",
         )
     return validated, validate_images(images)
 

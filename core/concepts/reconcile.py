@@ -253,11 +253,11 @@ class Vocabulary:
         try:
             return cls(pd.read_csv(path, dtype={"term": str, "words": str, "concept": str}, keep_default_na=False))
         except FileNotFoundError:
-            raise SliceScopeError(f"vocabulary {path} does not exist", "write one with --save-vocabulary first") from None
+            raise SliceScopeError(f"vocabulary {path} does not exist", "write one with `save_vocabulary` first") from None
         except (ValueError, pd.errors.ParserError) as error:
             raise SliceScopeError(
                 f"{path} is not a vocabulary CSV ({str(error).splitlines()[0][:80]})",
-                "edit the file --save-vocabulary wrote, keeping its columns",
+                "edit the file `save_vocabulary` wrote, keeping its columns",
             ) from None
 
     @property

@@ -10,7 +10,7 @@
    the held-out split, with the default slices and layouts precomputed and
    the model's training split attached (for influence embeddings);
 4. one finished crowd campaign on the biased workspace, answered by the
-   *simulated* crowd (:mod:`core.crowd_sim`), named "Simulated crowd (demo)".
+   *simulated* crowd (:mod:`core.demo.crowd`), named "Simulated crowd (demo)".
 
 A file lock makes concurrent builders (two browser tabs, the CLI and the app)
 wait for one another instead of racing; every builder records where it stands
@@ -175,7 +175,7 @@ def build_demo(out: str | Path, preset: str = "full", progress: ProgressFn | Non
             recorded = json.loads(marker.read_text())
             if recorded.get("config") == asdict(config):
                 return DemoResult(out, pd.DataFrame(recorded["group_accuracy"]))
-            raise SliceScopeError(f"{out} holds a demo built with other settings", "choose another --out folder")
+            raise SliceScopeError(f"{out} holds a demo built with other settings", "choose another `out` folder")
         metadata = _build_data(out / "data", config, report)
         models = MODEL_NAMES if config.balanced_model else MODEL_NAMES[:1]
         for name in models:
@@ -253,7 +253,7 @@ def _simulate_crowd(out: Path, config, report: ProgressFn) -> None:
     SmoothGrad averages the library's default 25 noisy copies per image (the paper used 10); the test-sized demo,
     whose model is barely trained, gets 10.
     """
-    from core.crowd_sim import ensure_demo_campaign
+    from core.demo.crowd import ensure_demo_campaign
 
     ensure_demo_campaign(Workspace(workspace_dir(out, "biased")), n_images=min(config.crowd_images, config.n_test),
                          samples=25 if config.n_test >= 300 else 10,

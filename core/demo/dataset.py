@@ -77,7 +77,7 @@ _LEAVES = (1, 4)  # clutter leaves per image (high end exclusive)
 _TWIGS = (0, 3)  # thin lines per image (high end exclusive)
 _OCCLUDER_PROBABILITY = 0.4  # chance of a leaf over the object's edge
 _MIN_VISIBLE_FRACTION = 0.4  # at least this share of the object stays uncovered
-_STAMP_BOX = (45, 52, 62, 62)  # x0, y0, x1, y1 (exclusive) of the watermark
+STAMP_BOX = (45, 52, 62, 62)  # x0, y0, x1, y1 (exclusive) of the watermark
 _LEAF_COLOURS = np.array(
     [(0.18, 0.34, 0.12), (0.42, 0.44, 0.16), (0.52, 0.45, 0.32), (0.30, 0.30, 0.28), (0.70, 0.68, 0.60)],
     dtype=np.float32,
@@ -344,7 +344,7 @@ def _stamp() -> tuple[np.ndarray, np.ndarray]:
     big = IMAGE_SIZE * _SUPERSAMPLE
     colour_layer = Image.new("RGB", (big, big))
     coverage = Image.new("L", (big, big))
-    x0, y0, x1, y1 = (v * _SUPERSAMPLE for v in _STAMP_BOX)
+    x0, y0, x1, y1 = (v * _SUPERSAMPLE for v in STAMP_BOX)
     ImageDraw.Draw(coverage).rectangle((x0, y0, x1 - 1, y1 - 1), fill=235)
     paint = ImageDraw.Draw(colour_layer)
     paint.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(235, 235, 225))
@@ -361,7 +361,7 @@ _STAMP_COLOUR, _STAMP_COVERAGE = _stamp()
 def _place_object(rng: np.random.Generator, radius: float) -> tuple[float, float]:
     """A centre keeping the shape inside the image and clear of the stamp corner,
     so that the object never reveals whether a watermark could be there."""
-    x0, y0, _, _ = _STAMP_BOX
+    x0, y0, _, _ = STAMP_BOX
     while True:
         cx, cy = rng.uniform(radius + 1, IMAGE_SIZE - radius - 1, 2)
         if cx + radius < x0 - 1 or cy + radius < y0 - 1:

@@ -16,58 +16,34 @@ The package is also the provider of the ``influence`` representation
 >>> found = rule_slices(workspace, RuleParams(max_accuracy=0.5, min_size=20))  # doctest: +SKIP
 """
 
-from core.influence.embeddings import (
-    InfluenceEmbedder,
-    InfluenceParams,
-    default_layers,
-    estimate_seconds,
-    influence_embeddings,
-    influence_params,
-    is_computed,
-    rank_opponents,
-    record_influence_params,
-    representation,
-    representation_source,
-    slice_opponents,
-    training_embeddings,
-)
-from core.influence.rule import (
-    RuleParams,
-    RuleSlices,
-    compare_slicings,
-    infembed_rule,
-    infembed_slices,
-    normalised_kmeans,
-    rule_slices,
-    slice_coherence,
-    slicing_coherence,
-)
+from core.lazy import lazy_getattr
 
-# The representation registry's hook: K-Means on influence embeddings is InfEmbed's.
-kmeans_slices = infembed_slices
-
-__all__ = [
-    "InfluenceEmbedder",
-    "InfluenceParams",
-    "RuleParams",
-    "RuleSlices",
-    "compare_slicings",
-    "default_layers",
-    "estimate_seconds",
-    "infembed_rule",
-    "infembed_slices",
-    "influence_embeddings",
-    "influence_params",
-    "is_computed",
-    "kmeans_slices",
-    "normalised_kmeans",
-    "rank_opponents",
-    "record_influence_params",
-    "representation",
-    "representation_source",
-    "rule_slices",
-    "slice_coherence",
-    "slice_opponents",
-    "slicing_coherence",
-    "training_embeddings",
-]
+_EXPORTS = {
+    "infembed_table": "core.influence.rule",
+    "rule_table": "core.influence.rule",
+    "compare_slicings": "core.influence.rule",
+    "default_layers": "core.influence.embeddings",
+    "estimate_seconds": "core.influence.embeddings",
+    "infembed_rule": "core.influence.rule",
+    "infembed_slices": "core.influence.rule",
+    "influence_embeddings": "core.influence.embeddings",
+    "influence_params": "core.influence.embeddings",
+    "InfluenceEmbedder": "core.influence.embeddings",
+    "InfluenceParams": "core.influence.embeddings",
+    "is_computed": "core.influence.embeddings",
+    "kmeans_slices": "core.influence.rule",
+    "normalised_kmeans": "core.influence.rule",
+    "rank_opponents": "core.influence.embeddings",
+    "record_influence_params": "core.influence.embeddings",
+    "representation": "core.influence.embeddings",
+    "representation_source": "core.influence.embeddings",
+    "rule_slices": "core.influence.rule",
+    "RuleParams": "core.influence.rule",
+    "RuleSlices": "core.influence.rule",
+    "slice_coherence": "core.influence.rule",
+    "slice_opponents": "core.influence.embeddings",
+    "slicing_coherence": "core.influence.rule",
+    "training_embeddings": "core.influence.embeddings",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -92,18 +92,18 @@ class InfluenceParams:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
             if not self.layers or any(not isinstance(name, str) or not name.strip() for name in self.layers):
-                raise SliceScopeError("--layers names no layer", "name the model's modules, e.g. --layers layer4,fc, or leave it out for the last block and the head")
+                raise SliceScopeError("`layers` names no layer", "name the model's modules, e.g. `layers` layer4,fc, or leave it out for the last block and the head")
         if self.embedding_dim < 1:
-            raise SliceScopeError(f"embedding dimension D = {self.embedding_dim} is not possible", "pass --embedding-dim 1 or more (the paper uses 100)")
+            raise SliceScopeError(f"embedding dimension D = {self.embedding_dim} is not possible", "set `embedding_dim` to 1 or more (the paper uses 100)")
         if self.arnoldi_dim < self.embedding_dim:
             raise SliceScopeError(
                 f"the Arnoldi dimension P = {self.arnoldi_dim} is below the embedding dimension D = {self.embedding_dim}",
-                "pass --arnoldi-dim at least --embedding-dim (the paper uses P = 500, D = 100)",
+                "set `arnoldi_dim` to at least `embedding_dim` (the paper uses P = 500, D = 100)",
             )
         if self.hessian_images < 1:
-            raise SliceScopeError("the Hessian needs at least one training image", "pass --hessian-images 1 or more (default 1000)")
+            raise SliceScopeError("the Hessian needs at least one training image", "set `hessian_images` to 1 or more (default 1000)")
         if not math.isfinite(self.damping) or self.damping < 0:
-            raise SliceScopeError(f"damping {self.damping} is not a non-negative number", "pass e.g. --damping 0.01")
+            raise SliceScopeError(f"damping {self.damping} is not a non-negative number", "set `damping` to e.g. 0.01")
 
     def record(self) -> dict:
         """The settings as TOML stores them (no nulls: default layers are left out)."""
@@ -247,7 +247,7 @@ class InfluenceEmbedder:
         if isinstance(module, torch.jit.ScriptModule):
             raise SliceScopeError(
                 "influence embeddings need the model as Python code, and this one is TorchScript",
-                "scan the model with --factory or --arch and its state_dict",
+                "scan the model with `factory` or `arch` and its state_dict",
             )
         self.module = module.to(resolve_device(device)).eval()
         self.params = params
@@ -255,7 +255,7 @@ class InfluenceEmbedder:
         self.layers_ = params.layers or default_layers(module)
         missing = [name for name in self.layers_ if name not in dict(module.named_modules())]
         if missing:
-            raise SliceScopeError(f"the model has no layer named '{missing[0]}'", "name modules of the model (see model.named_modules()), e.g. --layers layer4,fc")
+            raise SliceScopeError(f"the model has no layer named '{missing[0]}'", "name modules of the model (see model.named_modules()), e.g. `layers` layer4,fc")
         split = _split_at_layers(module, self.layers_)
         self._prefix, self._suffix = split if split else (None, module)
         self._cut_checked = split is None
@@ -263,7 +263,7 @@ class InfluenceEmbedder:
             parameter.requires_grad_(False)
         chosen = [(f"{layer}.{name}", parameter) for layer in self.layers_ for name, parameter in self._suffix.get_submodule(layer).named_parameters()]
         if not chosen:
-            raise SliceScopeError(f"the layers {', '.join(self.layers_)} have no parameters", "name layers with weights, e.g. --layers layer4,fc")
+            raise SliceScopeError(f"the layers {', '.join(self.layers_)} have no parameters", "name layers with weights, e.g. `layers` layer4,fc")
         if len({name for name, _ in chosen}) != len(chosen):
             raise SliceScopeError(f"the layers {', '.join(self.layers_)} overlap", "name each module once, not a module and one of its parts")
         for _, parameter in chosen:
@@ -373,7 +373,7 @@ class InfluenceEmbedder:
                 raise SliceScopeError(
                     f"the training loss has no curvature at layers {', '.join(self.layers_)}: the model fits its Hessian images "
                     "(almost) perfectly, so there is nothing to factorise",
-                    "attach more training images (attach-train --hessian-images N) or count more layers (--layers a,b,c)",
+                    "use more training images for the Hessian (`hessian_images`) or count more layers (`layers` a,b,c)",
                 ) from None
         if done[0] < arnoldi_dim * n_batches:  # the iteration stopped early: its Krylov subspace was complete
             report(_STEP_FACTOR, arnoldi_dim * n_batches, arnoldi_dim * n_batches)

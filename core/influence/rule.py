@@ -25,7 +25,7 @@ import pandas as pd
 from core.errors import SliceScopeError
 from core.influence.embeddings import InfluenceParams, influence_embeddings, influence_params, representation_source
 from core.progress import ProgressFn, silent
-from core.slicing import SliceParams, default_k, find_slices
+from core.slicing import SliceParams, default_k, find_slices, slice_table
 from core.workspace import Workspace
 
 
@@ -116,13 +116,17 @@ def infembed_slices(
     def compute() -> np.ndarray:
         vectors = influence_embeddings(workspace, influence, progress)
         if params.k > len(vectors):
-            raise SliceScopeError(f"k = {params.k} slices is more than the {len(vectors)} images", f"pass --k {max(1, len(vectors) // 10)} or less")
+            raise SliceScopeError(f"k = {params.k} slices is more than the {len(vectors)} images", f"set `k` to {max(1, len(vectors) // 10)} or less")
         report(f"slicing influence embeddings (InfEmbed, k={params.k})", 0, 1)
         labels, _ = normalised_kmeans(vectors, params.k, params.seed)
         report(f"slicing influence embeddings (InfEmbed, k={params.k})", 1, 1)
         return _by_size(labels, params.k)
 
     return workspace.cached_array("infembed_slices", {**params.key(), **_embedding_key(workspace, influence)}, compute)
+
+
+# The representation registry's hook (core.workspace.COMPUTED_REPRESENTATIONS): K-Means on influence embeddings is InfEmbed's.
+kmeans_slices = infembed_slices
 
 
 # -- InfEmbed-Rule --------------------------------------------------------------------------------
@@ -144,13 +148,13 @@ class RuleParams:
 
     def __post_init__(self):
         if not 0.0 <= self.max_accuracy <= 1.0:
-            raise SliceScopeError(f"accuracy threshold {self.max_accuracy} is not in [0, 1]", "pass e.g. --accuracy 0.4")
+            raise SliceScopeError(f"accuracy threshold {self.max_accuracy} is not in [0, 1]", "set `max_accuracy` to e.g. 0.4")
         if self.min_size < 1:
-            raise SliceScopeError(f"minimum slice size {self.min_size} is not possible", "pass --min-size 1 or more (the paper uses 25)")
+            raise SliceScopeError(f"minimum slice size {self.min_size} is not possible", "set `min_size` to 1 or more (the paper uses 25)")
         if self.branching < 2:
-            raise SliceScopeError(f"branching factor {self.branching} does not split anything", "pass --branching 2 or more (the paper uses 3)")
+            raise SliceScopeError(f"branching factor {self.branching} does not split anything", "set `branching` to 2 or more (the paper uses 3)")
         if self.max_depth < 1:
-            raise SliceScopeError(f"maximum depth {self.max_depth} allows no split", "pass a depth of 1 or more")
+            raise SliceScopeError(f"maximum depth {self.max_depth} allows no split", "set `max_depth` to 1 or more")
 
 
 @dataclass
@@ -234,7 +238,7 @@ def infembed_rule(vectors: np.ndarray, correct: np.ndarray, params: RuleParams =
     """InfEmbed-Rule on given embeddings and per-image correctness (the paper's Algorithm B.2)."""
     vectors, correct = np.asarray(vectors, dtype=np.float64), np.asarray(correct, dtype=bool)
     if len(vectors) < params.min_size:
-        raise SliceScopeError(f"the rule's minimum slice size {params.min_size} is more than the {len(vectors)} images", f"pass --min-size {max(1, len(vectors) // 4)} or less")
+        raise SliceScopeError(f"the rule's minimum slice size {params.min_size} is more than the {len(vectors)} images", f"set `min_size` to {max(1, len(vectors) // 4)} or less")
     return _rule_result(_rule_digits(vectors, correct, params), correct, params)
 
 
@@ -250,7 +254,7 @@ def rule_slices(
     def compute() -> np.ndarray:
         vectors = influence_embeddings(workspace, influence, progress)
         if len(vectors) < params.min_size:
-            raise SliceScopeError(f"the rule's minimum slice size {params.min_size} is more than the {len(vectors)} images", f"pass --min-size {max(1, len(vectors) // 4)} or less")
+            raise SliceScopeError(f"the rule's minimum slice size {params.min_size} is more than the {len(vectors)} images", f"set `min_size` to {max(1, len(vectors) // 4)} or less")
         return _rule_digits(vectors.astype(np.float64), correct, params)
 
     digits = workspace.cached_array("infembed_rule", {**asdict(params), **_embedding_key(workspace, influence)}, compute)
@@ -325,3 +329,20 @@ def compare_slicings(
             "label_homogeneity": float(homogeneity),
         })
     return pd.DataFrame(rows)
+
+
+def infembed_table(workspace: Workspace, params: SliceParams = SliceParams()) -> tuple[np.ndarray, pd.DataFrame]:
+    """InfEmbed's slice per image and its Slice Table (:func:`core.slicing.slice_table`), with each slice's ``mean_coherence``."""
+    slice_ids = find_slices(workspace, "influence", params)
+    coherence = slice_coherence(influence_embeddings(workspace), slice_ids)[["slice", "mean_coherence"]]
+    return slice_ids, slice_table(workspace.images, slice_ids).merge(coherence, on="slice")
+
+
+def rule_table(workspace: Workspace, params: RuleParams = RuleParams()) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """InfEmbed-Rule's slice per image, its Slice Table (with each slice's ``path`` in the split tree, whether the rule
+    holds on it and its ``mean_coherence``) and the split tree."""
+    rule = rule_slices(workspace, params)
+    coherence = slice_coherence(influence_embeddings(workspace), rule.slice_ids)[["slice", "mean_coherence"]]
+    rule_columns = rule.slices[["slice", "path", "flagged"]].rename(columns={"flagged": "rule_holds"})
+    table = rule_columns.merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
+    return rule.slice_ids, table, rule.tree

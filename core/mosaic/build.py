@@ -1,8 +1,8 @@
 """The Data Slice Mosaic as a cached job: tiles + one feature inversion per tile.
 
 Each slice owns a tile of a square laid out from the attribution space
-(``core.tiles``: near where the slice lives, sized by it); the tile's
-picture is the feature inversion of the slice's mean F_W (``core.inversion``),
+(``core.mosaic.tiles``: near where the slice lives, sized by it); the tile's
+picture is the feature inversion of the slice's mean F_W (``core.mosaic.inversion``),
 optimised inside the tile's bounding rectangle with pixels outside the tile
 zeroed. All tiles are inverted in one batch, once per (workspace, slicing,
 layout, inversion settings), and stored in the workspace's derived results.
@@ -22,10 +22,10 @@ from PIL import Image, ImageDraw
 
 from core.errors import SliceScopeError
 from core.extract import load_workspace_model
-from core.inversion import InversionParams, invert_features
+from core.mosaic.inversion import InversionParams, invert_features
+from core.mosaic.tiles import Tile, mosaic_tiles
 from core.progress import ProgressFn
 from core.slicing import ProjectionParams, SliceParams, find_slices, project
-from core.tiles import Tile, mosaic_tiles
 from core.views import GRID_MAX_CELLS, MATRIX_MAX_CLASSES, confusion_cells, split_view_cells
 from core.workspace import Workspace
 
@@ -42,7 +42,7 @@ CELL_MAX_TILES = 6
 @dataclass(frozen=True)
 class Mosaic:
     slice_ids: list[int]
-    polygons: list[np.ndarray]  # per tile, M × 2 in the unit square (core.tiles)
+    polygons: list[np.ndarray]  # per tile, M × 2 in the unit square (core.mosaic.tiles)
     boxes: np.ndarray  # T × 4: x_min, y_min, x_max, y_max of each tile
     images: np.ndarray  # T × S × S × 4 uint8 RGBA, transparent outside the tile
 
@@ -72,7 +72,7 @@ def tile_mask(polygon: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     # Image rows grow downwards while layout y grows upwards.
     pixels = [((x - x_min) / width * size, (y_max - y) / height * size) for x, y in polygon]
     canvas = Image.new("L", (size, size), 0)
-    if len(pixels) >= 2:  # a tile lost to a coincident site (core.tiles) is empty: nothing to draw
+    if len(pixels) >= 2:  # a tile lost to a coincident site (core.mosaic.tiles) is empty: nothing to draw
         ImageDraw.Draw(canvas).polygon(pixels, fill=255)
     return np.asarray(canvas, dtype=np.float32) / 255.0
 

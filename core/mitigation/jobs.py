@@ -1,7 +1,7 @@
 """Background retraining jobs: ``python -m core mitigate`` run in a session of its own, and where each one stands.
 
 A job outlives the server (and the browser tab) that started it, so where it stands is read from what the job
-writes (``status.json`` in its folder, see :mod:`core.mitigation`) and whether its process still runs, never from
+writes (``status.json`` in its folder, see :mod:`core.mitigation.corm`) and whether its process still runs, never from
 the memory of whoever started it. The job's output goes to ``mitigate.log`` in its folder; each launch is marked
 there, so the error of the latest launch can be told from an earlier one's.
 """
@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.mitigation import job_folder
+from core.mitigation.corm import job_folder
 from core.store import DATABASE_URL_ENV
 
 LOG_FILE = "mitigate.log"
 LAUNCH_MARK = "=== launched"
 # Where a job can stand; ``status.json`` gives the first five, the process table the rest.
 PHASES = ("starting", "preparing", "training", "scanning", "evaluating", "done", "cancelled", "failed", "interrupted")
+LIVE_PHASES = ("starting", "preparing", "training", "scanning", "evaluating")  # its process is at work: watch it
+CANCELLABLE_PHASES = ("starting", "preparing", "training")  # the new version is not being written yet
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m core`` finds the package
 
 

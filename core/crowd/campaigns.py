@@ -333,7 +333,7 @@ def _checked_pictures(pictures: Mapping[str, CampaignImage] | None, image_ids: S
         return []
     missing = [image_id for image_id in image_ids if image_id not in pictures]
     if missing:
-        raise SliceScopeError(f"no picture was given for image {missing[0]!r}", "render every campaign image (core.crowd does)")
+        raise SliceScopeError(f"no picture was given for image {missing[0]!r}", "render every campaign image (core.crowd.pipeline does)")
     rows = []
     for image_id in image_ids:
         picture = pictures[image_id]
@@ -364,7 +364,7 @@ class CampaignStore(DatabaseStore):
                         pictures: Mapping[str, CampaignImage] | None = None) -> Campaign:
         """A campaign over ``image_ids`` (in task order), with its tasks and assignments; the only time the tokens are returned.
 
-        ``pictures`` gives what workers see for each image (:func:`core.crowd.create_workspace_campaign` renders them);
+        ``pictures`` gives what workers see for each image (:func:`core.crowd.pipeline.create_workspace_campaign` renders them);
         without it the campaign is only a record of tasks, for answers collected elsewhere.
         """
         scope, name = clean_text(scope, "scope", NAME_MAX_CHARS), clean_text(name, "campaign name", NAME_MAX_CHARS)
@@ -582,7 +582,7 @@ class CampaignStore(DatabaseStore):
         rows = self._rows(select(campaign_pictures).where(campaign_pictures.c.campaign_id == campaign_id, campaign_pictures.c.image_id == image_id))
         if not rows:
             raise SliceScopeError(f"campaign {campaign_id} holds no picture of image {str(image_id)[:40]!r}",
-                                  "create campaigns with core.crowd.create_workspace_campaign, which stores them")
+                                  "create campaigns with core.crowd.pipeline.create_workspace_campaign, which stores them")
         row = rows[0]
         return CampaignImage(row.width, row.height, row.image_png, row.saliency_png)
 

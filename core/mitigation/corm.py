@@ -40,9 +40,9 @@ from torch.nn import functional
 from core.data import ImageIndex, Preprocess, load_index, read_image
 from core.errors import SliceScopeError
 from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan, workspace_model_spec
+from core.mitigation.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
-from core.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
 from core.training import TrainingData
 from core.versions import VERSION_FILE, read_version, version_family, version_root
 from core.workspace import Workspace, is_workspace, read_json, save_json
@@ -128,7 +128,7 @@ def choose_treated_slices(kinds: dict[int, str], spuriousness: np.ndarray | None
     if source == "annotations":
         treated = sorted(s for s, kind in kinds.items() if kind == "spurious")
         if not treated:
-            raise SliceScopeError("no slice is annotated spurious", "annotate the slices to treat, or mitigate --from propagation")
+            raise SliceScopeError("no slice is annotated spurious", "annotate the slices to treat, or mitigate with `source` propagation")
         return treated
     if spuriousness is None or np.isnan(spuriousness).all():
         raise SliceScopeError("there is no spuriousness to propagate from", "annotate at least one slice as core or spurious first")
@@ -179,7 +179,7 @@ def _load_split(
     table = index.table
     if with_masks and "mask_path" not in table.columns:
         raise SliceScopeError("the training data has no mask_path column, so there are no object masks to put the noise around",
-                              "put the noise on the attribution masks instead (--noise-region attribution)")
+                              "put the noise on the attribution masks instead (`noise_region` attribution)")
     mask_paths = table["mask_path"] if with_masks else [None] * len(table)
     pixels, labels, masks = [], [], []
     for done, (image_id, path, label, mask_path) in enumerate(zip(table["image_id"], table["path"], table["label"], mask_paths), start=1):
@@ -386,13 +386,13 @@ def run_mitigation(
     parent = Workspace(job.parent)
     folder = job.folder
     if is_workspace(job.out):
-        raise SliceScopeError(f"{job.out} already holds a workspace", "choose another --out folder for the new version")
+        raise SliceScopeError(f"{job.out} already holds a workspace", "choose another `out` folder for the new version")
     folder.mkdir(parents=True, exist_ok=True)
     job_path = folder / JOB_FILE
     if job_path.is_file():
         recorded = json.loads(job_path.read_text())
         if recorded != json.loads(json.dumps(job.to_dict())):
-            raise SliceScopeError(f"{folder} holds an unfinished mitigation with other settings", "resume it with the same settings, or choose another --out folder")
+            raise SliceScopeError(f"{folder} holds an unfinished mitigation with other settings", "resume it with the same settings, or choose another `out` folder")
     else:
         save_json(job_path, job.to_dict())
     (folder / CANCEL_FILE).unlink(missing_ok=True)

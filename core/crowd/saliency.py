@@ -25,7 +25,7 @@ input resolution S:
 Pictures (:func:`picture_png`, :func:`overlay_png`) are PNG bytes at a display size:
 the longer side becomes ``display_size`` with the image's aspect kept, so a box
 drawn on the picture converts back to image pixels by a plain scale
-(:func:`core.campaigns.canvas_to_image_box`). Small images are enlarged with
+(:func:`core.crowd.campaigns.canvas_to_image_box`). Small images are enlarged with
 nearest-neighbour resampling so workers see the model's pixels, not a blur.
 """
 

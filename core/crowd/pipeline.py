@@ -1,12 +1,12 @@
 """Crowd campaigns made from a workspace (SECA's C1–C2), and their annotations mined into concepts (C3–C5).
 
-The campaign store (:mod:`core.campaigns`) knows tasks, tokens and boxes but no
+The campaign store (:mod:`core.crowd.campaigns`) knows tasks, tokens and boxes but no
 model; this module connects it to a workspace:
 
 * :func:`sample_images` picks the images to annotate (the paper annotates a random
   sample of about 300, §4 C1 and §6.2);
 * :func:`create_workspace_campaign` computes their saliency maps of the predicted
-  class (:mod:`core.saliency`), renders what workers see (the picture and its
+  class (:mod:`core.crowd.saliency`), renders what workers see (the picture and its
   overlay, PNG at a display size) and stores the campaign with its pictures, so the
   worker app needs only the database and a token;
 * :func:`task_links` turns the tokens, returned once, into links to hand out;
@@ -30,7 +30,9 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from core.campaigns import (
+from core.concepts import ANNOTATION_COLUMNS, ConceptTable, Embedder, Vocabulary, build_concept_table, mine_concepts, reconcile
+from core.concepts.reconcile import dropped_terms
+from core.crowd.campaigns import (
     INSTRUCTIONS_MAX_CHARS,
     MAX_IMAGES,
     MAX_IMAGES_PER_TASK,
@@ -42,11 +44,9 @@ from core.campaigns import (
     checked_number,
     checked_whole,
 )
-from core.concepts import ANNOTATION_COLUMNS, ConceptTable, Embedder, Vocabulary, build_concept_table, mine_concepts, reconcile
-from core.concepts.reconcile import dropped_terms
+from core.crowd.saliency import SaliencyParams, load_image, overlay_png, picture_png, saliency_maps
 from core.errors import SliceScopeError
 from core.progress import ProgressFn, silent
-from core.saliency import SaliencyParams, load_image, overlay_png, picture_png, saliency_maps
 from core.workspace import Workspace, atomic_write
 
 SAMPLINGS = ("random", "stratified")
@@ -291,3 +291,17 @@ def save_vocabulary(workspace: Workspace, campaign_id: int, vocabulary: Vocabula
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda temporary: vocabulary.terms.to_csv(temporary, index=False))
+
+
+def worker_summary(progress: pd.DataFrame) -> pd.DataFrame:
+    """Per worker, from a campaign's progress (``CampaignStore.progress``): answers, boxes, seconds, rejected answers, seconds per box.
+
+    A worker without a platform id is told apart by their assignment ("assignment 12"), so anonymous answers are not pooled.
+    """
+    submitted = progress[progress["status"] == "submitted"]
+    worker = submitted["worker_id"].where(submitted["worker_id"] != "", "assignment " + submitted["assignment_id"].astype(str))
+    summary = submitted.assign(worker=worker).groupby("worker").agg(
+        answers=("assignment_id", "size"), boxes=("boxes", "sum"), seconds=("seconds", "sum"), rejected=("rejection", lambda values: int((values != "").sum()))
+    )
+    summary["seconds per box"] = summary["seconds"] / summary["boxes"].clip(lower=1)
+    return summary

@@ -42,9 +42,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.campaigns import Box, Campaign, CampaignStore, TaskToken
-from core.demo.dataset import _STAMP_BOX as STAMP_BOX
-from core.demo.dataset import IMAGE_SIZE
+from core.crowd.campaigns import Box, Campaign, CampaignStore, TaskToken
+from core.demo.dataset import IMAGE_SIZE, STAMP_BOX
 from core.errors import SliceScopeError
 from core.progress import ProgressFn, silent
 from core.workspace import Workspace
@@ -55,9 +54,6 @@ GROUND_TRUTH_COLUMNS = ("true_class", "colour", "background", "watermark", "mask
 HOT_LEVEL = 0.5  # a pixel catches the eye at half the map's (robust) peak
 POOL_SIZE = 12  # simulated workers per campaign (fewer when there are fewer assignments)
 RESULT_COLUMNS = ("task_id", "assignment_id", "worker_id", "lazy", "seconds", "boxes", "completion_code")
-
-# The demo's watermark box, x0, y0, x1, y1 in the pixels of its 64-px images: one source of truth with the drawing code.
-_DEMO_SIZE, _STAMP_BOX = IMAGE_SIZE, STAMP_BOX
 
 # Term → weight; the first term is the usual one. Per worker, one term of each list is their habit.
 SHAPE_TERMS = {
@@ -186,8 +182,8 @@ def image_regions(saliency: np.ndarray, mask: np.ndarray, watermark: bool) -> li
         covered[y0:y1, x0:x1] = True
         regions.append(Region("object", (float(x0), float(y0), float(x1), float(y1)), float(hot[y0:y1, x0:x1].sum() / total)))
     if watermark:
-        sx, sy = width / _DEMO_SIZE, height / _DEMO_SIZE
-        x0, y0, x1, y1 = (round(_STAMP_BOX[0] * sx), round(_STAMP_BOX[1] * sy), round(_STAMP_BOX[2] * sx), round(_STAMP_BOX[3] * sy))
+        sx, sy = width / IMAGE_SIZE, height / IMAGE_SIZE
+        x0, y0, x1, y1 = (round(STAMP_BOX[0] * sx), round(STAMP_BOX[1] * sy), round(STAMP_BOX[2] * sx), round(STAMP_BOX[3] * sy))
         stamp = np.zeros_like(covered)
         stamp[y0:y1, x0:x1] = True
         regions.append(Region("watermark", (float(x0), float(y0), float(x1), float(y1)), float(hot[stamp & ~covered].sum() / total)))
@@ -309,7 +305,7 @@ def _load_mask(workspace: Workspace, relative: str) -> np.ndarray:
 
 def campaign_maps(workspace: Workspace, campaign: Campaign, image_ids: Sequence[str], progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
     """The saliency maps of ``image_ids`` computed as the campaign's settings say."""
-    from core.saliency import SaliencyParams, saliency_maps
+    from core.crowd.saliency import SaliencyParams, saliency_maps
 
     params = SaliencyParams.from_dict({**campaign.settings.saliency_params, "method": campaign.settings.saliency_method})
     return dict(zip(image_ids, saliency_maps(workspace, list(image_ids), params, progress)))
@@ -319,7 +315,7 @@ def simulate_campaign(workspace: Workspace, store: CampaignStore, campaign: Camp
                       maps: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Answer every open assignment of ``campaign`` with simulated workers; one row per submitted assignment (``RESULT_COLUMNS``).
 
-    ``campaign`` must carry its tokens (as :func:`core.crowd.create_workspace_campaign` returns it).
+    ``campaign`` must carry its tokens (as :func:`core.crowd.pipeline.create_workspace_campaign` returns it).
     ``maps`` (image id → saliency map) spares recomputing them; by default they are computed with the
     campaign's own method and parameters. Assignments already submitted are skipped, so an interrupted
     simulation can be run again with the same tokens.
@@ -398,8 +394,8 @@ def ensure_demo_campaign(workspace: Workspace, n_images: int = 300, samples: int
     runs; an interrupted build finds them there and answers the rest. Returns the campaign it created or
     finished, or None when there was nothing to do.
     """
-    from core.crowd import CampaignPlan, create_workspace_campaign
-    from core.saliency import SaliencyParams
+    from core.crowd.pipeline import CampaignPlan, create_workspace_campaign
+    from core.crowd.saliency import SaliencyParams
     from core.store import database_url
 
     state_path = Path(state_path) if state_path is not None else workspace.path / "simulated-crowd-tokens.json"

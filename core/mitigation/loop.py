@@ -17,17 +17,17 @@ import numpy as np
 import pandas as pd
 
 from core.errors import SliceScopeError
-from core.mitigation import (
+from core.mitigation.corm import (
     DEFAULT_THRESHOLD,
     MitigationJob,
     TrainingParams,
     choose_treated_slices,
     run_mitigation,
 )
+from core.mitigation.robustness import DEFAULT_SIGMA, Robustness, choose_regions, evaluate, read_metrics, write_metrics
+from core.mitigation.spuriousness import PropagationParams, slice_spuriousness
 from core.progress import ProgressFn
-from core.robustness import DEFAULT_SIGMA, Robustness, choose_regions, evaluate, read_metrics, write_metrics
 from core.slicing import DEFAULT_REPRESENTATION, SliceParams, default_slice_params, find_slices, slicing_name
-from core.spuriousness import PropagationParams, slice_spuriousness
 from core.store import AnnotationStore
 from core.training import TrainingData, default_training_data
 from core.versions import read_version, version_family, version_root

@@ -47,7 +47,7 @@ class InversionParams:
 # moves along luminance and two opponent-colour axes, so a small step changes
 # a pixel the way natural colours vary. On the demo, water tiles become muted
 # blues instead of saturated primaries; with the tile-only feature average this
-# is what makes the Mosaic-meaning check (core.mosaic_check) read them as
+# is what makes the Mosaic-meaning check (core.mosaic.check) read them as
 # background (docs/BENCHMARKS.md, "Data Slice Mosaic").
 _COLOUR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOUR_CORRELATION = _COLOUR_SVD_SQRT / _COLOUR_SVD_SQRT.norm(dim=0).max()
@@ -76,7 +76,7 @@ def target_layer_features(model: AttributionModel, images: torch.Tensor, masks: 
     detaching.
     """
     if model.is_script:
-        raise SliceScopeError("feature inversion needs a Python model, not TorchScript", "scan with --arch or --factory to get a mosaic")
+        raise SliceScopeError("feature inversion needs a Python model, not TorchScript", "scan with `arch` or `factory` to get a mosaic")
     captured: list[torch.Tensor] = []
     handle = model.target_module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:

@@ -128,7 +128,7 @@ def test_mitigate_page_without_annotations_says_what_to_do(home):
 def test_nothing_to_treat_is_explained_in_one_line(home, root):
     annotate(root, {1: "core"})
     app = open_page("mitigate")
-    assert [error.value for error in app.error] == ["no slice is annotated spurious — annotate the slices to treat, or mitigate --from propagation"]
+    assert [error.value for error in app.error] == ["no slice is annotated spurious — annotate the slices to treat, or take them from propagation (`source`)"]
     assert not app.get("form_submit_button")
 
 

@@ -128,7 +128,7 @@ def choose_treated_slices(kinds: dict[int, str], spuriousness: np.ndarray | None
     if source == "annotations":
         treated = sorted(s for s, kind in kinds.items() if kind == "spurious")
         if not treated:
-            raise SliceScopeError("no slice is annotated spurious", "annotate the slices to treat, or mitigate with `source` propagation")
+            raise SliceScopeError("no slice is annotated spurious", "annotate the slices to treat, or take them from propagation (`source`)")
         return treated
     if spuriousness is None or np.isnan(spuriousness).all():
         raise SliceScopeError("there is no spuriousness to propagate from", "annotate at least one slice as core or spurious first")

@@ -53,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     accept = commands.add_parser("accept-model", help="accept a workspace's changed model checkpoint as the one it was scanned with (results are kept, not recomputed)")
     accept.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
 
-    attach = commands.add_parser("attach-train", help="record the training data a workspace's model was fitted on (influence embeddings need it)")
+    attach = commands.add_parser("attach-train", help="record the training data a workspace's model was fitted on (influence embeddings and mitigation read it)")
     attach.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
     attach.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label, of the training images")
     attach.add_argument("--split", help="keep only manifest rows whose split column equals this (the demo: train for the biased model)")
+    attach.add_argument("--val-split", help="the manifest's split a retraining validates on (default: val, when --split is train and the manifest has it)")
     attach.add_argument("--layers", help="modules whose gradients count, comma-separated (default: the last block and the head)")
     attach.add_argument("--arnoldi-dim", type=int, help="P, Arnoldi iterations of the Hessian factorisation (default 200; the paper: 500)")
     attach.add_argument("--embedding-dim", type=int, help="D, the influence embedding's dimension (default 100)")
@@ -311,7 +312,7 @@ def _run_attach_train(args) -> None:
     layers = tuple(name.strip() for name in args.layers.split(",")) if args.layers is not None else None
     given = {"layers": layers, "arnoldi_dim": args.arnoldi_dim, "embedding_dim": args.embedding_dim, "hessian_images": args.hessian_images}
     params = replace(influence_params(workspace), **{name: value for name, value in given.items() if value is not None})
-    training = attach_training_data(workspace, args.data, args.split)
+    training = attach_training_data(workspace, args.data, args.split, args.val_split)
     record_influence_params(workspace, params)
     split = f", split {training.split}" if training.split else ""
     print(f"attached {training.num_images} training images ({training.data}{split}) to {workspace.path}")

@@ -43,6 +43,7 @@ from benchmarks.spotcheck import (
     train_model,
 )
 from core.demo import default_demo_dir, workspace_dir
+from core.training import attach_training_data, training_data
 from core.workspace import Workspace
 
 
@@ -76,6 +77,8 @@ def prepare_run(run_dir: Path, config: SpotCheckConfig, seed: int, architecture:
     started = time.perf_counter()
     workspace = scan_test_split(manifest, checkpoint, run_dir / "workspace", config.image_size, architecture)
     seconds["scan"] = time.perf_counter() - started
+    if training_data(workspace) is None:  # influence embeddings need the images the model was trained on
+        attach_training_data(workspace, manifest, "train")
     return workspace, seconds
 
 

@@ -509,6 +509,10 @@ METHODS: dict[str, Method] = {
         for method in ("kmeans", "domino", "planespot")
         for representation in ("attribution", "features")
     },
+    # Influence embeddings with the library's default settings (core.influence.default_layers): InfEmbed's own
+    # normalised K-Means flagged by the held-out rule, and the default mixture flagged by its evidence.
+    "infembed50-influence": Method(partial(kmeans_flagged, representation="influence", k=50), "influence"),
+    "domino+evidence-influence": Method(partial(library_flagged, representation="influence", method="domino"), "influence"),
 }
 # The method the suite's last line reports (a key of METHODS): the library's default (core.slicing.DEFAULT_SLICING on
 # DEFAULT_REPRESENTATION), the best by DR − FDR on 5 configurations of 64-px images and on the demo's failure modes.

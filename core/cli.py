@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label, of the training images")
     attach.add_argument("--split", help="keep only manifest rows whose split column equals this (the demo: train for the biased model)")
     attach.add_argument("--val-split", help="the manifest's split a retraining validates on (default: val, when --split is train and the manifest has it)")
-    attach.add_argument("--layers", help="modules whose gradients count, comma-separated (default: the last block and the head)")
+    attach.add_argument("--layers", help="modules whose gradients count, comma-separated (default: the last block and the head, or the layers nearest the output within 100k parameters)")
     attach.add_argument("--arnoldi-dim", type=int, help="P, Arnoldi iterations of the Hessian factorisation (default 200; the paper: 500)")
     attach.add_argument("--embedding-dim", type=int, help="D, the influence embedding's dimension (default 100)")
     attach.add_argument("--hessian-images", type=int, help="training images the Hessian is estimated on, a seeded random subset (default 1000)")
@@ -316,7 +316,7 @@ def _run_attach_train(args) -> None:
     record_influence_params(workspace, params)
     split = f", split {training.split}" if training.split else ""
     print(f"attached {training.num_images} training images ({training.data}{split}) to {workspace.path}")
-    print(f"influence settings: layers {', '.join(params.layers) if params.layers else 'the last block and the head'}, "
+    print(f"influence settings: layers {', '.join(params.layers) if params.layers else 'the default (last block and head, within 100k parameters)'}, "
           f"P = {params.arnoldi_dim}, D = {params.embedding_dim}, Hessian on {params.hessian_images} images")
     print(f"slice with: python -m core slices {workspace.path} --method influence --out slices.csv")
 

@@ -137,13 +137,17 @@ def test_per_example_gradients_are_one_batched_call_that_matches_a_loop():
         torch.testing.assert_close(batched[row], torch.cat([g.reshape(-1) for g in single]), rtol=1e-4, atol=1e-6)
 
 
-def test_default_layers_are_the_last_block_and_the_head():
+def test_default_layers_are_the_last_block_and_the_head_within_a_parameter_budget():
     import torchvision
 
     from core.demo.model import build_demo_cnn
 
-    assert default_layers(build_demo_cnn()) == ("features.11", "features.12", "classifier")
-    assert default_layers(torchvision.models.resnet18(weights=None, num_classes=3)) == ("layer4.1", "fc")
+    assert default_layers(build_demo_cnn()) == ("features.11", "features.12", "classifier")  # 37k parameters: within budget
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    assert default_layers(resnet, budget=10_000_000) == ("layer4.1", "fc")  # the paper's choice, when the machine can afford it
+    # Its 4.7M parameters took an estimated 2 hours on 2 cores: by default only the layers nearest the output that fit.
+    assert default_layers(resnet) == ("layer4.1.bn2", "fc")
+    assert default_layers(resnet, budget=10) == ("fc",)  # never nothing
     assert default_layers(TinyMLP()) == ("hidden", "head")
     with pytest.raises(SliceScopeError, match="no layer named 'layer9'"):
         InfluenceEmbedder(TinyMLP(), InfluenceParams(layers=("layer9",)))

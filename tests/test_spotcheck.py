@@ -30,6 +30,7 @@ from benchmarks.spotcheck import (
     scan_test_split,
     score,
 )
+from core.training import attach_training_data
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,7 @@ def test_untrained_model_scans_and_every_method_scores(generated, tmp_path):
     checkpoint = tmp_path / "model.pt"
     torch.save(build_spotcheck_cnn().state_dict(), checkpoint)
     workspace = scan_test_split(out / "manifest.csv", checkpoint, tmp_path / "workspace", image_size=32)
+    attach_training_data(workspace, out / "manifest.csv", "train")  # the influence methods need it, as the benchmark attaches it
     test_rows = manifest[manifest["split"] == "test"].sort_values("path")
     assert workspace.images["blindspot"].tolist() == test_rows["blindspot"].tolist()
     assert set(model_accuracy(workspace)) == {"overall", "outside blindspots", *(set(test_rows["blindspot"]) - {""})}

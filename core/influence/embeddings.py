@@ -17,7 +17,8 @@ training images whose influence on its total loss is most negative.
 
 The factorisation is captum's ``ArnoldiInfluenceFunction``. Only the layers in
 :attr:`InfluenceParams.layers` count (by default the model's last block and its
-head, as the paper does for ImageNet). Since nothing below them changes, the
+head, as the paper does for ImageNet, when they hold at most 100k parameters;
+else the layers nearest the output that do: :func:`default_layers`). Since nothing below them changes, the
 network is cut where they begin (torch.fx): the frozen part runs once per
 image, not once per Hessian-vector product, and the per-example gradients are
 one ``torch.func.vmap`` over the cut network rather than a backward pass per
@@ -71,7 +72,7 @@ class InfluenceParams:
     """How influence embeddings are computed; every setting changes the result, so all key the cache.
 
     ``layers`` names the modules whose parameters count (None: the last block
-    and the head, see :func:`default_layers`); ``arnoldi_dim`` is P, the Krylov
+    and the head within a parameter budget, see :func:`default_layers`); ``arnoldi_dim`` is P, the Krylov
     subspace's size (P Hessian-vector products, the dominant cost);
     ``embedding_dim`` is D ≤ P; ``hessian_images`` is how many training images
     (a seeded random subset) the Hessian is estimated on; ``damping`` is added to
@@ -92,7 +93,7 @@ class InfluenceParams:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
             if not self.layers or any(not isinstance(name, str) or not name.strip() for name in self.layers):
-                raise SliceScopeError("`layers` names no layer", "name the model's modules, e.g. `layers` layer4,fc, or leave it out for the last block and the head")
+                raise SliceScopeError("`layers` names no layer", "name the model's modules, e.g. `layers` layer4,fc, or leave it out for the default (see default_layers)")
         if self.embedding_dim < 1:
             raise SliceScopeError(f"embedding dimension D = {self.embedding_dim} is not possible", "set `embedding_dim` to 1 or more (the paper uses 100)")
         if self.arnoldi_dim < self.embedding_dim:
@@ -136,14 +137,23 @@ def record_influence_params(workspace: Workspace, params: InfluenceParams) -> No
 # -- the model, cut where the counted layers begin ------------------------------------------------
 
 
-def default_layers(module: nn.Module) -> tuple[str, ...]:
-    """The model's last block and the layers after it: the paper's choice for ImageNet (layer4 + fc of a ResNet).
+# Counted parameters the default layers may hold. Per-example gradients and Hessian-vector products cost in
+# proportion to them: the demo CNN's last block and head (37k) take minutes on 2 CPU cores, a ResNet-18's
+# (4.7M) took an estimated 2 hours on a 64-px benchmark with 2,000 training images.
+DEFAULT_PARAMETER_BUDGET = 100_000
+
+
+def default_layers(module: nn.Module, budget: int = DEFAULT_PARAMETER_BUDGET) -> tuple[str, ...]:
+    """The model's last block and the layers after it, the paper's choice for ImageNet (layer4 + fc of a ResNet),
+    when they hold at most ``budget`` parameters; else the layers nearest the output that fit (at least the last).
 
     The last block is the non-container module holding the last convolution
     (a ResNet's ``layer4.1``), or that convolution itself when it sits in an
     ``nn.Sequential`` (the demo CNN's ``features.11``); every module with
     parameters registered after it (its normalisation, the head) follows. A
-    model without convolutions gets its last two layers with parameters.
+    model without convolutions gets its last two layers with parameters. Over
+    the budget (a ResNet-18's last block: 4.7M), the layers are taken from the
+    output backwards while they fit: a ResNet-18's ``layer4.1.bn2`` and ``fc``.
     """
     modules = dict(module.named_modules())
     leaves = [name for name, layer in modules.items() if name and next(layer.parameters(recurse=False), None) is not None]
@@ -157,7 +167,19 @@ def default_layers(module: nn.Module) -> tuple[str, ...]:
     block = parent if parent and not isinstance(modules[parent], nn.Sequential | nn.ModuleList | nn.ModuleDict) else last
     names = list(modules)
     after = [name for name in leaves if names.index(name) > names.index(block) and not name.startswith(f"{block}.")]
-    return (block, *after)
+
+    def size(name: str) -> int:
+        return sum(parameter.numel() for parameter in modules[name].parameters())
+
+    if size(block) + sum(map(size, after)) <= budget:
+        return (block, *after)
+    fitting, total = [], 0
+    for name in reversed(leaves):
+        total += sum(parameter.numel() for parameter in modules[name].parameters(recurse=False))
+        if fitting and total > budget:
+            break
+        fitting.insert(0, name)
+    return tuple(fitting)
 
 
 def _split_at_layers(module: nn.Module, layers: tuple[str, ...]) -> tuple[fx.GraphModule, fx.GraphModule] | None:
@@ -406,23 +428,32 @@ class InfluenceEmbedder:
                 report(step, done, total)
         return np.concatenate(rows) if rows else np.zeros((0, self.projection_.shape[1]), np.float32)
 
-    def seconds_per_image(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        """Measured cost of one image in one Hessian-vector product, and of one image's embedding."""
+    def seconds_per_image(self, images: torch.Tensor, labels: torch.Tensor, hvp_batch: int | None = None) -> tuple[float, float, float]:
+        """Measured cost per image of the frozen part (once per image), of one Hessian-vector product and of an embedding.
+
+        The Hessian-vector product is timed on ``hvp_batch`` rows (the images repeated; default: as given): its cost
+        per image falls with the batch, so an estimate times it at the batch :meth:`fit` uses.
+        """
+
+        def timed(step: Callable[[], object], count: int) -> float:
+            step()  # the first call pays for one-off set-up (vmap, allocator); time the second
+            started = time.perf_counter()
+            step()
+            return (time.perf_counter() - started) / count
+
+        per_cut = timed(lambda: self._cut(images), len(labels))
         cut, labels = self._cut(images), labels.to(self.device)
+        repeats = max(1, (hvp_batch or len(labels)) // len(labels))
+        hvp_cut, hvp_labels = tuple(part.repeat(repeats, *[1] * (part.dim() - 1)) for part in cut), labels.repeat(repeats)
         weights = tuple(parameter for name, parameter in self._suffix.named_parameters() if name in set(self.parameter_names_))
         names = [name for name, _ in self._suffix.named_parameters() if name in set(self.parameter_names_)]
 
         def loss(*values: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(functional_call(self._suffix, dict(zip(names, values)), cut), labels)
-
-        def timed(step: Callable[[], object]) -> float:
-            step()  # the first call pays for one-off set-up (vmap, allocator); time the second
-            started = time.perf_counter()
-            step()
-            return (time.perf_counter() - started) / len(labels)
+            return F.cross_entropy(functional_call(self._suffix, dict(zip(names, values)), hvp_cut), hvp_labels)
 
         direction = tuple(torch.ones_like(weight) for weight in weights)
-        return timed(lambda: torch.autograd.functional.hvp(loss, weights, direction)), timed(lambda: self._gradients(cut, labels))
+        per_hvp = timed(lambda: torch.autograd.functional.hvp(loss, weights, direction), len(hvp_labels))
+        return per_cut, per_hvp, timed(lambda: self._gradients(cut, labels), len(labels))
 
 
 def _load_state_dict(module: nn.Module, path: str) -> float:
@@ -556,11 +587,16 @@ class _WorkspaceInfluence:
             return 0.0
         embedder, _, _ = self._embedder()
         _, files, labels = self._training_files()
+        started = time.perf_counter()
         images, batch_labels, ok = next(iter(_loader(files[: _BATCH], labels[: _BATCH], self._preprocess(), _BATCH)))
-        per_hvp_image, per_gradient_image = embedder.seconds_per_image(images[ok], batch_labels[ok])
+        per_read = (time.perf_counter() - started) / len(batch_labels)
+        per_cut, per_hvp, per_gradient = embedder.seconds_per_image(images[ok], batch_labels[ok], hvp_batch=_HVP_BATCH)
         hessian_images = min(self.params.hessian_images, len(files))
         arnoldi_dim = min(self.params.arnoldi_dim, embedder.n_parameters_)
-        return arnoldi_dim * hessian_images * per_hvp_image + (len(files) + len(self.workspace.images)) * per_gradient_image
+        embedded = len(files) + len(self.workspace.images)
+        # Every image is read and run through the frozen part once per pass over it: the Hessian sample once, then
+        # every training and workspace image for its embedding.
+        return (hessian_images + embedded) * (per_read + per_cut) + arnoldi_dim * hessian_images * per_hvp + embedded * per_gradient
 
 
 def representation_source(workspace: Workspace, params: InfluenceParams | None = None) -> dict:

@@ -34,7 +34,7 @@ from core.slicing import DEFAULT_SLICING, default_k, default_slice_params, find_
 from core.store import open_store
 from core.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "app" / "main.py"
 JOB_TIMEOUT = 300  # seconds for a background retraining of the tiny demo, on a busy 2-core machine
 

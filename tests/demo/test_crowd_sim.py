@@ -40,7 +40,7 @@ from core.extract import scan
 from core.workspace import Workspace
 from tests.helpers import small_scan_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLAN = CampaignPlan(n_images=40, sampling="stratified", saliency=SaliencyParams(samples=4), images_per_task=5, workers_per_task=3)
 UNTYPO = {typo: word for word, typo in TYPOS.items()}
 # What each known term says about the image: its shape, its background, or that it has a watermark.

@@ -9,7 +9,7 @@ import pytest
 from core.concepts import ConceptStatistics, TreeRules, parse_query, query_concepts
 from core.concepts.query import And, Concept, Not, Or, evaluate, format_query
 from core.errors import SliceScopeError
-from tests.test_concepts_mining import planted_concept_table, tiny_table
+from tests.concepts.test_concepts_mining import planted_concept_table, tiny_table
 
 planted_table = pytest.fixture(planted_concept_table, scope="module", name="planted_table")
 

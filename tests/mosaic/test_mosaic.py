@@ -22,7 +22,7 @@ from core.mosaic import (
 from core.slicing import SliceParams, find_slices, project
 from core.views import confusion_cells, split_view_cells
 from core.workspace import Workspace
-from tests.test_tiles import inside
+from tests.mosaic.test_tiles import inside
 
 
 def test_mosaic_is_built_once_and_transparent_outside_its_tiles(tiny_demo):

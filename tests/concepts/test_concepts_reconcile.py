@@ -19,7 +19,7 @@ from core.concepts import (
 from core.concepts.annotations import MAX_SHOWN_TERM_CHARS, MAX_TERM_CHARS, MAX_WORD_CHARS
 from core.concepts.reconcile import Speller, campaign_words, cluster_words
 from core.errors import SliceScopeError
-from tests.test_concepts_mining import HOSTILE, PLANTED, identity_vocabulary, planted_campaign
+from tests.concepts.test_concepts_mining import HOSTILE, PLANTED, identity_vocabulary, planted_campaign
 
 # Canonical spellings are typed by two workers (so they are the campaign's own words); variants by one.
 GROUPS = {

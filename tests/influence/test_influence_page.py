@@ -11,7 +11,7 @@ from core.influence import is_computed
 from core.training import training_data
 from core.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "app" / "main.py"
 
 

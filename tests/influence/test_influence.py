@@ -42,7 +42,7 @@ from core.training import attach_training_data, training_data
 from core.workspace import MANIFEST, Workspace, save_manifest
 from tests.helpers import small_scan_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = InfluenceParams(arnoldi_dim=40, embedding_dim=20, hessian_images=96)
 
 

@@ -13,7 +13,7 @@ from core.crowd import Box, CampaignPlan, CampaignStore, SaliencyParams, create_
 from core.demo.crowd import DEMO_CAMPAIGN_NAME
 from core.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "app" / "main.py"
 
 

@@ -62,13 +62,13 @@ def training_data(workspace: Workspace) -> TrainingData | None:
     )
 
 
-def _splits(data: Path) -> set[str]:
+def _splits(data: Path) -> frozenset[str]:
     """The split names of a CSV manifest (none for an ImageFolder or a missing file)."""
     if data.suffix.lower() != ".csv" or not data.is_file():
-        return set()
+        return frozenset()
     import pandas as pd
 
-    return set(pd.read_csv(data, usecols=lambda column: column == "split", dtype=str).get("split", pd.Series(dtype=str)).dropna())
+    return frozenset(pd.read_csv(data, usecols=lambda column: column == "split", dtype=str).get("split", pd.Series(dtype=str)).dropna())
 
 
 def _scanned_manifest(workspace: Workspace) -> Path | None:
@@ -84,12 +84,13 @@ def default_training_data(workspace: Workspace) -> TrainingData:
     training = training_data(workspace)
     if training is None:
         scanned = _scanned_manifest(workspace)
-        if scanned is None or _TRAIN not in _splits(scanned):
+        splits = _splits(scanned) if scanned is not None else frozenset()
+        if _TRAIN not in splits:
             raise SliceScopeError(
                 f"SliceScope cannot tell which images {workspace.name}'s model was trained on",
                 "attach them to the workspace (attach_training_data, or python -m core attach-train), or name the `train_data` to retrain on",
             )
-        training = TrainingData(scanned, _TRAIN)
+        return TrainingData(scanned, _TRAIN, _VALIDATION if _VALIDATION in splits else None)
     if training.validation_split is None and training.split == _TRAIN and _VALIDATION in _splits(training.data):
         training = replace(training, validation_split=_VALIDATION)
     return training
@@ -98,13 +99,10 @@ def default_training_data(workspace: Workspace) -> TrainingData:
 def attach_command(workspace: Workspace) -> str:
     """The command that attaches the training data: the scanned manifest's ``train`` split when it has one, else placeholders."""
     scanned = _scanned_manifest(workspace)
-    if scanned is not None and _TRAIN in _splits(scanned):
-        data, split = str(scanned), f"--split {_TRAIN}"
-    elif scanned is not None and _splits(scanned):
-        data, split = str(scanned), "--split NAME"
-    else:
-        data, split = "PATH", "[--split NAME]"
-    return f"python -m core attach-train {workspace.path} --data {data} {split}"
+    splits = _splits(scanned) if scanned is not None else set()
+    if not splits:
+        return f"python -m core attach-train {workspace.path} --data PATH [--split NAME]"
+    return f"python -m core attach-train {workspace.path} --data {scanned} --split {_TRAIN if _TRAIN in splits else 'NAME'}"
 
 
 def require_training_data(workspace: Workspace, purpose: str = "influence embeddings") -> TrainingData:

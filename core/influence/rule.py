@@ -331,18 +331,21 @@ def compare_slicings(
     return pd.DataFrame(rows)
 
 
+def _with_coherence(workspace: Workspace, slice_ids: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    coherence = slice_coherence(influence_embeddings(workspace), slice_ids)[["slice", "mean_coherence"]]
+    return table.merge(coherence, on="slice")
+
+
 def infembed_table(workspace: Workspace, params: SliceParams = SliceParams()) -> tuple[np.ndarray, pd.DataFrame]:
     """InfEmbed's slice per image and its Slice Table (:func:`core.slicing.slice_table`), with each slice's ``mean_coherence``."""
     slice_ids = find_slices(workspace, "influence", params)
-    coherence = slice_coherence(influence_embeddings(workspace), slice_ids)[["slice", "mean_coherence"]]
-    return slice_ids, slice_table(workspace.images, slice_ids).merge(coherence, on="slice")
+    return slice_ids, _with_coherence(workspace, slice_ids, slice_table(workspace.images, slice_ids))
 
 
 def rule_table(workspace: Workspace, params: RuleParams = RuleParams()) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """InfEmbed-Rule's slice per image, its Slice Table (with each slice's ``path`` in the split tree, whether the rule
     holds on it and its ``mean_coherence``) and the split tree."""
     rule = rule_slices(workspace, params)
-    coherence = slice_coherence(influence_embeddings(workspace), rule.slice_ids)[["slice", "mean_coherence"]]
     rule_columns = rule.slices[["slice", "path", "flagged"]].rename(columns={"flagged": "rule_holds"})
-    table = rule_columns.merge(slice_table(workspace.images, rule.slice_ids), on="slice").merge(coherence, on="slice")
-    return rule.slice_ids, table, rule.tree
+    table = rule_columns.merge(slice_table(workspace.images, rule.slice_ids), on="slice")
+    return rule.slice_ids, _with_coherence(workspace, rule.slice_ids, table), rule.tree

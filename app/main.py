@@ -18,6 +18,7 @@ def main() -> None:
     st.set_page_config(page_title="SliceScope", page_icon=str(FAVICON), layout="wide")
     pages = [
         st.Page(ROOT / "pages" / "slices.py", title="Slices", icon=":material/scatter_plot:", default=True),
+        st.Page(ROOT / "pages" / "augment.py", title="Augment", icon=":material/auto_awesome:"),
         st.Page(ROOT / "pages" / "mitigate.py", title="Mitigate", icon=":material/healing:"),
         st.Page(ROOT / "pages" / "versions.py", title="Versions", icon=":material/history:"),
         st.Page(ROOT / "pages" / "concepts.py", title="Concepts", icon=":material/label:"),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | mitigate | evaluate | campaign | concepts``.
+"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | augment | mitigate | evaluate | campaign | concepts``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="build the built-in demo: data, two trained models and a workspace")
     demo.add_argument("--out", type=Path, required=True, help="folder to build the demo in (data/, models/, workspace/)")
     demo.add_argument("--preset", default="full", help="size of the demo: full (default), quick (what the app opens on while it builds the full one), "
-                      "small (the mosaic meaning test) or tiny (fast tests)")
+                      "small (the mosaic meaning test), waterbirds (the full demo with larger objects and 5%% of the other shapes on water) or tiny (fast tests)")
 
     scan = commands.add_parser("scan", help="extract predictions, features and GradCAM for a dataset and model into a workspace")
     scan.add_argument("--data", type=Path, required=True, help="ImageFolder directory, or CSV manifest with columns path,label (paths relative to the CSV)")
@@ -95,8 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--undo", action="store_true", help="undo your latest annotation or relabel in this workspace")
     action.add_argument("--list", action="store_true", help="print the slicing's annotations and the images marked as mislabelled")
 
-    mitigate = commands.add_parser("mitigate", help="retrain the workspace's model with CoRM on spurious slices and relabelled images; scan the new version")
+    augment = commands.add_parser("augment", help="make counterfactual training images (DASH): sources' objects in the style's context and colour")
+    augment.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
+    augment.add_argument("--slices", help="source images: the training images nearest to these slices, e.g. 1,2 (or use --sources)")
+    augment.add_argument("--sources", help="source images as slice:1,2, cluster:3 or rest (the training images not in --style)")
+    augment.add_argument("--style", required=True, help="the look to give them: cluster:3 (of --clusters), slice:4 or rest; donors are of other classes")
+    augment.add_argument("--clusters", type=int, default=8, help="K of the Cluster View that cluster:N refers to (2 to 20, default 8)")
+    augment.add_argument("--foreground", default="segmentation", choices=["crowd", "attribution", "segmentation"],
+                         help="where objects come from: the latest crowd campaign's boxes, the maps of slices annotated core, "
+                         "or GrabCut on the boundary prior (default); images the first cannot serve fall back on segmentation")
+    augment.add_argument("--keep-colour", action="store_true", help="keep the objects' own colour (default: take the donor object's)")
+    augment.add_argument("--keep-background", action="store_true", help="keep the sources' own background (default: take the donor's)")
+    augment.add_argument("--max-images", type=int, default=1000, help="at most this many counterfactuals (default 1000)")
+    augment.add_argument("--per-source", type=int, default=1, help="counterfactuals per source image (default 1)")
+    augment.add_argument("--donor-seed", type=int, default=0, help="seed of the donor draw (default 0)")
+    augment.add_argument("--accept", action="store_true", help="accept the batch at once (default: leave it to preview, then `augment WS --accept-batch ID`)")
+    augment.add_argument("--out", type=Path, help="also write the batch's images here as PNG files with a labels.csv (the batch itself stays in WS/augmentations)")
+    augment.add_argument("--train-data", type=Path, help="the training images (default: those attached with attach-train, else the scanned manifest's train split)")
+    augment.add_argument("--train-split", help="split of --train-data")
+    _add_slicing_arguments(augment, "--slicing-method")
+
+    batches = commands.add_parser("batches", help="list a workspace's augmentation batches, or accept or discard one")
+    batches.add_argument("workspace", type=Path, help="the workspace folder (any version of the line)")
+    decision = batches.add_mutually_exclusive_group()
+    decision.add_argument("--accept", metavar="BATCH", help="accept this previewed batch (e.g. batch-001)")
+    decision.add_argument("--discard", metavar="BATCH", help="discard this previewed batch")
+
+    mitigate = commands.add_parser("mitigate", help="retrain the workspace's model (CoRM, augmentation, slice-balanced, last layer); scan the new version")
     mitigate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
+    mitigate.add_argument("--method", help="what the retraining does, one or more of corm, augment, reweight, last-layer, "
+                          "joined by commas or given as --method a --method b (default corm)", action="append", dest="methods")
+    mitigate.add_argument("--batches", help="accepted augmentation batches to train with, e.g. batch-001,batch-002 (default with augment: every accepted batch)")
+    mitigate.add_argument("--group-column", help="with reweight: balance this column of the training data (known groups) instead of the slices")
+    mitigate.add_argument("--from-scratch", action="store_true", help="start from freshly initialised weights instead of the current model's")
     mitigate.add_argument("--from", dest="source", choices=["annotations", "propagation"],
                           help="treat the slices annotated spurious, or every slice whose propagated spuriousness reaches --threshold "
                           "(with --slices: only the record of why those slices; default annotations)")
@@ -112,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     mitigate.add_argument("--train-data", type=Path, help="the images to retrain on (default: the training data attached with attach-train or scan --train-data, else the scanned manifest's train split)")
     mitigate.add_argument("--train-split", help="split of --train-data to retrain on")
     mitigate.add_argument("--val-split", help="split of --train-data to validate on (default: 10%% of the training images)")
-    _add_slicing_arguments(mitigate)
+    _add_slicing_arguments(mitigate, "--slicing-method")
 
     evaluate = commands.add_parser("evaluate", help="clean, core and spurious accuracy, RCS and worst-group accuracy; writes WS/metrics.json")
     evaluate.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
@@ -152,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_slicing_arguments(command) -> None:
+def _add_slicing_arguments(command, method_flag: str = "--method") -> None:
+    """The flags naming a slicing; ``mitigate`` and ``augment`` keep ``--method`` for what they do, so theirs is ``--slicing-method``."""
     command.add_argument("--representation", default="attribution", help="the slicing the annotations refer to (default attribution)")
-    command.add_argument("--method", default=DEFAULT_SLICING.method, choices=list(SLICING_METHODS),
+    command.add_argument(method_flag, dest="slicing_method", default=DEFAULT_SLICING.method, choices=list(SLICING_METHODS),
                          help=f"how its slices were cut (default {DEFAULT_SLICING.method}, as in the app)")
     command.add_argument("--k", type=int, help="its number of slices, or the most a mixture could choose (default: the app's, 50 or fewer for small datasets)")
     command.add_argument("--seed", type=int, default=0, help="the slicing's seed (default 0, as in the app)")
@@ -166,7 +198,7 @@ def _slicing(args, workspace):
     from core.slicing import SliceParams, default_k
 
     k = default_k(len(workspace.images)) if args.k is None else args.k
-    return Slicing(args.representation, SliceParams(k=k, seed=args.seed, method=args.method))
+    return Slicing(args.representation, SliceParams(k=k, seed=args.seed, method=args.slicing_method))
 
 
 def _slice_list(text: str | None) -> list[int] | None:
@@ -188,29 +220,133 @@ def training_params(args):
     from core.mitigation.corm import TrainingParams
 
     return TrainingParams(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, sigma=args.sigma,
-                          noise_region=args.noise_region.replace("-", "_"))
+                          noise_region=args.noise_region.replace("-", "_"), from_scratch=args.from_scratch)
+
+
+def _methods(values: list[str] | None) -> tuple[str, ...]:
+    """--method a,b --method c → (a, b, c), spelled as the library spells them (last-layer → last_layer)."""
+    return tuple(part.strip().replace("-", "_") for value in (values or ["corm"]) for part in value.split(",") if part.strip())
+
+
+def _training_data_flags(args):
+    from core.training import TrainingData
+
+    if args.train_data is None:
+        return None
+    return TrainingData(args.train_data.expanduser().resolve(), args.train_split, getattr(args, "val_split", None))
+
+
+def _run_augment(args) -> None:
+    from core.mitigation.augment import AugmentParams
+    from core.mitigation.batches import ImageGroup, accept_batch, batch_images, load_training_view, make_batch, style_clusters
+    from core.mitigation.loop import read_annotations
+    from core.store import open_store
+    from core.training import default_training_data
+    from core.versions import version_root
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    if (args.slices is None) == (args.sources is None):
+        raise SliceScopeError("augment needs its source images", "pass --slices 1,2 or --sources slice:1,2 / cluster:3 / rest (one of them)")
+    sources = ImageGroup("slice", tuple(_slice_list(args.slices))) if args.slices is not None else ImageGroup.parse(args.sources)
+    style = ImageGroup.parse(args.style)
+    params = AugmentParams(background=not args.keep_background, colour=not args.keep_colour, per_source=args.per_source, seed=args.donor_seed)
+    store = open_store(workspace)
+    try:
+        state = read_annotations(store, workspace, _slicing(args, workspace))
+        crowd_boxes = _crowd_object_boxes(workspace) if args.foreground == "crowd" else None
+    finally:
+        store.close()
+    training = _training_data_flags(args) or default_training_data(workspace)
+    view = load_training_view(workspace, state.slice_ids, state.relabels, training, tqdm_progress())
+    clusters = style_clusters(view.features, args.clusters)[0] if "cluster" in (sources.kind, style.kind) else None
+    core_slices = [s for s, kind in state.kinds.items() if kind == "core"]
+    root = version_root(workspace)
+    record = make_batch(root, view, sources, style, params, args.foreground, clusters, core_slices, crowd_boxes, args.max_images, tqdm_progress())
+    if args.accept:
+        record = accept_batch(root, record.batch_id)
+    print(f"{record.batch_id} ({record.state}): {record.images:,} counterfactuals of {sources.describe()} in the style of {style.describe()} — "
+          + ", ".join(f"{name} {count:,}" for name, count in record.per_class.items())
+          + (f"; {record.left_out:,} images without a usable object left out" if record.left_out else ""))
+    print(f"wrote {root.path / 'augmentations' / record.batch_id}")
+    if args.out is not None:
+        written = _write_batch_pictures(batch_images(root, record.batch_id), args.out)
+        print(f"wrote {written:,} PNG files and labels.csv to {args.out}")
+    if not args.accept:
+        print(f"accept it with: python -m core batches {root.path} --accept {record.batch_id}")
+
+
+def _crowd_object_boxes(workspace):
+    """The latest crowd campaign's boxes named by a class name, per image id."""
+    from core.crowd.pipeline import latest_campaign
+    from core.mitigation.batches import object_boxes
+
+    store = _open_campaign_store(workspace)
+    try:
+        campaign = latest_campaign(workspace, store)
+        if campaign is None:
+            raise SliceScopeError("the workspace has no crowd campaign to take boxes from", "run one (python -m core campaign), or use --foreground segmentation")
+        return object_boxes(store.boxes_frame(campaign.id), workspace.classes)
+    finally:
+        store.close()
+
+
+def _write_batch_pictures(arrays, out: Path) -> int:
+    import pandas as pd
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for number, pixels in enumerate(arrays["pixels"]):
+        name = f"{number:05d}.png"
+        Image.fromarray(pixels).save(out / name)
+        names.append(name)
+    pd.DataFrame({"path": names, "label": arrays["labels"], "source_id": arrays["source_ids"], "donor_id": arrays["donor_ids"]}).to_csv(out / "labels.csv", index=False)
+    return len(names)
+
+
+def _run_batches(args) -> None:
+    from core.mitigation.batches import accept_batch, batch_history, discard_batch, interrupted_batches
+    from core.versions import version_root
+    from core.workspace import Workspace
+
+    root = version_root(Workspace(args.workspace))
+    if args.accept or args.discard:
+        record = accept_batch(root, args.accept) if args.accept else discard_batch(root, args.discard)
+        print(f"{record.batch_id} is {record.state}")
+        return
+    history = batch_history(root)
+    for name in interrupted_batches(root):
+        print(f"{name} was interrupted while being made and does not count; make it again")
+    print(history.to_string(index=False) if len(history) else "no augmentation batches yet: make one with python -m core augment")
 
 
 def _run_mitigate(args) -> None:
+    from core.mitigation.batches import accepted_batch_ids
     from core.mitigation.loop import evaluate_version, mitigate, plan_mitigation, read_annotations
     from core.mitigation.robustness import read_metrics
     from core.store import open_store
-    from core.training import TrainingData
+    from core.versions import version_root
     from core.workspace import Workspace
 
     workspace = Workspace(args.workspace)
     params = training_params(args)
-    training = None
-    if args.train_data is not None:
-        training = TrainingData(args.train_data.expanduser().resolve(), args.train_split, args.val_split)
+    training = _training_data_flags(args)
+    methods = _methods(args.methods)
+    batches = [part.strip() for part in (args.batches or "").split(",") if part.strip()]
+    if "augment" in methods and not batches:
+        batches = accepted_batch_ids(version_root(workspace))
     store = open_store(workspace)
     try:
         state = read_annotations(store, workspace, _slicing(args, workspace))
         treated = _slice_list(args.slices)
-        if args.source is None and treated is None:
-            raise SliceScopeError("mitigate needs the slices to treat", "pass --from annotations, --from propagation, or --slices 1,2,3")
-        job = plan_mitigation(workspace, state, args.source or "annotations", args.out, args.threshold, params, training, treated=treated)
-        print(f"treating slices {', '.join(map(str, job.treated_slices))}; {len(job.relabels)} images relabelled")
+        if "corm" in methods and args.source is None and treated is None:
+            raise SliceScopeError("CoRM needs the slices to treat", "pass --from annotations, --from propagation, or --slices 1,2,3")
+        job = plan_mitigation(workspace, state, args.source or "annotations", args.out, args.threshold, params, training, treated=treated,
+                              methods=methods, batches=batches, group_column=args.group_column)
+        print(f"retraining with {' + '.join(job.methods)}"
+              + (f"; CoRM treats slices {', '.join(map(str, job.treated_slices))}" if "corm" in job.methods else "")
+              + (f"; batches {', '.join(job.batches)}" if job.batches else "") + f"; {len(job.relabels)} images relabelled")
         version = mitigate(job, state, progress=tqdm_progress())
         print(f"new version ready: {version.path} (model: {job.folder})")
         for member in (workspace, version):
@@ -574,7 +710,7 @@ def _run_concepts(args) -> None:
 
 COMMANDS = {
     "demo": _run_demo, "scan": _run_scan, "status": _run_status, "accept-model": _run_accept_model, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
-    "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
+    "augment": _run_augment, "batches": _run_batches, "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
 }
 
 

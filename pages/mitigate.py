@@ -1,4 +1,5 @@
-"""Mitigate page: choose the slices to treat, preview CoRM, retrain in the background and watch it live.
+"""Mitigate page: choose the slices to treat, preview CoRM, pick the methods (CoRM, augmentation batches, slice-balanced,
+last layer), retrain in the background and watch it live.
 
 The retraining is ``python -m core mitigate`` in a process of its own session,
 so the page stays responsive and the job outlives the browser tab and the
@@ -30,6 +31,7 @@ from core.mitigation import (
     SOURCES,
     AnnotationState,
     TrainingParams,
+    accepted_batch_ids,
     choose_treated_slices,
     corm_preview,
     job_folder,
@@ -140,8 +142,8 @@ def _board(out: Path, polled: bool) -> None:
             elif reason:
                 st.caption(reason)
             st.caption(f"Log: {log_path(out)}")
-        if status and "treated_images" in status:
-            st.caption(f"{status['treated_images']:,} training images of the treated slices get CoRM noise.")
+        if status and phase in LIVE_PHASES and status.get("message") and not history:
+            st.caption(status["message"])
         if history:
             st.plotly_chart(history_figure(history, epochs), width="stretch", key=f"history-{out.name}")
         if phase in CANCELLABLE_PHASES:
@@ -269,20 +271,36 @@ def preview(workspace_path: str, state: AnnotationState, treated: list[int]) -> 
     return sigma, noise_region
 
 
+METHOD_LABELS = {
+    "corm": "CoRM: noise on the treated slices' attribution regions",
+    "augment": "Augmentation: accepted counterfactual batches (Augment page)",
+    "reweight": "Slice-balanced: sample every (label, slice) group equally often",
+    "last_layer": "Last layer only: refit on frozen features (seconds)",
+}
+
+
 def start_form(
     workspace: Workspace, state: AnnotationState, source: str, threshold: float, treated: list[int], sigma: float, noise_region: str, busy: bool,
 ) -> None:
     st.subheader("Retrain")
     defaults = TrainingParams()
+    accepted = accepted_batch_ids(version_root(workspace))
     with st.form("mitigate_training"):
+        default_methods = ["corm"] if treated else ["augment", "reweight"] if accepted else ["reweight"]
+        methods = st.multiselect("Methods (combine them freely; CoRM needs the whole network)", list(METHOD_LABELS), default=default_methods,
+                                 format_func=METHOD_LABELS.get, key="mitigate_methods")
+        chosen_batches = st.multiselect("Augmentation batches", accepted, default=accepted, key="mitigate_batches",
+                                        help="Accepted batches of this model line; make and accept them on the Augment page.")
+        from_scratch = st.checkbox("Train from scratch (fresh weights) instead of fine-tuning", False, key="mitigate_from_scratch",
+                                   help="Shortcuts the current weights already encode can survive fine-tuning; counterfactuals work best from scratch.")
         columns = st.columns(3)
         epochs = columns[0].number_input("Epochs", 1, 200, defaults.epochs, key="mitigate_epochs")
         learning_rate = columns[1].number_input("Learning rate", 1e-5, 0.5, defaults.learning_rate, format="%.4f", step=1e-4, key="mitigate_lr",
                                                 help="Peak of the one-cycle schedule.")
         batch_size = columns[2].number_input("Batch size", 1, 4096, defaults.batch_size, key="mitigate_batch_size")
         where = "the attribution masks" if noise_region == "attribution" else "everything outside the object masks"
-        st.caption(f"Fine-tunes {workspace.name} with CoRM noise σ = {sigma:.1f} on {where} (set above) and the relabels, then scans the evaluation "
-                   f"images into a new version and evaluates it. It runs in the background: you can leave this page.")
+        st.caption(f"Retrains {workspace.name} (CoRM noise σ = {sigma:.1f} on {where}, set above, when CoRM is chosen) with the relabels, then scans "
+                   f"the evaluation images into a new version and evaluates it. It runs in the background: you can leave this page.")
         started = st.form_submit_button("Start retraining", type="primary", icon=":material/model_training:", disabled=busy)
     if busy:
         st.caption("A retraining is running: wait for it, or cancel it, to start another.")
@@ -290,8 +308,9 @@ def start_form(
         return
     try:
         params = TrainingParams(epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size), sigma=float(sigma),
-                                noise_region=noise_region)
-        job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params, treated=treated)
+                                noise_region=noise_region, from_scratch=from_scratch)
+        job = plan_mitigation(workspace, state, source, next_version_path(workspace), threshold, params, treated=treated,
+                              methods=methods, batches=chosen_batches if "augment" in methods else ())
     except SliceScopeError as error:
         show_error(error)
         return
@@ -359,21 +378,22 @@ def main() -> None:
         st.subheader("Classifier board")
         board(watched)
 
+    busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE_PHASES
     if not state.kinds:
         st.info(
             f"None of {selection.slicing_label} is annotated yet. On the Slices page, pick slices whose images show a shortcut "
             "(a background, a colour, a watermark) and annotate them **spurious**, and a few that show the object itself **core**; "
-            "then come back here to retrain the model without those shortcuts. From a terminal: "
-            f"`python -m core annotate {workspace.path} --slice N --kind spurious`.",
+            "then come back here to retrain the model without those shortcuts (CoRM, or counterfactuals from the Augment page). "
+            f"From a terminal: `python -m core annotate {workspace.path} --slice N --kind spurious`. "
+            "Slice-balanced and last-layer retraining need no annotation.",
             icon=":material/edit_note:",
         )
+        start_form(workspace, state, "annotations", DEFAULT_THRESHOLD, [], TrainingParams().sigma, "attribution", busy)
         return
     annotations_view(state, selection.slicing_label, table, columns)
     source, threshold, treated = choose_slices(annotations, table, columns)
-    if treated:
-        sigma, noise_region = preview(path, state, treated)
-        busy = watched is not None and phase_of(watched, read_status(watched)) in LIVE_PHASES
-        start_form(workspace, state, source, threshold, treated, sigma, noise_region, busy)
+    sigma, noise_region = preview(path, state, treated) if treated else (TrainingParams().sigma, "attribution")
+    start_form(workspace, state, source, threshold, treated, sigma, noise_region, busy)
     try:
         exports(workspace, state, table, source, threshold, treated)
     except SliceScopeError as error:

@@ -26,7 +26,16 @@ from app.board import (
 from app.store import store_for
 from app.ui import selected_workspace, show_error, streamlit_progress
 from core.errors import SliceScopeError
-from core.mitigation import REGION_SOURCES, Slicing, evaluate_version, read_metrics, relabelled_count, slice_changes, version_board
+from core.mitigation import (
+    REGION_SOURCES,
+    Slicing,
+    evaluate_version,
+    read_metrics,
+    relabelled_count,
+    slice_changes,
+    training_recipe,
+    version_board,
+)
 from core.versions import read_version
 from core.views import plural, version_label
 from core.workspace import Workspace, is_workspace
@@ -42,6 +51,7 @@ BOARD_COLUMNS = {
     "name": "Name",
     "mitigation": "Mitigation",
     "treated_slices": st.column_config.NumberColumn("Treated slices", width="small"),
+    "batches": st.column_config.TextColumn("Augmentation batches", help="Accepted batches of the Augment page this version was trained with"),
     **METRIC_COLUMNS,
     "worst_group": "Worst group",
     "relabelled": st.column_config.NumberColumn("Relabelled", width="small", format="%d",
@@ -90,10 +100,18 @@ def version_details(row: pd.Series, chosen: str, current: str) -> None:
     job, parent = info["job"], Path(info["parent"])
     params = job["params"]
     before = read_metrics(Workspace(parent)) if is_workspace(parent) else None
+    methods = job.get("methods", ["corm"])
+    what = [f"trained with {training_recipe(job)}"]
+    if "corm" in methods:
+        what.append(f"CoRM on slices {', '.join(map(str, job['treated_slices']))} ({job['slicing']}), {info['treated_images']:,} training images noised (σ = {params['sigma']:g})")
+    if job.get("batches"):
+        what.append(f"{info.get('augmented_images', 0):,} counterfactuals from {', '.join(job['batches'])}")
+    if "reweight" in methods:
+        what.append(f"sampling balanced over (label, {job.get('group_column') or 'slice'})")
     st.caption(
-        f"Retrained from {Workspace(parent).name if is_workspace(parent) else f'{parent} (no longer there)'} at {info['created']} · treated slices {', '.join(map(str, job['treated_slices']))} "
-        f"({job['source']}, {job['slicing']}) · {info['treated_images']:,} training images with CoRM noise · {len(job['relabels']):,} relabelled · "
-        f"{params['epochs']} epoch{'s' if params['epochs'] != 1 else ''}, learning rate {params['learning_rate']:g}, batch {params['batch_size']}, σ = {params['sigma']:g}"
+        f"Retrained from {Workspace(parent).name if is_workspace(parent) else f'{parent} (no longer there)'} at {info['created']} · " + " · ".join(what)
+        + f" · {len(job['relabels']):,} relabelled · {params['epochs']} epoch{'s' if params['epochs'] != 1 else ''}, learning rate {params['learning_rate']:g}, "
+        f"batch {params['batch_size']}"
     )
     after = read_metrics(Workspace(path))
     if before is None or after is None:
@@ -143,7 +161,9 @@ def main() -> None:
     st.title(f"Versions · {board['name'].iat[0]}")
     st.caption("The original model and every version retrained from it on the Mitigate page, with their robustness metrics.")
     board["current"] = ["▶" if member == path else "" for member in board["path"]]
-    st.dataframe(board[list(BOARD_COLUMNS)], hide_index=True, column_config=BOARD_COLUMNS)
+    group_columns = {name: st.column_config.ProgressColumn(name.removeprefix("group: "), min_value=0.0, max_value=1.0, format="percent")
+                     for name in board.columns if name.startswith("group: ")}
+    st.dataframe(board[list(BOARD_COLUMNS) + list(group_columns)], hide_index=True, column_config={**BOARD_COLUMNS, **group_columns})
     evaluated = board.dropna(subset=["clean_acc"])
     if evaluated["regions"].nunique() > 1:
         st.warning("The versions were evaluated with different regions, so their numbers do not compare: re-evaluate them all with the same regions.",

@@ -609,6 +609,11 @@ class CampaignStore(DatabaseStore):
         # Without a platform id the assignment stands in for the worker, so distinct workers still count apart.
         return row.worker_id or f"assignment-{row.assignment_id}"
 
+    def boxes_frame(self, campaign_id: int, include_rejected: bool = False) -> pd.DataFrame:
+        """The campaign's boxes, one row each: image, worker, term and corners in image pixels."""
+        records = [(row.image_id, self._worker(row), row.entity_type, row.x0, row.y0, row.x1, row.y1) for row in self._boxes(campaign_id, include_rejected)]
+        return pd.DataFrame(records, columns=["image_id", "worker_id", "entity_type", "x0", "y0", "x1", "y1"])
+
     def annotations_frame(self, campaign_id: int, include_rejected: bool = False) -> pd.DataFrame:
         """The campaign's boxes as core.concepts reads them: one row per box attribute, every value a string."""
         records = [

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -173,7 +173,7 @@ def build_demo(out: str | Path, preset: str = "full", progress: ProgressFn | Non
         marker = out / COMPLETE_MARKER
         if marker.is_file():
             recorded = json.loads(marker.read_text())
-            if recorded.get("config") == asdict(config):
+            if _built_with(recorded.get("config"), config):
                 return DemoResult(out, pd.DataFrame(recorded["group_accuracy"]))
             raise SliceScopeError(f"{out} holds a demo built with other settings", "choose another `out` folder")
         metadata = _build_data(out / "data", config, report)
@@ -193,6 +193,19 @@ def build_demo(out: str | Path, preset: str = "full", progress: ProgressFn | Non
         group_accuracy.to_csv(out / "models" / "group_accuracy.csv", index=False)
         save_json(marker, {"config": asdict(config), "preset": preset, "group_accuracy": rows})
     return DemoResult(out, group_accuracy)
+
+
+def _built_with(recorded: dict | None, config) -> bool:
+    """Whether the config recorded in ``demo.json`` is ``config``.
+
+    Both are compared as JSON, where tuples are lists. A setting missing from the
+    record was added after the demo was built and counts at its default, since
+    defaults draw what was drawn before the setting existed.
+    """
+    if recorded is None:
+        return False
+    defaults = {field.name: field.default for field in fields(config) if field.default is not MISSING}
+    return json.loads(json.dumps({**defaults, **recorded})) == json.loads(json.dumps(asdict(config)))
 
 
 def _build_data(data_dir: Path, config, report: ProgressFn) -> pd.DataFrame:

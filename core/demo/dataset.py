@@ -54,8 +54,9 @@ RED_CLASS = "square"
 WATERMARK_CLASS = "triangle"
 FLIPPED_CLASS, FLIPPED_LABEL = "star", "triangle"
 
-# Training/validation rates: P(attribute | class) for the shortcut class and the rest.
-WATER_RATE = {"shortcut": 0.97, "other": 0.01}
+# Training/validation rates: P(attribute | class) for the shortcut class and the rest;
+# P(water | not a circle) is ``DemoConfig.water_rate_other`` (1% by default).
+WATER_RATE_SHORTCUT = 0.97
 RED_RATE = {"shortcut": 0.97, "other": 0.01}
 WATERMARK_RATE = {"shortcut": 0.90, "other": 0.02}
 FLIP_RATE = 0.10
@@ -67,7 +68,6 @@ TEST_GROUP_SHARES = {"none": 0.35, "background": 0.35, "colour": 0.10, "watermar
 
 IMAGE_SIZE = 64
 _SUPERSAMPLE = 4  # shapes are drawn 4× larger and box-filtered, for anti-aliased edges
-_OBJECT_SIZE_PX = (12.0, 24.0)  # diameter of the circle around the shape
 # The object is blended into the background and keeps some of its texture; with
 # colours that can match the ground (green on grass, blue on water) its outline
 # is often faint.
@@ -144,13 +144,14 @@ def _rate(table: dict[str, float], cls: str, shortcut_class: str) -> float:
     return table["shortcut" if cls == shortcut_class else "other"]
 
 
-def _plan_correlated(rng: np.random.Generator, n: int) -> pd.DataFrame:
+def _plan_correlated(rng: np.random.Generator, n: int, water_rate_other: float) -> pd.DataFrame:
     """The training distribution (``train`` and ``val``): shortcuts hold ~95% of the time."""
+    water_rate = {"shortcut": WATER_RATE_SHORTCUT, "other": water_rate_other}
     parts = [
         pd.DataFrame(
             {
                 "true_class": cls,
-                "water": _exact_flags(rng, n_cls, _rate(WATER_RATE, cls, WATER_CLASS)),
+                "water": _exact_flags(rng, n_cls, _rate(water_rate, cls, WATER_CLASS)),
                 "red": _exact_flags(rng, n_cls, _rate(RED_RATE, cls, RED_CLASS)),
                 "watermark": _exact_flags(rng, n_cls, _rate(WATERMARK_RATE, cls, WATERMARK_CLASS)),
                 "label_flipped": _exact_flags(rng, n_cls, FLIP_RATE if cls == FLIPPED_CLASS else 0.0),
@@ -206,15 +207,15 @@ def _plan_test(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _plan_split(split: str, n: int, seed: int) -> pd.DataFrame:
+def _plan_split(split: str, n: int, config: DemoConfig) -> pd.DataFrame:
     """Attributes of every image of one split, shuffled, with concrete names chosen."""
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    rng = np.random.default_rng([config.seed, SPLITS.index(split)])
     if split == "test":
         plan = _plan_test(rng, n)
     elif split == "balanced_train":
         plan = _plan_balanced(rng, n)
     else:
-        plan = _plan_correlated(rng, n)
+        plan = _plan_correlated(rng, n, config.water_rate_other)
     plan = plan.iloc[rng.permutation(len(plan))].reset_index(drop=True)
     land = rng.choice(LAND_BACKGROUNDS, size=n)
     other_colours = rng.choice([c for c in COLOURS if c != "red"], size=n)
@@ -360,7 +361,8 @@ _STAMP_COLOUR, _STAMP_COVERAGE = _stamp()
 
 def _place_object(rng: np.random.Generator, radius: float) -> tuple[float, float]:
     """A centre keeping the shape inside the image and clear of the stamp corner,
-    so that the object never reveals whether a watermark could be there."""
+    so that the object never reveals whether a watermark could be there (one
+    exists for any size up to ``config.MAX_OBJECT_SIZE_PX``)."""
     x0, y0, _, _ = STAMP_BOX
     while True:
         cx, cy = rng.uniform(radius + 1, IMAGE_SIZE - radius - 1, 2)
@@ -368,12 +370,17 @@ def _place_object(rng: np.random.Generator, radius: float) -> tuple[float, float
             return float(cx), float(cy)
 
 
-def render_image(rng: np.random.Generator, true_class: str, background: str, colour: str, watermark: bool):
-    """Draw one image; return it (uint8 H×W×3), the visible object mask and drawing facts."""
+def render_image(
+    rng: np.random.Generator, true_class: str, background: str, colour: str, watermark: bool, object_size_px: tuple[float, float]
+):
+    """Draw one image; return it (uint8 H×W×3), the visible object mask and drawing facts.
+
+    ``object_size_px`` is the (min, max) diameter of the circle around the shape.
+    """
     image = _background(rng, background)
     texture = image - image.mean(axis=(0, 1))
 
-    radius = rng.uniform(*_OBJECT_SIZE_PX) / 2
+    radius = rng.uniform(*object_size_px) / 2
     rotation = rng.uniform(0, 2 * math.pi)
     cx, cy = _place_object(rng, radius)
     big = IMAGE_SIZE * _SUPERSAMPLE
@@ -428,7 +435,7 @@ def generate_dataset(data_dir: Path, config: DemoConfig, progress: ProgressFn | 
     data_dir = Path(data_dir)
     # Without a balanced model (the quick demo) its training split is not drawn.
     sizes = {"train": config.n_train, "balanced_train": config.n_train if config.balanced_model else 0, "val": config.n_val, "test": config.n_test}
-    plan = pd.concat([_plan_split(split, n, config.seed) for split, n in sizes.items()], ignore_index=True)
+    plan = pd.concat([_plan_split(split, n, config) for split, n in sizes.items()], ignore_index=True)
     for split in SPLITS:
         (data_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         (data_dir / "masks" / split).mkdir(parents=True, exist_ok=True)
@@ -440,7 +447,9 @@ def generate_dataset(data_dir: Path, config: DemoConfig, progress: ProgressFn | 
         split = sample["split"]
         rng = np.random.default_rng([config.seed, SPLITS.index(split), sample["position"], 1])
         watermark, label_flipped = bool(sample["watermark"]), bool(sample["label_flipped"])
-        pixels, mask, facts = render_image(rng, sample["true_class"], sample["background"], sample["colour"], watermark)
+        pixels, mask, facts = render_image(
+            rng, sample["true_class"], sample["background"], sample["colour"], watermark, config.object_size_px
+        )
         image_path = f"images/{split}/{image_id:05d}.png"
         mask_path = f"masks/{split}/{image_id:05d}.png"
         Image.fromarray(pixels, "RGB").save(data_dir / image_path)

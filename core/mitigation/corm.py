@@ -34,13 +34,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn import functional
 
-from core.data import ImageIndex, Preprocess, load_index, read_image
+from core.data import load_index
 from core.errors import SliceScopeError
-from core.extract import attribute_batch, load_workspace_model, recorded_scan_config, scan, workspace_model_spec
-from core.mitigation.robustness import corrupt, load_pixels, normalise, read_object_mask, read_object_masks
+from core.extract import load_workspace_model, recorded_scan_config, scan, workspace_model_spec
+from core.mitigation.batches import load_batches, read_batch
+from core.mitigation.robustness import corrupt, load_pixels, normalise, read_object_masks
+from core.mitigation.trainset import as_float, attribute_training_images, load_images, slice_centroids
 from core.models import AttributionModel, load_module
 from core.progress import ProgressFn, silent
 from core.training import TrainingData
@@ -48,12 +51,14 @@ from core.versions import VERSION_FILE, read_version, version_family, version_ro
 from core.workspace import Workspace, is_workspace, read_json, save_json
 
 SOURCES = ("annotations", "propagation")
+# What a retraining does; any combination, except that CoRM's fresh noise per epoch needs the whole network trained.
+METHODS = ("corm", "augment", "reweight", "last_layer")
 NOISE_REGIONS = ("attribution", "object_masks")
 JOB_FILE, STATUS_FILE, CHECKPOINT_FILE, CANCEL_FILE = "job.json", "status.json", "last-epoch.pt", "cancel"
 MODEL_FILE, TORCHSCRIPT_FILE = "model.pt", "model.torchscript.pt"
 DEFAULT_THRESHOLD = 0.5
 _VALIDATION_SHARE = 0.1
-_ATTRIBUTION_BATCH = 256
+_EVALUATION_BATCH = 256
 
 
 class Cancelled(Exception):
@@ -69,6 +74,7 @@ class TrainingParams:
     noise_region: str = "attribution"  # m: the GradCAM map, or outside the dataset's object masks
     weight_decay: float = 1e-4
     seed: int = 0
+    from_scratch: bool = False  # start from freshly initialised weights instead of the current version's
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -93,6 +99,10 @@ class MitigationJob:
     relabels: dict[str, str]
     training: TrainingData
     params: TrainingParams = field(default_factory=TrainingParams)
+    methods: tuple[str, ...] = ("corm",)
+    batches: tuple[str, ...] = ()  # accepted augmentation batches of the line (with augment)
+    batch_hashes: tuple[str, ...] = ()  # their images' sha256 when the job was planned
+    group_column: str | None = None  # reweight over this column of the training data (known groups) instead of the slices
 
     @property
     def folder(self) -> Path:
@@ -112,6 +122,9 @@ class MitigationJob:
             treated_slices=tuple(values["treated_slices"]), slicing=values["slicing"], relabels=dict(values["relabels"]),
             training=TrainingData(**{**training, "data": Path(training["data"])}),  # a job of an older version lacks the later fields
             params=TrainingParams(**values["params"]),
+            # a job of an older version was CoRM and nothing else
+            methods=tuple(values.get("methods", ("corm",))), batches=tuple(values.get("batches", ())), batch_hashes=tuple(values.get("batch_hashes", ())),
+            group_column=values.get("group_column"),
         )
 
 
@@ -119,6 +132,25 @@ def job_folder(out: Path) -> Path:
     """The job's own folder, beside the new workspace (a scan needs an empty folder of its own)."""
     out = Path(out)
     return out.with_name(f"{out.name}.training")
+
+
+def check_methods(methods: tuple[str, ...], params: TrainingParams, batches: tuple[str, ...], group_column: str | None = None) -> tuple[str, ...]:
+    """The retraining methods in their canonical order, refused when unknown or when they cannot work together."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise SliceScopeError(f"unknown mitigation method '{', '.join(unknown) or '(none)'}'", f"use one or more of: {', '.join(METHODS)}")
+    if "corm" in methods and "last_layer" in methods:
+        raise SliceScopeError("CoRM draws new noise every epoch, which a last-layer refit on frozen features cannot see",
+                              "retrain the whole network for corm (drop last_layer from `methods`)")
+    if "last_layer" in methods and params.from_scratch:
+        raise SliceScopeError("a last-layer refit keeps the current features, so it cannot start from scratch", "drop `from_scratch` or last_layer")
+    if "augment" in methods and not batches:
+        raise SliceScopeError("augmentation needs at least one accepted batch", "accept a previewed batch (`batches`), or retrain without augment")
+    if group_column is not None and "reweight" not in methods:
+        raise SliceScopeError(f"`group_column` {group_column} balances groups, but reweight is not among the methods", "add reweight to `methods`")
+    if batches and "augment" not in methods:
+        raise SliceScopeError("batches were named but augment is not among the methods", "add augment to `methods`, or leave out `batches`")
+    return tuple(method for method in METHODS if method in methods)
 
 
 def choose_treated_slices(kinds: dict[int, str], spuriousness: np.ndarray | None, source: str, threshold: float = DEFAULT_THRESHOLD) -> list[int]:
@@ -165,66 +197,6 @@ def _write_status(job: MitigationJob, state: str, message: str, history: list[di
     })
 
 
-# ---------------------------------------------------------------------------- data
-
-
-def _load_split(
-    index: ImageIndex, size: int, relabels: dict[str, str], classes: list[str], progress: ProgressFn, step: str, with_masks: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """All images of a split as uint8 (N × 3 × S × S; a quarter of float32's memory), label indices and, when asked, object masks (N × S × S)."""
-    preprocess = Preprocess(size, "none")
-    unknown = sorted(set(index.table["label"]) - set(classes))
-    if unknown:
-        raise SliceScopeError(f"the training data has labels the model does not know: {', '.join(unknown[:5])}", "use training data with the model's classes")
-    table = index.table
-    if with_masks and "mask_path" not in table.columns:
-        raise SliceScopeError("the training data has no mask_path column, so there are no object masks to put the noise around",
-                              "put the noise on the attribution masks instead (`noise_region` attribution)")
-    mask_paths = table["mask_path"] if with_masks else [None] * len(table)
-    pixels, labels, masks = [], [], []
-    for done, (image_id, path, label, mask_path) in enumerate(zip(table["image_id"], table["path"], table["label"], mask_paths), start=1):
-        try:
-            image = read_image(index.absolute_path(path)).image
-        except (OSError, ValueError):
-            continue  # an unreadable training image is left out, as a scan leaves it out
-        pixels.append(np.rint(preprocess.to_array(image) * 255).astype(np.uint8))
-        labels.append(classes.index(relabels.get(image_id, label)))
-        if with_masks:
-            masks.append(np.rint(read_object_mask(index.absolute_path(mask_path), size) * 255).astype(np.uint8))
-        if done % 500 == 0 or done == len(table):
-            progress(step, done, len(table))
-    if not pixels:
-        raise SliceScopeError(f"none of the {len(table)} training images could be read", "check the training data path")
-    return torch.from_numpy(np.stack(pixels)), torch.tensor(labels, dtype=torch.long), torch.from_numpy(np.stack(masks)) if with_masks else None
-
-
-def _as_float(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels.float().div_(255.0)
-
-
-@torch.no_grad()
-def _slice_centroids(workspace: Workspace, slice_ids: np.ndarray) -> torch.Tensor:
-    features = torch.from_numpy(np.array(workspace.array("attribution_features"), dtype=np.float32))
-    ids = torch.from_numpy(np.asarray(slice_ids, dtype=np.int64))
-    n_slices = int(ids.max()) + 1
-    sums = torch.zeros(n_slices, features.shape[1]).index_add_(0, ids, features)
-    counts = torch.bincount(ids, minlength=n_slices).clamp_min(1)[:, None]
-    return sums / counts
-
-
-def attribute_training_images(model: AttributionModel, pixels: torch.Tensor, normalize: str, centroids: torch.Tensor, progress: ProgressFn) -> tuple[np.ndarray, torch.Tensor]:
-    """Each training image's nearest slice (by F_W) and its GradCAM map (N × h × w)."""
-    nearest, cams = [], []
-    total = len(pixels)
-    for start in range(0, total, _ATTRIBUTION_BATCH):
-        batch = normalise(_as_float(pixels[start:start + _ATTRIBUTION_BATCH]), normalize).to(model.device)
-        result = attribute_batch(model, batch)
-        nearest.append(torch.cdist(result.attribution_features.cpu(), centroids).argmin(dim=1))
-        cams.append(result.gradcam.cpu().half())
-        progress("finding the treated training images", min(total, start + _ATTRIBUTION_BATCH), total)
-    return torch.cat(nearest).numpy(), torch.cat(cams)
-
-
 # ---------------------------------------------------------------------------- training
 
 
@@ -259,13 +231,27 @@ def _evaluate(module: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tenso
     module.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(labels), _ATTRIBUTION_BATCH):
-            batch = normalise(_as_float(pixels[start:start + _ATTRIBUTION_BATCH]), normalize).to(device)
-            target = labels[start:start + _ATTRIBUTION_BATCH].to(device)
+        for start in range(0, len(labels), _EVALUATION_BATCH):
+            batch = normalise(as_float(pixels[start:start + _EVALUATION_BATCH]), normalize).to(device)
+            target = labels[start:start + _EVALUATION_BATCH].to(device)
             logits = module(batch)
             loss += functional.cross_entropy(logits, target, reduction="sum").item()
             correct += (logits.argmax(1) == target).sum().item()
     return loss / max(1, len(labels)), correct / max(1, len(labels))
+
+
+def _sampling_weights(labels: torch.Tensor, groups: np.ndarray) -> torch.Tensor:
+    """Group-balanced sampling over (label, slice) groups: each group drawn equally often (JTT/DFR with discovered slices as groups)."""
+    keys = pd.Series(labels.numpy()).astype(str) + "|" + pd.Series(groups).astype(str)
+    weights = 1.0 / keys.map(keys.value_counts()).to_numpy(dtype=np.float64)
+    return torch.from_numpy(weights / weights.sum())
+
+
+def _epoch_order(data: dict, generator: torch.Generator) -> torch.Tensor:
+    n = len(data["labels"])
+    if data.get("weights") is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(data["weights"], n, replacement=True, generator=generator)
 
 
 def _train(
@@ -277,7 +263,7 @@ def _train(
     report: ProgressFn,
     should_stop: Callable[[], bool],
 ) -> list[dict]:
-    """Fine-tune ``module`` from the current version with CoRM noise, resuming from the last epoch saved."""
+    """Fine-tune ``module`` (or train it from scratch) with the job's methods, resuming from the last epoch saved."""
     params = job.params
     optimizer = torch.optim.AdamW(module.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     steps_per_epoch = -(-len(data["labels"]) // params.batch_size)
@@ -293,17 +279,17 @@ def _train(
         generator.set_state(saved["generator"])
         history = json.loads(saved["history"])
     size = data["pixels"].shape[-1]
+    with_noise = "corm" in job.methods and params.sigma > 0
     for epoch in range(len(history) + 1, params.epochs + 1):
         started = time.perf_counter()
         module.train()
         total_loss, correct, seen = 0.0, 0, 0
-        order = torch.randperm(len(data["labels"]), generator=generator)
-        for step, batch in enumerate(order.split(params.batch_size), start=1):
+        for step, batch in enumerate(_epoch_order(data, generator).split(params.batch_size), start=1):
             if should_stop():
                 raise Cancelled()
-            pixels = _as_float(data["pixels"][batch])
+            pixels = as_float(data["pixels"][batch])
             treated = data["treated"][batch]
-            if treated.any() and params.sigma > 0:
+            if with_noise and treated.any():
                 rows = batch[treated]
                 region = outside_objects(data["object_masks"][rows]) if params.noise_region == "object_masks" else spurious_region(data["cams"][rows], size)
                 pixels[treated] = corrupt(pixels[treated], region, params.sigma, generator)
@@ -333,31 +319,139 @@ def _train(
     return history
 
 
+def last_linear_layer(module: torch.nn.Module) -> torch.nn.Linear:
+    """The model's final linear layer (the last ``nn.Linear`` it holds), which a last-layer refit retrains."""
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise SliceScopeError("the model has no linear layer to refit", "retrain the whole network (drop last_layer from `methods`)")
+    return layers[-1]
+
+
+@torch.no_grad()
+def _layer_inputs(module: torch.nn.Module, layer: torch.nn.Linear, pixels: torch.Tensor, normalize: str, device: torch.device,
+                  report: ProgressFn, step: str) -> torch.Tensor:
+    """What ``layer`` receives for each image (the frozen features a last-layer refit trains on)."""
+    captured: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _module, inputs, _output: captured.append(inputs[0].detach().flatten(1).cpu()))
+    module.eval()
+    try:
+        for start in range(0, len(pixels), _EVALUATION_BATCH):
+            module(normalise(as_float(pixels[start:start + _EVALUATION_BATCH]), normalize).to(device))
+            report(step, min(len(pixels), start + _EVALUATION_BATCH), len(pixels))
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def _refit_last_layer(
+    job: MitigationJob, module: torch.nn.Module, device: torch.device, data: dict, normalize: str, report: ProgressFn, should_stop: Callable[[], bool],
+) -> list[dict]:
+    """DFR (Kirichenko et al.): retrain only the final linear layer, on frozen features, with the job's sampling.
+
+    The features are computed once, so an epoch costs a pass over a small matrix:
+    seconds where full retraining takes minutes. Not checkpointed: a resumed job
+    simply refits again.
+    """
+    params = job.params
+    layer = last_linear_layer(module)
+    features = _layer_inputs(module, layer, data["pixels"], normalize, device, report, "computing frozen features")
+    val_features = _layer_inputs(module, layer, data["val_pixels"], normalize, device, report, "computing validation features")
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    for parameter in layer.parameters():
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    generator = torch.Generator().manual_seed(params.seed)
+    history: list[dict] = []
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        total_loss, correct = 0.0, 0
+        order = _epoch_order(data, generator)
+        for batch in order.split(params.batch_size):
+            if should_stop():
+                raise Cancelled()
+            labels = data["labels"][batch].to(device)
+            logits = layer(features[batch].to(device))
+            loss = functional.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(batch)
+            correct += (logits.argmax(1) == labels).sum().item()
+        with torch.no_grad():
+            val_logits = layer(val_features.to(device))
+            val_labels = data["val_labels"].to(device)
+            val_loss = functional.cross_entropy(val_logits, val_labels).item()
+            val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
+        history.append({"epoch": epoch, "train_loss": total_loss / len(order), "train_acc": correct / len(order), "val_loss": val_loss,
+                        "val_acc": val_acc, "seconds": round(time.perf_counter() - started, 2)})
+        _write_status(job, "training", f"epoch {epoch} of {params.epochs} done (last layer)", history)
+        report("refitting the last layer", epoch, params.epochs)
+    return history
+
+
+def _reinitialise(module: torch.nn.Module) -> None:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    torch.random.set_rng_state(generator_state)
+
+
 def _prepare(job: MitigationJob, parent: Workspace, slice_ids: np.ndarray, report: ProgressFn) -> tuple[dict, torch.nn.Module, AttributionModel]:
     attribution_model = load_workspace_model(parent)
     normalize = parent.manifest["transforms"]["normalize"]
     classes = parent.classes
     size = attribution_model.image_size
     index = load_index(job.training.data, job.training.split)
-    with_masks = job.params.noise_region == "object_masks"
-    pixels, labels, object_masks = _load_split(index, size, job.relabels, classes, report, "loading training images", with_masks)
+    with_masks = "corm" in job.methods and job.params.noise_region == "object_masks"
+    loaded = load_images(index, size, job.relabels, classes, report, "loading training images", with_masks, job.group_column)
+    groups = loaded.groups
+    pixels, labels, object_masks = loaded.pixels, loaded.labels, loaded.object_masks
     if job.training.validation_split is not None:
-        val_index = load_index(job.training.data, job.training.validation_split)
-        val_pixels, val_labels, _ = _load_split(val_index, size, job.relabels, classes, report, "loading validation images")
+        validation = load_images(load_index(job.training.data, job.training.validation_split), size, job.relabels, classes, report, "loading validation images")
+        val_pixels, val_labels = validation.pixels, validation.labels
     else:
         held_out = torch.randperm(len(labels), generator=torch.Generator().manual_seed(job.params.seed))
         n_val = max(1, int(len(labels) * _VALIDATION_SHARE))
         val_pixels, val_labels = pixels[held_out[:n_val]], labels[held_out[:n_val]]
         pixels, labels = pixels[held_out[n_val:]], labels[held_out[n_val:]]
         object_masks = None if object_masks is None else object_masks[held_out[n_val:]]
-    nearest, cams = attribute_training_images(attribution_model, pixels, normalize, _slice_centroids(parent, slice_ids), report)
-    treated = torch.from_numpy(np.isin(nearest, job.treated_slices))
-    data = {"pixels": pixels, "labels": labels, "val_pixels": val_pixels, "val_labels": val_labels, "cams": cams, "treated": treated,
-            "object_masks": object_masks}
+        groups = None if groups is None else groups[held_out[n_val:].numpy()]
+    originals = len(labels)
+    if "augment" in job.methods:
+        extra_pixels, extra_labels = load_batches(version_root(parent), job.batches, classes)
+        _check_batch_hashes(job, parent)
+        if extra_pixels.shape[1:3] != (size, size):
+            raise SliceScopeError(f"the batches' images are {extra_pixels.shape[1]} px but the model reads {size} px", "make the batches from this model line")
+        pixels = torch.cat([pixels, torch.from_numpy(extra_pixels).permute(0, 3, 1, 2).contiguous()])
+        labels = torch.cat([labels, torch.from_numpy(extra_labels).long()])
+    attribution = attribute_training_images(attribution_model, pixels, normalize, slice_centroids(parent, slice_ids), report)
+    treated = torch.from_numpy(np.isin(attribution.nearest_slice, job.treated_slices) & (np.arange(len(labels)) < originals))
+    data = {"pixels": pixels, "labels": labels, "val_pixels": val_pixels, "val_labels": val_labels, "cams": attribution.cams, "treated": treated,
+            "object_masks": object_masks, "augmented": len(labels) - originals,
+            "weights": _sampling_weights(labels, _balance_groups(job, attribution.nearest_slice, groups, originals)) if "reweight" in job.methods else None}
     module = load_module(workspace_model_spec(parent)).to(attribution_model.device)
+    if job.params.from_scratch:
+        _reinitialise(module)
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     return data, module, attribution_model
+
+
+def _balance_groups(job: MitigationJob, nearest_slice: np.ndarray, groups: np.ndarray | None, originals: int) -> np.ndarray:
+    """What reweighting balances: each image's slice, or its value of ``job.group_column`` (counterfactuals form a group of their own)."""
+    if groups is None:
+        return nearest_slice
+    return np.concatenate([groups, np.full(len(nearest_slice) - originals, "counterfactual")])
+
+
+def _check_batch_hashes(job: MitigationJob, parent: Workspace) -> None:
+    """A resumed job must train on the very batches it was planned with."""
+    current = tuple(read_batch(version_root(parent), batch_id).sha256 for batch_id in job.batches)
+    if job.batch_hashes and current != job.batch_hashes:
+        raise SliceScopeError("an augmentation batch changed since this retraining was planned", "plan the retraining again (choose another `out`)")
 
 
 def _save_model(job: MitigationJob, module: torch.nn.Module, size: int, device: torch.device) -> Path:
@@ -376,7 +470,7 @@ def run_mitigation(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Workspace:
-    """Relabel, retrain with CoRM and scan the evaluation images into ``job.out``; resumable.
+    """Relabel, retrain with the job's methods and scan the evaluation images into ``job.out``; resumable.
 
     ``slice_ids`` is the parent's slicing that ``job.treated_slices`` refers to.
     Returns the new version's workspace. A re-run of an interrupted job with the
@@ -387,6 +481,7 @@ def run_mitigation(
     folder = job.folder
     if is_workspace(job.out):
         raise SliceScopeError(f"{job.out} already holds a workspace", "choose another `out` folder for the new version")
+    check_methods(job.methods, job.params, job.batches, job.group_column)
     folder.mkdir(parents=True, exist_ok=True)
     job_path = folder / JOB_FILE
     if job_path.is_file():
@@ -401,9 +496,10 @@ def run_mitigation(
     try:
         _write_status(job, "preparing", "loading and attributing the training images", history)
         data, module, attribution_model = _prepare(job, parent, slice_ids, report)
-        treated_count = int(data["treated"].sum())
-        _write_status(job, "training", f"{treated_count:,} of {len(data['labels']):,} training images get CoRM noise", history, treated_images=treated_count)
-        history = _train(job, module, attribution_model.device, data, parent.manifest["transforms"]["normalize"], report, stop)
+        treated_count = int(data["treated"].sum()) if "corm" in job.methods else 0
+        _write_status(job, "training", _training_message(job, data, treated_count), history, treated_images=treated_count)
+        retrain = _refit_last_layer if "last_layer" in job.methods else _train
+        history = retrain(job, module, attribution_model.device, data, parent.manifest["transforms"]["normalize"], report, stop)
         checkpoint = _save_model(job, module, attribution_model.image_size, attribution_model.device)
         _write_status(job, "scanning", "scanning the evaluation images with the new model", history, treated_images=treated_count)
         base = recorded_scan_config(parent)
@@ -414,7 +510,7 @@ def run_mitigation(
         save_json(workspace.path / VERSION_FILE, {
             "number": number, "parent": str(parent.path), "root": str(root.path),
             "created": datetime.now(UTC).isoformat(timespec="seconds"), "job": job.to_dict(),
-            "treated_images": treated_count, "history": history,
+            "treated_images": treated_count, "augmented_images": data["augmented"], "history": history,
         })
         _write_status(job, "done", f"version {number} is ready: {workspace.path}", history, treated_images=treated_count)
         return workspace
@@ -424,6 +520,19 @@ def run_mitigation(
     except SliceScopeError as error:
         _write_status(job, "failed", str(error), history)
         raise
+
+
+def _training_message(job: MitigationJob, data: dict, treated_count: int) -> str:
+    parts = [f"{len(data['labels']):,} training images"]
+    if data["augmented"]:
+        parts.append(f"{data['augmented']:,} of them counterfactuals from {len(job.batches)} batch{'es' if len(job.batches) > 1 else ''}")
+    if "corm" in job.methods:
+        parts.append(f"{treated_count:,} get CoRM noise")
+    if "reweight" in job.methods:
+        parts.append("sampled evenly over (label, slice) groups")
+    if "last_layer" in job.methods:
+        parts.append("only the last layer is refitted")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------- versions

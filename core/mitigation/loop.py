@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from core.errors import SliceScopeError
+from core.mitigation.batches import read_batch
 from core.mitigation.corm import (
     DEFAULT_THRESHOLD,
     MitigationJob,
     TrainingParams,
+    check_methods,
     choose_treated_slices,
     run_mitigation,
 )
@@ -96,23 +98,35 @@ def plan_mitigation(
     training: TrainingData | None = None,
     propagation: PropagationParams = PropagationParams(),
     treated: Sequence[int] | None = None,
+    methods: Sequence[str] = ("corm",),
+    batches: Sequence[str] = (),
+    group_column: str | None = None,
 ) -> MitigationJob:
-    """The job that treats the slices ``source`` picks (annotations, or propagation ≥ threshold), or exactly ``treated``.
+    """The job that retrains with ``methods`` (see :data:`core.mitigation.corm.METHODS`) and, for CoRM, treats the slices
+    ``source`` picks (annotations, or propagation ≥ threshold), or exactly ``treated``.
 
     An explicit ``treated`` list is how the app hands the CLI the slices the analyst saw
     (with the propagation settings of their page) and how a job is resumed unchanged.
+    ``batches`` are accepted augmentation batches of the line (for ``augment``); ``group_column``
+    makes ``reweight`` balance a column of the training data (known groups) instead of the slices.
     """
-    if treated is None:
+    methods = check_methods(tuple(methods), params, tuple(batches), group_column)
+    root = version_root(workspace)
+    hashes = tuple(read_batch(root, batch_id).sha256 for batch_id in batches)
+    if treated is None and "corm" not in methods:
+        treated = []
+    elif treated is None:
         scores = spuriousness(workspace, state, propagation) if source == "propagation" else None
         treated = choose_treated_slices(state.kinds, scores, source, threshold)
     else:
         treated = sorted({int(s) for s in treated})
         n_slices = int(state.slice_ids.max()) + 1
-        if not treated or treated[0] < 0 or treated[-1] >= n_slices:
+        if (not treated and "corm" in methods) or (treated and (treated[0] < 0 or treated[-1] >= n_slices)):
             raise SliceScopeError(f"slices {', '.join(map(str, treated)) or '(none)'} are not all in {state.slicing}", f"name slices from 0 to {n_slices - 1}")
     return MitigationJob(
         parent=workspace.path, out=Path(out).expanduser().resolve(), source=source, treated_slices=tuple(treated),
         slicing=state.slicing, relabels=dict(state.relabels), training=training or default_training_data(workspace), params=params,
+        methods=methods, batches=tuple(batches), batch_hashes=hashes, group_column=group_column,
     )
 
 
@@ -127,12 +141,20 @@ def mitigate_arguments(job: MitigationJob) -> list[str]:
     slicing = Slicing.from_name(job.slicing)
     params, training = job.params, job.training
     arguments = [
-        "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--slices", ",".join(map(str, job.treated_slices)),
+        "mitigate", str(job.parent), "--from", job.source, "--out", str(job.out), "--method", ",".join(m.replace("_", "-") for m in job.methods),
         "--epochs", str(params.epochs), "--lr", repr(params.learning_rate), "--batch-size", str(params.batch_size),
         "--sigma", repr(params.sigma), "--noise-region", params.noise_region.replace("_", "-"), "--train-data", str(training.data),
-        "--representation", slicing.representation, "--method", slicing.params.method, "--k", str(slicing.params.k),
+        "--representation", slicing.representation, "--slicing-method", slicing.params.method, "--k", str(slicing.params.k),
         "--seed", str(slicing.params.seed),
     ]
+    if job.treated_slices:
+        arguments += ["--slices", ",".join(map(str, job.treated_slices))]
+    if job.batches:
+        arguments += ["--batches", ",".join(job.batches)]
+    if job.group_column is not None:
+        arguments += ["--group-column", job.group_column]
+    if params.from_scratch:
+        arguments.append("--from-scratch")
     if training.split is not None:
         arguments += ["--train-split", training.split]
     if training.validation_split is not None:
@@ -171,26 +193,44 @@ def _root_slices_for(workspace: Workspace, root: Workspace, root_slice_ids: np.n
 
 
 def version_board(workspace: Workspace) -> pd.DataFrame:
-    """One row per version of ``workspace``'s line with its metrics (NaN where not evaluated yet)."""
+    """One row per version of ``workspace``'s line with what it was trained with and its metrics (NaN where not evaluated yet).
+
+    ``group: NAME`` columns hold per-group accuracy when the dataset has ground-truth groups.
+    """
     rows = []
     for member in version_family(workspace):
         info = read_version(member) or {}
         metrics = read_metrics(member) or {}
         job = info.get("job", {})
-        noise_on_object_masks = job.get("params", {}).get("noise_region") == "object_masks"
         rows.append({
             "version": info.get("number", 1),
             "name": member.name,
             "path": str(member.path),
             "parent": Path(info["parent"]).name if info else "",
-            "mitigation": job.get("source", "original model") + (" (noise outside object masks)" if noise_on_object_masks else ""),
+            "mitigation": training_recipe(job) if job else "original model",
             "treated_slices": len(job.get("treated_slices", [])),
+            "batches": ", ".join(job.get("batches", [])),
             "created": info.get("created", member.manifest.get("created", "")),
             **{key: metrics.get(key, np.nan) for key in ("clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc", "relabelled")},
             "worst_group": metrics.get("worst_group", ""),
             "regions": metrics.get("regions", ""),
+            **{f"group: {group}": accuracy for group, accuracy in metrics.get("group_acc", {}).items() if not group.startswith("slice ")},
         })
     return pd.DataFrame(rows)
+
+
+def training_recipe(job: dict) -> str:
+    """A version's retraining in words, from its recorded job: "augment + reweight (from scratch)", "corm (propagation)"…"""
+    methods = job.get("methods", ["corm"])  # jobs of older versions were CoRM only
+    words = " + ".join(method.replace("_", "-") for method in methods)
+    details = []
+    if "corm" in methods:
+        details.append(job.get("source", "annotations") + (", noise outside object masks" if job.get("params", {}).get("noise_region") == "object_masks" else ""))
+    if job.get("group_column"):
+        details.append(f"balanced by {job['group_column']}")
+    if job.get("params", {}).get("from_scratch"):
+        details.append("from scratch")
+    return words + (f" ({'; '.join(details)})" if details else "")
 
 
 def slice_changes(before: Workspace, after: Workspace, threshold: float = 0.05) -> pd.DataFrame:

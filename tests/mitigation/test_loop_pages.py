@@ -122,14 +122,15 @@ def test_mitigate_page_without_annotations_says_what_to_do(home):
     selection = app.session_state["selection"]
     assert message.startswith(f"None of {selection.slicing_label} is annotated yet.")
     assert "attribution space (F_W)" in selection.slicing_label
-    assert not app.get("form_submit_button") and not app.get("image")
+    assert not app.get("image")  # no CoRM preview without slices to treat…
+    assert app.multiselect(key="mitigate_methods").value == ["reweight"]  # …but methods that need no annotation are offered
 
 
 def test_nothing_to_treat_is_explained_in_one_line(home, root):
     annotate(root, {1: "core"})
     app = open_page("mitigate")
     assert [error.value for error in app.error] == ["no slice is annotated spurious — annotate the slices to treat, or take them from propagation (`source`)"]
-    assert not app.get("form_submit_button")
+    assert "corm" not in app.multiselect(key="mitigate_methods").value  # CoRM has nothing to treat; the other methods remain
 
 
 def test_an_unusable_database_is_an_error_not_a_traceback(home, monkeypatch):
@@ -263,7 +264,7 @@ def test_the_cli_arguments_plan_the_same_job_again(root):
     assert plan_mitigation(root, state, "propagation", job.out, threshold=0.9, params=params, treated=treated) == job  # the named slices win
     assert Slicing.from_name(job.slicing) == Slicing("attribution", default_slice_params(len(root.images)))
     assert arguments[arguments.index("--k") + 1] == str(default_k(len(root.images)))
-    assert arguments[arguments.index("--method") + 1] == DEFAULT_SLICING.method
+    assert arguments[arguments.index("--slicing-method") + 1] == DEFAULT_SLICING.method
     with pytest.raises(SliceScopeError, match="are not all in"):
         plan_mitigation(root, state, "propagation", job.out, treated=[999])
 

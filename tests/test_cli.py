@@ -176,4 +176,4 @@ def test_mitigate_needs_slices_from_somewhere(tiny_demo, tmp_path):
     result = run_cli("mitigate", str(tiny_demo / "workspace"), "--out", str(tmp_path / "v2"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: mitigate needs the slices to treat — pass --from annotations, --from propagation, or --slices 1,2,3")
+        "error: CoRM needs the slices to treat — pass --from annotations, --from propagation, or --slices 1,2,3")

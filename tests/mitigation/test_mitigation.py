@@ -120,7 +120,7 @@ def test_mitigation_makes_a_new_version_and_leaves_the_old_one_intact(line, stor
         assert set(json.loads((member.path / "metrics.json").read_text())) >= {"clean_acc", "core_acc", "spurious_acc", "rcs", "worst_group_acc"}
         assert metrics.n_images == len(line.images)
     board = version_board(version)
-    assert board["version"].tolist() == [1, 2] and board["mitigation"].tolist() == ["original model", "propagation"]
+    assert board["version"].tolist() == [1, 2] and board["mitigation"].tolist() == ["original model", "corm (propagation)"]
     assert board[["clean_acc", "rcs"]].notna().all().all()
     changes = slice_changes(line, version)
     assert set(changes["slice"]) == {int(s) for s in read_metrics(line)["slice_acc"]}
@@ -205,7 +205,7 @@ def test_mitigating_with_object_masks_and_what_missing_masks_say(line, tmp_path,
     arguments = ["mitigate", str(line.path), "--from", "annotations", "--epochs", "1", "--batch-size", "32", "--noise-region", "object-masks"]
     assert cli_main([*arguments, "--out", str(out)]) == 0
     assert read_job(out).params.noise_region == "object_masks"
-    assert version_board(line)["mitigation"].tolist() == ["original model", "annotations (noise outside object masks)"]
+    assert version_board(line)["mitigation"].tolist() == ["original model", "corm (annotations, noise outside object masks)"]
 
     manifest = pd.read_csv(recorded_scan_config(line).data)
     manifest["path"] = [str(recorded_scan_config(line).data.parent / path) for path in manifest["path"]]

@@ -12,8 +12,9 @@ default slicing. They annotate as spurious at most five slices whose images
 all share one look and one prediction — the kind of slice whose description
 reads "background = water (95% of the slice)" and whose mosaic tile shows water:
 one cue value (water background, red colour, a watermark) in ≥ 90% of the
-slice, one prediction in ≥ 90%, at least 20 images; the largest such slice of
-each cue first, then the next largest. Nothing else about the ground truth
+slice, one prediction in ≥ 90%, at least 20 images. They read the Slice Table
+from the top, problem slices first: for each cue the first such slice (problem
+slices before the others, larger before smaller), then the next ones. Nothing else about the ground truth
 reaches a non-diagnostic row: the counterfactuals' objects are cut out by
 GrabCut on the boundary prior, never by the demo's masks.
 
@@ -22,12 +23,13 @@ propagated spuriousness reaches the threshold):
 
 * Baseline: the biased model (ERM).
 * CoRM (Annotation / Propagation): today's CoRM, fine-tuned from the baseline.
-* Augmentation (Annotation / Propagation): two batches per treated group of
-  slices, made as an analyst makes them on the Augment page: the treated
-  slices' training images onto the rest of the training set's backgrounds and
-  colours ("circles onto land"), and the rest's images onto the treated slices'
-  ("squares onto water"), 1,000 images each; retrained from scratch with the
-  batches and group-balanced sampling over (label, slice).
+* Augmentation (Annotation / Propagation): two batches per annotated slice,
+  made as an analyst makes them on the Augment page: the slice's training
+  images onto the rest of the training set's backgrounds and colours ("circles
+  onto land"), and the rest's images onto the slice's ("squares onto water"),
+  at most 1,000 images each; for Propagation, each annotated slice brings the
+  propagated slices nearest to it. Retrained from scratch with the batches and
+  group-balanced sampling over (label, slice).
 * Slice-balanced: group-balanced sampling over (label, slice), from scratch, no annotation needed.
 * Last layer: DFR, the last layer refitted on the baseline's frozen features with slice-balanced sampling.
 * Last layer + augmentation: the same, on the original and the Propagation batches' images.
@@ -67,10 +69,11 @@ from core.mitigation import (
     load_training_view,
     make_batch,
     run_mitigation,
+    slice_centroids,
     slice_spuriousness,
 )
 from core.progress import tqdm_progress
-from core.slicing import DEFAULT_REPRESENTATION, default_slice_params, find_slices, slicing_name
+from core.slicing import DEFAULT_REPRESENTATION, default_slice_params, find_slices, slice_table, slicing_name
 from core.training import default_training_data
 from core.workspace import Workspace
 
@@ -84,13 +87,19 @@ def analyst_slices(images: pd.DataFrame, slice_ids: np.ndarray) -> list[int]:
     frame = images.assign(slice=slice_ids)
     sizes = frame.groupby("slice").size()
     prediction_share = frame.groupby("slice")["prediction"].agg(lambda v: v.value_counts(normalize=True).iloc[0])
+    flagged = slice_table(images, slice_ids).set_index("slice")["flagged"].reindex(sizes.index, fill_value=False)
     candidates: list[list[int]] = []
     for column, value in CUES.items():
         share = frame[column].astype(str).str.lower().eq(value).groupby(frame["slice"]).mean()
         ok = (share >= _ANALYST["cue"]) & (prediction_share >= _ANALYST["prediction"]) & (sizes >= _ANALYST["min_size"])
-        candidates.append(sizes[ok].sort_values(ascending=False).index.tolist())
-    chosen = [c[0] for c in candidates if c]
-    rest = sorted({s for c in candidates for s in c[1:]} - set(chosen), key=lambda s: -sizes[s])
+        # the Slice Table lists problem slices first, and an analyst reads it from the top
+        candidates.append(sorted(sizes[ok].index, key=lambda s: (not flagged[s], -sizes[s])))
+    chosen: list[int] = []
+    for cue_candidates in candidates:
+        first = next((s for s in cue_candidates if s not in chosen), None)
+        if first is not None:
+            chosen.append(first)
+    rest = sorted({s for c in candidates for s in c} - set(chosen), key=lambda s: (not flagged[s], -sizes[s]))
     return [int(s) for s in (chosen + rest)[: _ANALYST["count"]]]
 
 
@@ -102,17 +111,25 @@ class Row:
     analyst_driven: bool = True
 
 
-def make_batches(baseline: Workspace, view, treated: list[int], tag: str, progress) -> list[str]:
-    """The two batches an analyst makes for a group of spurious slices, accepted."""
+def make_batches(baseline: Workspace, view, groups: list[list[int]], tag: str, progress) -> list[str]:
+    """The two batches an analyst makes for each group of spurious slices, accepted: its images onto the rest's look, the rest onto its look."""
     made = []
-    group = ImageGroup("slice", tuple(treated))
-    for sources, style in ((group, ImageGroup("rest")), (ImageGroup("rest"), group)):
-        record = make_batch(baseline, view, sources, style, AugmentParams(seed=len(made)), max_images=BATCH_IMAGES, progress=progress)
-        accept_batch(baseline, record.batch_id)
-        print(f"{tag}: {record.batch_id} {sources.describe()} → style of {style.describe()}: {record.images} images "
-              f"({', '.join(f'{k} {v}' for k, v in record.per_class.items())}), {record.left_out} left out")
-        made.append(record.batch_id)
+    for slices in groups:
+        group = ImageGroup("slice", tuple(slices))
+        for sources, style in ((group, ImageGroup("rest")), (ImageGroup("rest"), group)):
+            record = make_batch(baseline, view, sources, style, AugmentParams(seed=len(made)), max_images=BATCH_IMAGES, progress=progress)
+            accept_batch(baseline, record.batch_id)
+            print(f"{tag}: {record.batch_id} {sources.describe()} → style of {style.describe()}: {record.images} images "
+                  f"({', '.join(f'{k} {v}' for k, v in record.per_class.items())}), {record.left_out} left out")
+            made.append(record.batch_id)
     return made
+
+
+def propagated_groups(baseline: Workspace, slice_ids: np.ndarray, annotated: list[int], propagated: list[int]) -> list[list[int]]:
+    """The propagated slices, each with the annotated slice whose centroid (mean F_W) is nearest: one group per annotation."""
+    centroids = slice_centroids(baseline, slice_ids).numpy()
+    nearest = {s: annotated[int(np.argmin(np.linalg.norm(centroids[annotated] - centroids[s], axis=1)))] for s in propagated}
+    return [sorted({a} | {s for s, owner in nearest.items() if owner == a}) for a in annotated]
 
 
 def run_dataset(demo_dir: Path, preset: str, out: Path, epochs: int | None, threshold: float) -> dict[str, object]:
@@ -134,9 +151,9 @@ def run_dataset(demo_dir: Path, preset: str, out: Path, epochs: int | None, thre
 
     started = time.perf_counter()
     view = load_training_view(baseline, slice_ids, {}, training, progress)
-    annotation_batches = make_batches(baseline, view, annotated, "Annotation", progress)
-    propagation_batches = make_batches(baseline, view, propagated, "Propagation", progress)
-    augment_seconds = (time.perf_counter() - started) / 4
+    annotation_batches = make_batches(baseline, view, [[s] for s in annotated], "Annotation", progress)
+    propagation_batches = make_batches(baseline, view, propagated_groups(baseline, slice_ids, annotated, propagated), "Propagation", progress)
+    augment_seconds = (time.perf_counter() - started) / (len(annotation_batches) + len(propagation_batches))
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

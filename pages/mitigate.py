@@ -299,8 +299,9 @@ def start_form(
                                                 help="Peak of the one-cycle schedule.")
         batch_size = columns[2].number_input("Batch size", 1, 4096, defaults.batch_size, key="mitigate_batch_size")
         where = "the attribution masks" if noise_region == "attribution" else "everything outside the object masks"
-        st.caption(f"Retrains {workspace.name} (CoRM noise σ = {sigma:.1f} on {where}, set above, when CoRM is chosen) with the relabels, then scans "
-                   f"the evaluation images into a new version and evaluates it. It runs in the background: you can leave this page.")
+        corm = f" CoRM adds noise σ = {sigma:.1f} on {where} (set above)." if treated else ""
+        st.caption(f"Retrains {workspace.name} with the chosen methods and the relabels, then scans the evaluation images into a new version "
+                   f"and evaluates it.{corm} It runs in the background: you can leave this page.")
         started = st.form_submit_button("Start retraining", type="primary", icon=":material/model_training:", disabled=busy)
     if busy:
         st.caption("A retraining is running: wait for it, or cancel it, to start another.")

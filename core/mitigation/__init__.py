@@ -65,6 +65,7 @@ _EXPORTS = {
     "job_phase": "core.mitigation.jobs",
     "KERNELS": "core.mitigation.spuriousness",
     "KIND_VALUES": "core.mitigation.spuriousness",
+    "largest_component": "core.mitigation.augment",
     "last_error": "core.mitigation.jobs",
     "last_linear_layer": "core.mitigation.corm",
     "LAUNCH_MARK": "core.mitigation.jobs",

@@ -22,8 +22,9 @@ Foregrounds come, in the order the issue ranks them, from crowd workers' boxes
 (GrabCut inside the box), from attribution maps of images the analyst called
 *core* (GrabCut seeded by the map), or from GrabCut seeded by the boundary
 prior alone (the frame is background; on the demo's training images this
-reaches IoU 0.68 with the ground-truth masks, against 0.14 for thresholded
-GradCAM and 0.31 for GrabCut seeded by a biased model's GradCAM). Ground-truth
+reaches IoU 0.80 with the ground-truth masks once only its largest connected
+part is kept (0.68 without), against 0.14 for thresholded GradCAM and 0.31 for
+GrabCut seeded by a biased model's GradCAM). Ground-truth
 masks are never read here.
 """
 
@@ -66,14 +67,25 @@ class AugmentParams:
 
 
 def _grabcut(image: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """GrabCut (OpenCV) from a seed mask of GC_* labels; the seeds' probable foreground if it cannot run."""
+    """GrabCut (OpenCV) from a seed mask of GC_* labels, its largest connected part; the seeds' probable foreground if it cannot run."""
     labels = seeds.copy()
     background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
     try:
         cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, None, background_model, foreground_model, _GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # one colour everywhere, or no seed of one kind: nothing to separate
         return seeds == cv2.GC_PR_FGD
-    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    return largest_component((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest 8-connected part: the object, without the clutter GrabCut also finds distinct from the frame.
+
+    On the demo's training images this lifts IoU with the ground-truth masks from 0.68 to 0.80.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def _frame_seeds(size: int) -> np.ndarray:

@@ -47,6 +47,7 @@ STATES = ("preview", "accepted", "discarded")
 GROUP_KINDS = ("slice", "cluster", "rest")
 CLUSTER_RANGE = (2, 20)
 DEFAULT_MAX_IMAGES = 1000
+MIN_DONORS = 5  # a source needs this many style images of other classes to draw its donor from
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class BatchRecord:
     per_source_slice: dict
     per_style_cluster: dict
     foreground_counts: dict
-    left_out: int  # sources or donors without a usable object mask
+    left_out: int  # sources of the style's only class, and sources or donors without a usable object mask
     sha256: str
     clusters: int = 0  # k of the Cluster View the style refers to (0: none)
 
@@ -255,11 +256,16 @@ def make_batch(
     if len(style_rows) == 0:
         raise SliceScopeError(f"no training image belongs to {style.describe()}", "pick a style with training images")
     rng = np.random.default_rng(params.seed)
+    # A source whose class is the only one the style has cannot change context; checked before cutting out anything.
+    servable = _servable(view.labels[source_rows], view.labels[style_rows])
+    if not servable.any():
+        raise SliceScopeError(f"{style.describe()} has no images of another class than the sources'",
+                              "pick a style cluster or slice with images of other classes (or other sources)")
+    unservable = int((~servable).sum())
+    source_rows = source_rows[servable]
     wanted = max(1, max_images // params.per_source)
     if len(source_rows) > wanted:
         source_rows = np.sort(rng.choice(source_rows, wanted, replace=False))
-    # Donors only need classes other than the sources'; checking now spares cutting out objects for nothing.
-    pair_donors(view.labels[source_rows], view.labels[style_rows], 1, np.random.default_rng(0))
     style_rows = style_rows if len(style_rows) <= 2 * wanted else np.sort(rng.choice(style_rows, 2 * wanted, replace=False))
     everything = np.union1d(source_rows, style_rows)
     masks, counts = foreground_masks(view, everything, foreground, core_slices, crowd_boxes, report)
@@ -267,10 +273,16 @@ def make_batch(
     mask_of = dict(zip(everything.tolist(), range(len(everything))))
     good_sources = source_rows[usable[[mask_of[r] for r in source_rows]]]
     good_donors = style_rows[usable[[mask_of[r] for r in style_rows]]]
-    left_out = len(source_rows) - len(good_sources) + len(style_rows) - len(good_donors)
+    left_out = unservable + len(source_rows) - len(good_sources) + len(style_rows) - len(good_donors)
     if len(good_sources) == 0 or len(good_donors) == 0:
         raise SliceScopeError("no object could be cut out of the " + ("sources" if len(good_sources) == 0 else "style's images")
                               + " (every mask covered nothing or the whole image)", "take the foreground from another source, or pick other images")
+    still_servable = _servable(view.labels[good_sources], view.labels[good_donors])
+    left_out += int((~still_servable).sum())
+    good_sources = good_sources[still_servable]
+    if len(good_sources) == 0:
+        raise SliceScopeError("once objects were cut out, the style's usable images are all of the sources' class",
+                              "pick a style with more images of other classes, or another foreground source")
     donors = good_donors[pair_donors(view.labels[good_sources], view.labels[good_donors], params.per_source, rng)]
     repeated = np.repeat(good_sources, params.per_source)
     pictures = np.empty((len(repeated), *view.pixels.shape[1:]), dtype=np.uint8)
@@ -302,6 +314,13 @@ def make_batch(
     save_json(partial / BATCH_FILE, asdict(record))
     partial.replace(folder / batch_id)
     return record
+
+
+def _servable(source_labels: np.ndarray, donor_labels: np.ndarray) -> np.ndarray:
+    """Sources with at least MIN_DONORS donors of another class: fewer would paste a whole class onto one or two backgrounds."""
+    classes, counts = np.unique(donor_labels, return_counts=True)
+    others = {int(c): len(donor_labels) - int(n) for c, n in zip(classes, counts)}
+    return np.array([others.get(int(label), len(donor_labels)) >= MIN_DONORS for label in source_labels], dtype=bool)
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:

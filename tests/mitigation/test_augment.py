@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from core.cli import main as cli_main
-from core.demo import workspace_dir
 from core.errors import SliceScopeError
 from core.extract import workspace_model_spec
 from core.mitigation import (
@@ -47,9 +45,7 @@ from core.mitigation import (
     version_board,
 )
 from core.models import load_module
-from core.store import AnnotationStore
 from core.training import default_training_data
-from core.workspace import Workspace
 from tests.mitigation.test_mitigation import tree_digest
 
 SIZE = 64
@@ -145,20 +141,8 @@ def test_methods_combine_or_say_why_not():
 
 
 @pytest.fixture
-def line(tiny_demo, tmp_path, monkeypatch) -> Workspace:
-    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
-    root = tmp_path / "line" / "workspace"
-    shutil.copytree(workspace_dir(tiny_demo, "biased"), root)
-    return Workspace(root)
-
-
-@pytest.fixture
-def state(line):
-    store = AnnotationStore.for_workspace(line.path)
-    try:
-        yield read_annotations(store, line)
-    finally:
-        store.close()
+def state(line, store):
+    return read_annotations(store, line)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 import torch
 
 from core.cli import main as cli_main
-from core.demo import workspace_dir
 from core.errors import SliceScopeError
 from core.extract import recorded_scan_config
 from core.mitigation import (
@@ -54,22 +52,6 @@ def tree_digest(folder: Path) -> str:
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-@pytest.fixture
-def line(tiny_demo, tmp_path, monkeypatch) -> Workspace:
-    """A private copy of the tiny demo's biased workspace (versions are written beside it)."""
-    monkeypatch.delenv("SLICESCOPE_DATABASE_URL", raising=False)
-    root = tmp_path / "line" / "workspace"
-    shutil.copytree(workspace_dir(tiny_demo, "biased"), root)
-    return Workspace(root)
-
-
-@pytest.fixture
-def store(line):
-    opened = AnnotationStore.for_workspace(line.path)
-    yield opened
-    opened.close()
 
 
 def annotate(store: AnnotationStore, workspace: Workspace, kinds: dict[int, str]):

@@ -196,6 +196,9 @@ def run_dataset(demo_dir: Path, preset: str, out: Path, epochs: int | None, thre
         per_group = " | ".join(f"{metrics.group_acc.get(g, float('nan')):.1%}" for g in groups)
         print(f"| {row.name} | {metrics.clean_acc:.2%} | {metrics.worst_group_acc:.2%} ({metrics.worst_group}) | {per_group} | "
               f"{metrics.rcs:.3f} | {row.seconds:.0f} |")
+    seconds = {row.name: row.seconds for row in rows}
+    refit, full = seconds["Last layer (DFR on slices)"], seconds["Slice-balanced"]
+    print(f"cost: a last-layer refit (+ scan) {refit:.0f} s against full slice-balanced retraining (+ scan) {full:.0f} s: ratio {refit / full:.2f}")
     baseline_metrics = results["Baseline (ERM)"]
     candidates = [row for row in rows if row.analyst_driven and row.name != "Baseline (ERM)"]
     best = max(candidates, key=lambda row: (results[row.name].worst_group_acc, results[row.name].clean_acc))

@@ -27,6 +27,7 @@ from core.mitigation import (
     discard_batch,
     foreground_masks,
     interrupted_batches,
+    largest_component,
     last_linear_layer,
     list_batches,
     load_batches,
@@ -74,6 +75,16 @@ def test_grabcut_finds_the_object_from_the_frame_a_box_or_a_map():
     assert iou(segment_foreground(image, attribution=attribution), truth) > 0.7
     with pytest.raises(SliceScopeError, match="outside"):
         segment_foreground(image, box=(80, 80, 90, 90))
+
+
+def test_clutter_apart_from_the_object_is_left_out():
+    image, truth = scene(0)
+    image[5:9, 50:58] = (250, 250, 40)  # a small leaf, far from the disc
+    mask = segment_foreground(image)
+    assert not mask[5:9, 50:58].any() and iou(mask, truth) > 0.7
+    two_blobs = np.zeros((SIZE, SIZE), bool)
+    two_blobs[10:30, 10:30], two_blobs[40:44, 40:44] = True, True
+    assert largest_component(two_blobs).sum() == 400
 
 
 def test_masks_that_cover_nothing_or_everything_are_not_objects():
@@ -202,6 +213,13 @@ def test_bad_sources_and_styles_get_one_line(line, view):
     clusters = np.where(view.labels == circle, 0, 1)
     with pytest.raises(SliceScopeError, match="no images of another class"):
         make_batch(line, view, ImageGroup("cluster", (0,)), ImageGroup("cluster", (0,)), clusters=clusters)
+    # circles among the sources of a circles-only style are left out (and counted), the others are served
+    with_a_mixed_cluster = clusters.copy()
+    with_a_mixed_cluster[circles_only[:4]] = 2
+    with_a_mixed_cluster[np.flatnonzero(view.labels != circle)[:4]] = 2
+    mixed = make_batch(line, view, ImageGroup("cluster", (2,)), ImageGroup("cluster", (0,)), clusters=with_a_mixed_cluster)
+    assert "circle" not in mixed.per_class and mixed.left_out >= 4
+    discard_batch(line, mixed.batch_id)
     with pytest.raises(SliceScopeError, match="cannot both be the rest"):
         make_batch(line, view, ImageGroup("rest"), ImageGroup("rest"))
     with pytest.raises(SliceScopeError, match="no object boxes"):
@@ -210,7 +228,7 @@ def test_bad_sources_and_styles_get_one_line(line, view):
         foreground_masks(view, circles_only, "attribution", core_slices=[])
     with pytest.raises(SliceScopeError, match="empty batch"):
         make_batch(line, view, ImageGroup("cluster", (0,)), ImageGroup("cluster", (1,)), clusters=clusters, max_images=0)
-    assert not batches_folder(line).exists() or list_batches(line) == []
+    assert [record.state for record in list_batches(line)] == ["discarded"]  # the refusals left no batch behind
 
 
 def test_retraining_with_batches_and_slice_balance_records_its_history(line, state, view):

@@ -185,7 +185,7 @@ def test_retraining_in_the_background_then_comparing_versions(home, root):
     app.switch_page(str(ROOT / "pages" / "versions.py")).run()
     assert not app.exception, app.exception
     board = app.dataframe[0].value
-    assert board["version"].tolist() == [1, 2] and board["mitigation"].tolist() == ["original model", "annotations"]
+    assert board["version"].tolist() == [1, 2] and board["mitigation"].tolist() == ["original model", "corm (annotations)"]
     assert board[["clean_acc", "core_acc", "spurious_acc", "rcs"]].notna().all().all()
     assert set(board["regions"]) == {"ground-truth object masks of 64 images"}  # the demo has object masks
     app.selectbox(key=f"version_pick-{root.path}").set_value(str(out)).run()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | augment | mitigate | evaluate | campaign | concepts``.
+"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | augment | mitigate | evaluate | campaign | concepts | compare``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     concepts.add_argument("--query", action="append", default=[], help="validation query, e.g. 'stamp AND NOT fish_body' (repeatable; always reported)")
     concepts.add_argument("--min-typicality", type=float, default=0.2, help="keep findings with Cramér's V at least this (default 0.2)")
     concepts.add_argument("--alpha", type=float, default=0.05, help="significance level of the chi-square tests (default 0.05)")
+    compare = commands.add_parser("compare", help="IMACS: compare two model versions by what they attribute, in clusters of similar image segments")
+    compare.add_argument("workspace_a", type=Path, help="model A's workspace (its training data also trains the embedding model)")
+    compare.add_argument("workspace_b", type=Path, help="model B's workspace: the same images scanned by a model of the same classes")
+    compare.add_argument("--class", dest="class_name", metavar="NAME", required=True, help="the class to compare the models on, one against the rest")
+    compare.add_argument("--out", type=Path, required=True, help="folder to write segments.csv (one row per segment) and clusters.csv (one row per cluster) to")
+    compare.add_argument("--k", type=int, default=8, help="clusters of segments (default 8)")
+    compare.add_argument("--per-model", type=int, default=100, help="images per model, a quarter from each confusion cell (default 100, the paper's)")
+    compare.add_argument("--grid", type=int, default=4, help="segments per image side (default 4: the paper's 4 × 4 grid)")
     return parser
 
 
@@ -708,9 +716,28 @@ def _run_concepts(args) -> None:
             for row in answer.to_dict("records")))
 
 
+def _run_compare(args) -> None:
+    from core.compare import CompareParams, SegmentParams, compare_versions, estimate_seconds
+
+    params = CompareParams(per_model=args.per_model, k=args.k, segments=SegmentParams(grid=args.grid))
+    seconds = estimate_seconds(args.workspace_a, args.workspace_b, args.class_name, params)
+    print(f"comparing on {args.class_name}: about {duration_text(seconds)}" if seconds else f"comparing on {args.class_name}: cached")
+    result = compare_versions(args.workspace_a, args.workspace_b, args.class_name, params, progress=tqdm_progress())
+    for message in result.sample.messages:
+        print(f"note: {message}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.segments.to_csv(args.out / "segments.csv", index=False)
+    result.clusters.to_csv(args.out / "clusters.csv", index=False)
+    print(f"wrote {len(result.segments)} segments ({result.workspace_a}: A, {result.workspace_b}: B) to {args.out / 'segments.csv'}")
+    print(f"wrote {len(result.clusters)} clusters, largest |disparity| first, to {args.out / 'clusters.csv'}")
+    top = result.clusters.iloc[0]
+    print(f"  cluster {int(top['cluster'])}: mean attribution A {top['mean_A']:.3g}, B {top['mean_B']:.3g} ({int(top['size_A'])} and {int(top['size_B'])} segments)")
+
+
 COMMANDS = {
     "demo": _run_demo, "scan": _run_scan, "status": _run_status, "accept-model": _run_accept_model, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
     "augment": _run_augment, "batches": _run_batches, "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
+    "compare": _run_compare,
 }
 
 

@@ -1,4 +1,5 @@
-"""Augment page (DASH): Cluster View → pick a style → pick sources → preview a batch → accept or discard; the history of batches.
+"""Augment page (DASH): Cluster View → pick a style → pick sources (or bring them from the Slices page) → preview a batch →
+accept or discard; the history of batches.
 
 Counterfactuals keep each source image's object (its class evidence) and take
 the context and colour of a training image of another class from the style:
@@ -70,7 +71,9 @@ def choose_group(title: str, key: str, annotated: list[int], n_slices: int, n_cl
         return ImageGroup("rest")
     if kind == "cluster":
         return ImageGroup("cluster", (int(st.selectbox("Cluster", range(n_clusters), key=f"{key}_cluster")),))
-    chosen = st.multiselect("Slices (their nearest training images)", range(n_slices), default=[s for s in annotated if s < n_slices], key=f"{key}_slices")
+    # The Slices page may have named them already ("Augment these slices"); a default would then clash with that value.
+    default = None if f"{key}_slices" in st.session_state else [s for s in annotated if s < n_slices]
+    chosen = st.multiselect("Slices (their nearest training images)", range(n_slices), default=default, key=f"{key}_slices")
     return ImageGroup("slice", tuple(chosen)) if chosen else None
 
 

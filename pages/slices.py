@@ -12,6 +12,7 @@ that queues it for annotation.
 """
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -322,6 +323,10 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
             what += f" · {cells['title'].iat[cell]}: {len(rows):,}"
     controls = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
     controls[0].caption(what)
+    if picked_slices and not points and controls[0].button("Augment these slices", key="augment_picked", icon=":material/auto_awesome:",
+                                                           help="Make counterfactuals of their training images on the Augment page"):
+        st.session_state.update(augment_sources_kind="slice", augment_sources_slices=list(picked_slices))
+        st.switch_page(Path(__file__).with_name("augment.py"))
     heatmaps = controls[1].segmented_control("Show", ["Images", "GradCAM heatmaps"], default="Images", key="detail_mode") == "GradCAM heatmaps"
     # A new order shows other images on every page: start again from the first.
     order = controls[2].selectbox("Sort", list(MEMBER_ORDERS), format_func=MEMBER_ORDERS.get, key="detail_order",

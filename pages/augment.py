@@ -60,8 +60,9 @@ def cluster_view(view, labels: np.ndarray, distances: np.ndarray, per_column: in
             counts = pd.Series(view.labels[members]).map(dict(enumerate(view.classes))).value_counts()
             column.caption(" · ".join(f"{name} {count / members.sum():.0%}" for name, count in counts.head(3).items()))
             chosen = st.session_state.get(STYLE_KEY) == f"cluster:{cluster}"
-            column.button("Style ✓" if chosen else "Use as style", key=f"style-{cluster}", type="primary" if chosen else "secondary",
-                          on_click=st.session_state.__setitem__, args=(STYLE_KEY, f"cluster:{cluster}"), width="stretch")
+            column.button("Style ✓" if chosen else "Pick", key=f"style-{cluster}", type="primary" if chosen else "secondary",
+                          help=f"Use cluster {cluster} as the style", on_click=st.session_state.__setitem__,
+                          args=(STYLE_KEY, f"cluster:{cluster}"), width="stretch")
 
 
 def choose_group(title: str, key: str, annotated: list[int], n_slices: int, n_clusters: int, default_kind: str) -> ImageGroup | None:
@@ -168,7 +169,7 @@ def main() -> None:
         style_text = st.session_state.get(STYLE_KEY)
         if style_text and style_text.startswith("cluster:") and int(style_text.split(":")[1]) >= int(k):
             style_text = None  # a cluster of an earlier K
-        st.markdown("**Style**: " + (ImageGroup.parse(style_text).describe() if style_text else "pick a column above (Use as style), or:"))
+        st.markdown("**Style**: " + (ImageGroup.parse(style_text).describe() if style_text else "pick a column above, or:"))
         if not style_text:
             style = choose_group("Style", "augment_style_group", [], n_slices, int(k), "rest")
         else:

@@ -23,7 +23,9 @@ from core.errors import SliceScopeError
 from core.mitigation import (
     CLUSTER_RANGE,
     AugmentParams,
+    BatchRecord,
     ImageGroup,
+    TrainingView,
     accept_batch,
     batch_history,
     batch_images,
@@ -78,20 +80,19 @@ def choose_group(title: str, key: str, annotated: list[int], n_slices: int, n_cl
     return ImageGroup("slice", tuple(chosen)) if chosen else None
 
 
-def preview(root: Workspace, batch_id: str, classes: list[str]) -> None:
+def preview(root: Workspace, record: BatchRecord, view: TrainingView) -> None:
     """DASH's Augmented Image View: sources beside results, then Accept or Discard."""
+    batch_id = record.batch_id
     try:
         arrays = batch_images(root, batch_id)
     except SliceScopeError as error:
         show_error(error)
         return
-    record = next(r for r in list_batches(root) if r.batch_id == batch_id)
     st.subheader(f"Preview · {batch_id}")
     st.caption(f"{record.images:,} counterfactuals of {ImageGroup.parse(record.sources).describe()} in the style of "
                f"{ImageGroup.parse(record.style).describe()} · " + ", ".join(f"{k} {v:,}" for k, v in record.per_class.items())
                + (f" · {record.left_out:,} images without a usable object left out" if record.left_out else ""))
     shown = np.linspace(0, len(arrays["pixels"]) - 1, min(PREVIEW_PAIRS, len(arrays["pixels"]))).astype(int)
-    view = st.session_state["augment_view"]
     position = {image_id: row for row, image_id in enumerate(view.image_ids)}
     for row_start in range(0, len(shown), 6):
         for column, index in zip(st.columns(6), shown[row_start:row_start + 6]):
@@ -113,8 +114,8 @@ def preview(root: Workspace, batch_id: str, classes: list[str]) -> None:
         st.caption(f"This batch is {record.state}.")
 
 
-def accepted_summary(root: Workspace) -> None:
-    accepted = [r for r in list_batches(root) if r.state == "accepted"]
+def accepted_summary(records: list[BatchRecord]) -> None:
+    accepted = [r for r in records if r.state == "accepted"]
     if not accepted:
         st.caption("No accepted batch yet.")
         return
@@ -150,7 +151,6 @@ def main() -> None:
     except SliceScopeError as error:
         show_error(error)
         return
-    st.session_state["augment_view"] = view
 
     st.subheader("Cluster View")
     settings = st.columns([2, 2, 4])
@@ -191,11 +191,12 @@ def main() -> None:
             st.session_state[PREVIEW_KEY] = record.batch_id
         except SliceScopeError as error:
             show_error(error)
-    if st.session_state.get(PREVIEW_KEY) in {r.batch_id for r in list_batches(root)}:
-        preview(root, st.session_state[PREVIEW_KEY], view.classes)
+    records = {record.batch_id: record for record in list_batches(root)}
+    if st.session_state.get(PREVIEW_KEY) in records:
+        preview(root, records[st.session_state[PREVIEW_KEY]], view)
 
     st.subheader("Accepted images")
-    accepted_summary(root)
+    accepted_summary(list(records.values()))
     st.subheader("Augmentation history")
     history = batch_history(root)
     if history.empty:

@@ -60,8 +60,9 @@ def test_pick_a_style_preview_accept_retrain_and_see_the_history(page, augment_h
     page.goto(page.app_url + "augment")
     expect(page.locator("h1")).to_have_text(re.compile(r"^Augment · demo · biased model"))
     wait_until_idle(page)
-    expect(page.get_by_text(re.compile(r"training images read"))).to_be_visible(timeout=TIMEOUT_MS)
-    page.get_by_role("button", name="Pick", exact=True).nth(style).click()
+    pick = page.get_by_role("button", name="Pick", exact=True).nth(style)
+    expect(pick).to_be_visible(timeout=TIMEOUT_MS)  # the training images are read and clustered
+    pick.click()
     wait_until_idle(page)
     expect(page.get_by_role("button", name="Style ✓")).to_be_visible()
     expect(page.get_by_text(f"Style: cluster {style}")).to_be_visible()

@@ -225,7 +225,7 @@ def _add_hulls(figure: go.Figure, layout: np.ndarray, slice_ids: np.ndarray, sli
         ), **place)
 
 
-def _png_data_uri(rgba: np.ndarray) -> str:
+def png_data_uri(rgba: np.ndarray) -> str:
     buffer = BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -254,7 +254,7 @@ def _add_tiles(figure: go.Figure, mosaic: Mosaic, metrics: pd.DataFrame, picked:
             continue
         x_min, y_min, x_max, y_max = box
         figure.add_layout_image(
-            source=_png_data_uri(image), xref="x", yref="y", x=x_min, y=y_max, sizex=x_max - x_min, sizey=y_max - y_min,
+            source=png_data_uri(image), xref="x", yref="y", x=x_min, y=y_max, sizex=x_max - x_min, sizey=y_max - y_min,
             xanchor="left", yanchor="top", sizing="stretch", layer="below", **place,
         )
         outline = np.vstack([polygon, polygon[:1]])

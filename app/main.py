@@ -21,6 +21,7 @@ def main() -> None:
         st.Page(ROOT / "pages" / "augment.py", title="Augment", icon=":material/auto_awesome:"),
         st.Page(ROOT / "pages" / "mitigate.py", title="Mitigate", icon=":material/healing:"),
         st.Page(ROOT / "pages" / "versions.py", title="Versions", icon=":material/history:"),
+        st.Page(ROOT / "pages" / "compare.py", title="Compare", icon=":material/compare:"),
         st.Page(ROOT / "pages" / "concepts.py", title="Concepts", icon=":material/label:"),
         st.Page(ROOT / "pages" / "influence.py", title="Influence", icon=":material/hub:"),
         st.Page(ROOT / "pages" / "report.py", title="Workspace report", icon=":material/description:"),

@@ -244,6 +244,13 @@ def workspace_summary(path: str) -> dict:
     }
 
 
+def dataset_versions(path: str) -> list[str]:
+    """The ready workspaces that scanned the same images as ``path`` (``path`` first): the model versions that compare with it."""
+    dataset = workspace_summary(path)["dataset"]
+    others = [str(p) for p in discover_workspaces() if str(p) != path and workspace_status(p).state == "ready"]
+    return [path, *(other for other in others if workspace_summary(other)["dataset"] == dataset)]
+
+
 @st.cache_data(show_spinner=False)
 def load_slices(path: str, representation: str, k: int, method: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Slice id per image and the Slice Table; computed once, then read from disk."""

@@ -6,6 +6,7 @@
 * :mod:`core.compare.embedding`: segment tiles embedded by an independent third model (a small CNN trained once, or a torchvision checkpoint).
 * :mod:`core.compare.clusters`: pooled K-Means over both models' segments, per-cluster attribution and disparity.
 * :mod:`core.compare.pipeline`: :func:`compare_versions`, the whole comparison, and :func:`estimate_seconds`.
+* :mod:`core.compare.changes`: which images changed between versions (DASH's Mosaic and Trace views' data).
 
 No UI here; the names are imported on first use (:mod:`core.lazy`).
 
@@ -27,6 +28,7 @@ _EXPORTS = {
     "compare_versions": "core.compare.pipeline",
     "CompareParams": "core.compare.pipeline",
     "Comparison": "core.compare.pipeline",
+    "confusion_mosaic": "core.compare.changes",
     "crop_resize": "core.compare.embedding",
     "disagreement_sample": "core.compare.sampling",
     "draw_sample": "core.compare.sampling",
@@ -35,8 +37,11 @@ _EXPORTS = {
     "EmbeddingParams": "core.compare.embedding",
     "estimate_seconds": "core.compare.pipeline",
     "estimate_training_seconds": "core.compare.embedding",
+    "false_positive_sample": "core.compare.sampling",
     "gradcam_players": "core.compare.attribution",
     "grid_segments": "core.compare.segments",
+    "mosaic_members": "core.compare.changes",
+    "OTHER_CLASSES": "core.compare.changes",
     "outcomes": "core.compare.sampling",
     "Sample": "core.compare.sampling",
     "segment_boxes": "core.compare.segments",
@@ -48,8 +53,12 @@ _EXPORTS = {
     "shapley_values": "core.compare.attribution",
     "ShapleyParams": "core.compare.attribution",
     "ShapleyResult": "core.compare.attribution",
+    "STRATEGIES": "core.compare.sampling",
     "TileCNN": "core.compare.embedding",
+    "trace_steps": "core.compare.changes",
     "train_tile_cnn": "core.compare.embedding",
+    "version_outcomes": "core.compare.changes",
+    "VersionOutcomes": "core.compare.changes",
     "workspace_attributions": "core.compare.attribution",
 }
 __all__ = list(_EXPORTS)

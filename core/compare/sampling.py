@@ -4,7 +4,8 @@ IMACS (§4) samples 100 images per model, 200 in all, with as many true
 positives, false positives, true negatives and false negatives of the chosen
 class (one-vs-rest) as each model's own predictions give; a cluster whose
 segments come mostly from one model's sample then points at what that model
-gets wrong. §5.4 names the alternative of confident disagreements.
+gets wrong. §5.4 names the alternative of confident disagreements; one model's
+false positives ask what made it call those images the class.
 
 Both workspaces must be scans of the same images by two models with the same
 classes; the predictions and scores are the scans' own, so sampling runs no model.
@@ -24,7 +25,7 @@ from core.workspace import Workspace
 MODELS = ("A", "B")
 CELLS = ("TP", "FP", "TN", "FN")
 CELL_WORDS = {"TP": "true positives", "FP": "false positives", "TN": "true negatives", "FN": "false negatives"}
-STRATEGIES = ("balanced", "disagreement")
+STRATEGIES = ("balanced", "disagreement", "false_positives_a", "false_positives_b")
 
 
 @dataclass(frozen=True)
@@ -156,15 +157,45 @@ def disagreement_sample(workspace_a: Workspace | str, workspace_b: Workspace | s
     return Sample(class_name, "disagreement", _images_frame(chosen), pd.DataFrame(counts), messages)
 
 
+def false_positive_sample(workspace_a: Workspace | str, workspace_b: Workspace | str, class_name: str, model: str = "A",
+                          per_model: int = 100, seed: int = 0) -> Sample:
+    """Up to ``per_model`` of ``model``'s false positives of ``class_name``, drawn at random (seeded); both models are attributed on them.
+
+    What made one model call these images ``class_name``, and does the other model see the same there?
+    """
+    if model not in MODELS:
+        raise SliceScopeError(f"unknown model '{model}'", f"set `model` to one of: {', '.join(MODELS)}")
+    if not isinstance(per_model, int) or per_model < 1:
+        raise SliceScopeError(f"`per_model` = {per_model} images is not a sample", "set `per_model` to 1 or more")
+    tables = dict(zip(MODELS, _prepare(workspace_a, workspace_b, class_name)))
+    candidates = tables[model][tables[model]["cell"] == "FP"].sort_values("image_id")
+    rng = np.random.default_rng([seed, MODELS.index(model)])
+    taken_ids = candidates["image_id"].to_numpy()[np.sort(rng.choice(len(candidates), min(per_model, len(candidates)), replace=False))]
+    chosen, counts = [], []
+    for each, table in tables.items():
+        taken = table.set_index("image_id").loc[taken_ids].reset_index().assign(model=each)
+        chosen.append(taken)
+        for cell in CELLS:
+            drawn_from = (each, cell) == (model, "FP")
+            in_cell = int((taken["cell"] == cell).sum())
+            counts.append({"model": each, "cell": cell, "available": len(candidates) if drawn_from else in_cell,
+                           "requested": per_model if drawn_from else 0, "taken": in_cell})
+    messages = () if len(taken_ids) >= per_model else (
+        f"model {model} has {'no' if len(taken_ids) == 0 else f'only {len(taken_ids)}'} false positives for {class_name}, fewer than the {per_model} asked for",)
+    return Sample(class_name, f"false_positives_{model.lower()}", _images_frame(chosen), pd.DataFrame(counts), messages)
+
+
 def _images_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
     frame = pd.concat(parts, ignore_index=True)
     return frame[["model", "image_id", "cell", "label", "prediction", "score"]]
 
 
 def draw_sample(workspace_a, workspace_b, class_name: str, strategy: str = "balanced", per_model: int = 100, seed: int = 0) -> Sample:
-    """The sample by ``strategy``: ``balanced`` (the paper's) or ``disagreement``."""
+    """The sample by ``strategy``: ``balanced`` (the paper's), ``disagreement``, or one model's false positives (``false_positives_a`` / ``_b``)."""
     if strategy == "balanced":
         return balanced_sample(workspace_a, workspace_b, class_name, per_model, seed)
     if strategy == "disagreement":
         return disagreement_sample(workspace_a, workspace_b, class_name, per_model)
+    if strategy.startswith("false_positives_") and strategy in STRATEGIES:
+        return false_positive_sample(workspace_a, workspace_b, class_name, strategy.removeprefix("false_positives_").upper(), per_model, seed)
     raise SliceScopeError(f"unknown sampling '{strategy}'", f"use one of: {', '.join(STRATEGIES)}")

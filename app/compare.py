@@ -110,7 +110,7 @@ def concept_cluster_board(comparison: Comparison, segments: pd.DataFrame, order:
             chosen.append(top)
             slots += [(column, row) for column in range(len(top))]
             mean = summary.at[cluster, f"mean_{model}"]
-            labels[row] = (f"<b>cluster {cluster}</b> · A {mean:+.3g}" if model == "A" else f"disparity {summary.at[cluster, 'disparity']:+.3g} · B {mean:+.3g}")
+            labels[row] = (f"<b>cluster {cluster}</b> · A: {mean:+.3g}" if model == "A" else f"disparity {summary.at[cluster, 'disparity']:+.3g} · B: {mean:+.3g}")
     shown = pd.concat(chosen) if chosen else segments.head(0)
     largest = float(shown["attribution"].abs().max()) if len(shown) else 1.0
     board = TileBoard(

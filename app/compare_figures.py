@@ -124,16 +124,17 @@ def mosaic_view_figure(cells: pd.DataFrame, picked: list[int], names: tuple[str,
     ]
     figure.add_trace(go.Scatter(
         x=centres_x, y=centres_y, mode="markers+text", text=[f"{a}→{b}" if show else "" for a, b, show in zip(cells["count_a"], cells["count_b"], big)],
-        textfont={"size": 10}, customdata=cells[["cell"]].to_numpy(), hovertext=hover, hoverinfo="text", showlegend=False,
+        textfont={"size": 10, "color": ["#ffffff" if abs(value) > 0.6 * limit else "#222222" for value in cells["improvement"]]},
+        customdata=cells[["cell"]].to_numpy(), hovertext=hover, hoverinfo="text", showlegend=False,
         marker={"size": 14, "color": cells["improvement"], "colorscale": CHANGE_SCALE, "cmin": -limit, "cmax": limit, "opacity": 0.35,
-                "colorbar": {"title": f"better under<br>{names[1]}", "len": 0.7}, "line": {"width": 0}},
+                "colorbar": {"title": "better<br>under B", "len": 0.7}, "line": {"width": 0}},
     ))
     labels = cells.drop_duplicates("label")
     figure.update_xaxes(range=[0, 1], tickvals=((labels["x0"] + labels["x1"]) / 2).tolist(), ticktext=labels["label"].tolist(),
                         title="true class (column width: how common)", showgrid=False, zeroline=False, fixedrange=True)
     figure.update_yaxes(range=[0, 1], visible=False, fixedrange=True)
     figure.update_layout(height=460, margin={"l": 10, "r": 10, "t": 40, "b": 40}, plot_bgcolor="white",
-                         title={"text": f"Mosaic View · each cell: true → predicted, '{names[0]} count → {names[1]} count' · click cells to select (shift for several)",
+                         title={"text": "Mosaic View · cell: true → predicted class, 'count under A → under B' · click to select, shift-click for several",
                                 "font": {"size": 12}, "x": 0.01})
     return figure
 
@@ -173,8 +174,11 @@ def trace_figure(outcomes: VersionOutcomes, images: np.ndarray, steps: pd.DataFr
             figure.add_trace(go.Scatter(x=[row.step, row.step + 1], y=[level[row.source], level[row.target]], mode="lines", hoverinfo="skip",
                                         line={"color": colour, "width": 2 + 28 * row.count / largest}, opacity=0.7, showlegend=False))
     midpoints = steps[steps["count"] > 0]
+    # Fixed and broken lines cross halfway: their dots sit on the lines, before and after the crossing.
+    along = np.array([0.5 if s == t else (0.35 if t == "correct" else 0.65) for s, t in zip(midpoints["source"], midpoints["target"])])
+    sources, targets = midpoints["source"].map(level).to_numpy(), midpoints["target"].map(level).to_numpy()
     figure.add_trace(go.Scatter(
-        x=midpoints["step"] + 0.5, y=[(level[s] + level[t]) / 2 + (0.06 if s == t else 0) for s, t in zip(midpoints["source"], midpoints["target"])],
+        x=midpoints["step"] + along, y=sources + along * (targets - sources),
         mode="markers+text", text=[f"{c:,}" for c in midpoints["count"]], textposition="top center",
         customdata=midpoints.index.to_numpy()[:, None], hoverinfo="text", showlegend=False,
         hovertext=[f"{plural(c, 'image')}: {s} under {outcomes.names[st]} → {t} under {outcomes.names[st + 1]}"
@@ -186,9 +190,9 @@ def trace_figure(outcomes: VersionOutcomes, images: np.ndarray, steps: pd.DataFr
     figure.update_xaxes(range=[-0.3, n_versions - 0.7], tickvals=list(range(n_versions)), showgrid=False, zeroline=False, fixedrange=True,
                         ticktext=[f"{name}<br>{share:.0%} correct" for name, share in zip(outcomes.names, accuracy)])
     figure.update_yaxes(range=[-0.35, 1.35], tickvals=[1, 0], ticktext=list(STATES), showgrid=False, zeroline=False, fixedrange=True)
-    drawn = "one line per image" if per_image else f"bands (over {max_lines} images), width ∝ count"
-    figure.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 50}, plot_bgcolor="white", dragmode=False,
-                         title={"text": f"Trace View · {plural(len(images), 'image')}, {drawn} · red: fixed, blue: broken · click a dot to select its images",
+    drawn = "a line each" if per_image else "bands ∝ count"
+    figure.update_layout(height=400, margin={"l": 10, "r": 10, "t": 60, "b": 50}, plot_bgcolor="white", dragmode=False,
+                         title={"text": f"Trace View · {plural(len(images), 'image')}, {drawn}<br>red: fixed, blue: broken · click a dot to select",
                                 "font": {"size": 12}, "x": 0.01})
     return figure
 
@@ -227,7 +231,7 @@ def cluster_confusion_figure(segments: pd.DataFrame, cluster: int, class_name: s
         for cell, (row, col) in layout.items():
             here = mine[mine["cell"] == cell]
             counts[row, col] = len(here)
-            mean = f"<br>mean {here['attribution'].mean():+.3g}" if len(here) else ""
+            mean = f"<br>{here['attribution'].mean():+.3g} per segment" if len(here) else ""
             text[row, col] = f"{cell}: {len(here)}{mean}"
         figure.add_trace(go.Heatmap(z=counts, text=text, texttemplate="%{text}", colorscale="Purples" if model == "A" else "YlOrBr",
                                     showscale=False, x=[f"predicted {class_name}", "predicted other"], y=[f"is {class_name}", "is other"],
@@ -238,14 +242,19 @@ def cluster_confusion_figure(segments: pd.DataFrame, cluster: int, class_name: s
     return figure
 
 
-def cluster_plots_figure(segments: pd.DataFrame, cluster: int) -> go.Figure:
-    """One cluster's composition (segments per confusion cell and model) and importance (mean attribution per model, ±1 s.e.)."""
+def cluster_plots_figure(segments: pd.DataFrame, cluster: int, per: str = "image") -> go.Figure:
+    """One cluster's composition (segments per confusion cell and model) and importance (mean attribution per model, ±1 s.e.),
+    averaged ``per`` image (its segments in the cluster summed, as the cluster summary does) or per segment."""
     members = segments[segments["cluster"] == cluster]
-    figure = make_subplots(rows=1, cols=2, subplot_titles=["composition", "importance (mean attribution)"], horizontal_spacing=0.15)
+    if per == "image":
+        averaged = members.groupby(["model", "image_id"])["attribution"].sum().reset_index()
+    else:
+        averaged = members
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["composition (segments)", f"importance (attribution per {per})"], horizontal_spacing=0.15)
     for cell in CELLS:
         counts = [int(((members["model"] == model) & (members["cell"] == cell)).sum()) for model in ("A", "B")]
         figure.add_trace(go.Bar(x=["model A", "model B"], y=counts, name=cell, marker_color=CELL_COLOURS[cell]), row=1, col=1)
-    stats = members.groupby("model")["attribution"].agg(["mean", "sem"]).reindex(["A", "B"]).fillna(0.0)
+    stats = averaged.groupby("model")["attribution"].agg(["mean", "sem"]).reindex(["A", "B"]).fillna(0.0)
     figure.add_trace(go.Bar(x=["model A", "model B"], y=stats["mean"], error_y={"type": "data", "array": stats["sem"]}, showlegend=False,
                             marker_color=[MODEL_COLOURS["A"], MODEL_COLOURS["B"]]), row=1, col=2)
     figure.update_layout(barmode="stack", height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h", "y": -0.15})
@@ -259,9 +268,10 @@ def position_heatmap_figure(segments: pd.DataFrame, cluster: int, image_size: in
     centre_y = ((members["y0"] + members["y1"]) / 2 / image_size * grid).clip(0, grid - 1e-9).astype(int)
     counts = np.zeros((grid, grid))
     np.add.at(counts, (centre_y.to_numpy(), centre_x.to_numpy()), 1)
-    figure = go.Figure(go.Heatmap(z=counts, colorscale="Greys", showscale=False, hovertemplate="%{z:.0f} segments<extra></extra>"))
+    figure = go.Figure(go.Heatmap(z=counts, colorscale="Greys", showscale=False, xgap=1, ygap=1, hovertemplate="%{z:.0f} segments<extra></extra>"))
     figure.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
     figure.update_xaxes(visible=False)
+    figure.update_layout(plot_bgcolor="#dddddd")
     figure.update_layout(height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                          title={"text": "where in the image", "font": {"size": 12}, "x": 0.01})
     return figure

@@ -19,8 +19,9 @@ files only), so every run starts cold and the demo's own caches stay as they wer
    the clusters with the largest share of that kind; their rank and whether
    the biased model attributes them more are printed.
 2. Shapley values over 16 grid segments of --timing-images held-out images
-   for both models, with each permutation's coalitions batched into one model
-   call (perturbations_per_eval = 16) and one coalition per call
+   for both models, three ways: the default batching (coalitions per model
+   call so that a call holds about 64 images), a whole permutation's 16
+   coalitions per call (perturbations_per_eval = 16) and one coalition per call
    (perturbations_per_eval = 1), the same images per captum call; --timing-samples
    permutations (the ratio does not depend on how many).
 
@@ -41,7 +42,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.compare import CompareParams, ShapleyParams, class_score, compare_versions, estimate_seconds, grid_segments, shapley_values
+from core.compare import (
+    BASELINES,
+    CompareParams,
+    ShapleyParams,
+    class_score,
+    cluster_summary,
+    compare_versions,
+    estimate_seconds,
+    grid_segments,
+    shapley_values,
+)
 from core.demo import build_demo, default_demo_dir, workspace_dir
 from core.demo.dataset import STAMP_BOX
 from core.extract import load_workspace_model
@@ -105,18 +116,24 @@ def compare_class(a: Workspace, b: Workspace, class_name: str, params: ComparePa
     print(f"\n## {class_name}: biased (A) vs balanced (B), {seconds:.0f} s (estimated {estimate:.0f} s)\n")
     for message in result.sample.messages:
         print(f"note: {message}")
-    columns = ["rank", "cluster", "size_A", "size_B", "mean_A", "mean_B", "disparity", *[f"{name} %" for name in KINDS]]
+    columns = ["rank", "cluster", "size_A", "size_B", "images_A", "images_B", "mean_A", "mean_B", "disparity", *[f"{name} %" for name in KINDS]]
     print(table[columns].to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     more = "biased" if shortcut["mean_A"] > shortcut["mean_B"] else "balanced"
     print(f"\n{kind} cluster: {int(shortcut['cluster'])} ({int(shortcut['count'])} {kind} segments, {shortcut[f'{kind} %']:.0f}% of the cluster), rank {int(shortcut['rank'])} of {len(table)} "
           f"by |disparity|; the {more} model attributes it more (mean {shortcut['mean_A']:.4f} vs {shortcut['mean_B']:.4f})")
+    other = "segment" if params.cluster_mean == "image" else "image"
+    ranked = cluster_summary(result.segments, params.k, other)
+    place = ranked.index[ranked["cluster"] == shortcut["cluster"]][0]
+    print(f"with means per {other} instead: rank {place + 1} (mean {ranked.at[place, 'mean_A']:.4f} vs {ranked.at[place, 'mean_B']:.4f})")
     return {"rank": int(shortcut["rank"]), "biased_more": more == "biased"}, seconds
 
 
 def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int) -> None:
-    """Seconds of Shapley values for both models with a permutation per model call, and with a coalition per call."""
+    """Seconds of Shapley values for both models with the default batching, a whole permutation per model call, and a coalition per call."""
     timings = {}
-    for label, per_eval in (("batched (perturbations_per_eval=16)", None), ("one at a time (perturbations_per_eval=1)", 1)):
+    variants = (("batched, the default (about 64 images per model call)", None), ("a whole permutation per call (perturbations_per_eval=16)", 16),
+                ("one at a time (perturbations_per_eval=1)", 1))
+    for label, per_eval in variants:
         params = ShapleyParams(n_samples=n_samples, perturbations_per_eval=per_eval)
         seconds = 0.0
         for workspace in workspaces:
@@ -133,8 +150,8 @@ def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int) ->
     print(f"\n## Shapley values: 16 segments × {n_images} images × 2 models, {n_samples} permutations, 16 images per captum call\n")
     for label, seconds in timings.items():
         print(f"{label}: {seconds:.1f} s")
-    batched, single = timings.values()
-    print(f"one at a time / batched: {single / batched:.2f}×")
+    batched, whole, single = timings.values()
+    print(f"one at a time / batched: {single / batched:.2f}× (one at a time / a whole permutation per call: {single / whole:.2f}×)")
 
 
 def main() -> None:
@@ -143,11 +160,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--per-model", type=int, default=100)
     parser.add_argument("--n-samples", type=int, default=10, help="Shapley permutations per image in the comparisons")
+    parser.add_argument("--baseline", choices=BASELINES, default=ShapleyParams().baseline, help="what an excluded segment shows")
+    parser.add_argument("--blur-sigma", type=float, default=ShapleyParams().blur_sigma, help="the blur baseline's sigma, as a share of the image side")
     parser.add_argument("--timing-images", type=int, default=200)
     parser.add_argument("--timing-samples", type=int, default=2)
     args = parser.parse_args()
     build_demo(args.demo)
-    params = CompareParams(per_model=args.per_model, k=args.k, shapley=replace(ShapleyParams(), n_samples=args.n_samples))
+    params = CompareParams(per_model=args.per_model, k=args.k, shapley=replace(ShapleyParams(), n_samples=args.n_samples, baseline=args.baseline,
+                                                                                  blur_sigma=args.blur_sigma))
     print(f"demo {args.demo}; {params}; torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="slicescope-compare-") as folder:
         biased = cold_copy(workspace_dir(args.demo, "biased"), Path(folder) / "workspace")

@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--k", type=int, default=8, help="clusters of segments (default 8)")
     compare.add_argument("--per-model", type=int, default=100, help="images per model, a quarter from each confusion cell (default 100, the paper's)")
     compare.add_argument("--grid", type=int, default=4, help="segments per image side (default 4: the paper's 4 × 4 grid)")
+    compare.add_argument("--sampling", default="balanced", help="which images: balanced (default, the paper's: equal TP, FP, TN, FN per model), "
+                         "disagreement (where the models disagree, most confident first), false_positives_a or false_positives_b (one model's)")
+    compare.add_argument("--baseline", default="mean_colour",
+                         help="what a left-out segment shows: mean_colour (default: the dataset's mean colour) or blur (a blurred copy, the paper's)")
     return parser
 
 
@@ -717,9 +721,10 @@ def _run_concepts(args) -> None:
 
 
 def _run_compare(args) -> None:
-    from core.compare import CompareParams, SegmentParams, compare_versions, estimate_seconds
+    from core.compare import CompareParams, SegmentParams, ShapleyParams, compare_versions, estimate_seconds
 
-    params = CompareParams(per_model=args.per_model, k=args.k, segments=SegmentParams(grid=args.grid))
+    params = CompareParams(per_model=args.per_model, k=args.k, sampling=args.sampling, segments=SegmentParams(grid=args.grid),
+                           shapley=ShapleyParams(baseline=args.baseline))
     seconds = estimate_seconds(args.workspace_a, args.workspace_b, args.class_name, params)
     print(f"comparing on {args.class_name}: about {duration_text(seconds)}" if seconds else f"comparing on {args.class_name}: cached")
     result = compare_versions(args.workspace_a, args.workspace_b, args.class_name, params, progress=tqdm_progress())
@@ -731,7 +736,8 @@ def _run_compare(args) -> None:
     print(f"wrote {len(result.segments)} segments ({result.workspace_a}: A, {result.workspace_b}: B) to {args.out / 'segments.csv'}")
     print(f"wrote {len(result.clusters)} clusters, largest |disparity| first, to {args.out / 'clusters.csv'}")
     top = result.clusters.iloc[0]
-    print(f"  cluster {int(top['cluster'])}: mean attribution A {top['mean_A']:.3g}, B {top['mean_B']:.3g} ({int(top['size_A'])} and {int(top['size_B'])} segments)")
+    print(f"  cluster {int(top['cluster'])}: attribution per image A {top['mean_A']:.3g}, B {top['mean_B']:.3g} "
+          f"({int(top['images_A'])} and {int(top['images_B'])} images, {int(top['size_A'])} and {int(top['size_B'])} segments)")
 
 
 COMMANDS = {

@@ -39,7 +39,17 @@ from app.compare_figures import (
     trace_figure,
 )
 from app.ui import dataset_versions, load_images, load_workspace, selected_workspace, show_error, streamlit_progress, workspace_summary
-from core.compare import STRATEGIES, CompareParams, SegmentParams, VersionOutcomes, confusion_mosaic, mosaic_members, trace_steps
+from core.compare import (
+    BASELINES,
+    STRATEGIES,
+    CompareParams,
+    SegmentParams,
+    ShapleyParams,
+    VersionOutcomes,
+    confusion_mosaic,
+    mosaic_members,
+    trace_steps,
+)
 from core.errors import SliceScopeError
 from core.views import plural
 
@@ -49,9 +59,10 @@ SAMPLING_LABELS = {
     "false_positives_a": "Model A's false positives",
     "false_positives_b": "Model B's false positives",
 }
+BASELINE_LABELS = {"mean_colour": "the dataset's mean colour", "blur": "a blurred copy (IMACS)"}
 DETAIL_LIMIT = 48  # images shown in the detail view; the rest are counted and reach the Slices page whole
 STATE_DEFAULTS = {"compare_cells": [], "compare_cell_ids": [], "compare_trace_ids": [], "compare_trace_source": "", "compare_tile": None,
-                  "compare_request": None, "compare_to_slices": False}
+                  "compare_request": False, "compare_to_slices": False}
 
 
 def _name(path: str) -> str:
@@ -173,7 +184,7 @@ def detail_view(outcomes: VersionOutcomes, path_a: str) -> list[str]:
 
 def comparison_form(path_a: str, path_b: str) -> tuple[str, CompareParams] | None:
     classes = load_workspace(path_a).classes
-    columns = st.columns([1, 2, 1, 1, 1])
+    columns = st.columns([1, 2, 1, 1, 1, 1])
     class_name = columns[0].selectbox("Class", classes, key="compare_class")
     sampling = columns[1].selectbox("Sample", STRATEGIES, format_func=SAMPLING_LABELS.get, key="compare_sampling")
     per_model = columns[2].number_input("Images per model", min_value=8, max_value=1000, value=100, step=20, key="compare_per_model",
@@ -181,19 +192,23 @@ def comparison_form(path_a: str, path_b: str) -> tuple[str, CompareParams] | Non
     k = columns[3].number_input("Clusters (K)", min_value=2, max_value=40, value=8, key="compare_k")
     grid = columns[4].number_input("Grid (segments per side)", min_value=2, max_value=8, value=4, key="compare_grid",
                                    help="Segments are grid cells (IMACS's default 4 × 4).")
+    baseline = columns[5].selectbox("Left-out segments show", BASELINES, format_func=BASELINE_LABELS.get, key="compare_baseline",
+                                    help="A segment outside a coalition shows the dataset's mean colour (the default: a blurred copy keeps a "
+                                         "background's colour, and with it a colour shortcut), or a Gaussian-blurred copy of itself (IMACS).")
     try:
-        return class_name, CompareParams(per_model=int(per_model), sampling=sampling, k=int(k), segments=SegmentParams(grid=int(grid)))
+        return class_name, CompareParams(per_model=int(per_model), sampling=sampling, k=int(k), segments=SegmentParams(grid=int(grid)),
+                                         shapley=ShapleyParams(baseline=baseline))
     except SliceScopeError as error:
         show_error(error)
         return None
 
 
-def _request(key: tuple) -> None:
-    st.session_state["compare_request"] = key
+def _request() -> None:
+    st.session_state["compare_request"] = True
 
 
 def _cancel() -> None:
-    st.session_state["compare_request"] = None
+    st.session_state["compare_request"] = False
 
 
 def attribution_comparison(path_a: str, path_b: str, class_name: str, params: CompareParams):
@@ -203,16 +218,18 @@ def attribution_comparison(path_a: str, path_b: str, class_name: str, params: Co
     if comparison is not None:
         return comparison
     estimate = load_estimate(*key)
-    if st.session_state["compare_request"] != key and estimate > 0:
+    # The request is "compare what the form says", not these parameters: a click that lands while a changed
+    # setting is still rerunning the page then compares the new settings rather than being lost.
+    if not st.session_state["compare_request"] and estimate > 0:
         start, note = st.columns([1, 3], vertical_alignment="center")
-        start.button("Compare", type="primary", icon=":material/compare:", on_click=_request, args=(key,), key="compare_start", width="stretch")
+        start.button("Compare", type="primary", icon=":material/compare:", on_click=_request, key="compare_start", width="stretch")
         note.caption(f"About {estimate:,.0f} s on this machine (measured on a few images); the results are kept, so later visits are instant.")
         return None
     with st.status(f"Comparing {_name(path_a)} with {_name(path_b)} on {class_name} (about {estimate:,.0f} s)…", expanded=True) as box:
         st.button("Cancel", on_click=_cancel, key="compare_cancel", icon=":material/cancel:")
         comparison = run_comparison(path_a, path_b, class_name, params, streamlit_progress(st))
         box.update(label="Comparison ready", state="complete", expanded=False)
-    st.session_state["compare_request"] = None
+    st.session_state["compare_request"] = False
     return comparison
 
 
@@ -222,8 +239,8 @@ def _pick_tile(chart_key: str) -> None:
 
 
 def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
-    for message in comparison.sample.messages:
-        st.info(message[0].upper() + message[1:] + ".", icon=":material/info:")
+    if comparison.sample.messages:
+        st.info("The sample is smaller than asked:\n" + "\n".join(f"- {message}" for message in comparison.sample.messages), icon=":material/info:")
     segments = comparison.segments
     if selected_ids and st.toggle(f"Only the segments of the {plural(len(selected_ids), 'selected image')}", value=True, key="compare_filter"):
         segments = segments[segments["image_id"].isin(selected_ids)]
@@ -242,7 +259,7 @@ def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
         tile_board_figure(board, columns, 2 * len(order), labels,
                           "Concept Cluster · per cluster A's segments (top row) and B's, highest attribution first · border: TP green, FP orange, "
                           "TN blue, FN red · bar: attribution · click a tile to see it in its image"),
-        key=tiles_key, on_select=partial(_pick_tile, tiles_key), selection_mode=("points",))
+        key=tiles_key, on_select=partial(_pick_tile, tiles_key), selection_mode=("points",), width="content")
     tile = st.session_state["compare_tile"]
     detail, where = st.columns([1, 1])
     cluster = int(segments.loc[tile, "cluster"]) if tile in segments.index else order[0]
@@ -259,7 +276,7 @@ def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
     where.plotly_chart(position_heatmap_figure(segments, cluster, size, comparison.params.segments.grid), width="stretch", key="compare_positions")
     confusion, plots = st.columns(2)
     confusion.plotly_chart(cluster_confusion_figure(segments, cluster, comparison.class_name), width="stretch", key="compare_confusion")
-    plots.plotly_chart(cluster_plots_figure(segments, cluster), width="stretch", key="compare_plots")
+    plots.plotly_chart(cluster_plots_figure(segments, cluster, comparison.params.cluster_mean), width="stretch", key="compare_plots")
     st.plotly_chart(cluster_histogram_figure(segments, order), width="stretch", key="compare_histogram")
     summary = comparison.clusters
     downloads = st.columns(2)
@@ -291,9 +308,9 @@ def main() -> None:
         outcomes = changes_view(path_a, path_b, dataset_versions(current))
         selected_ids = detail_view(outcomes, path_a)
         st.subheader("What each version relies on")
-        st.caption("Per model, a sample of images for one class; each image cut into grid segments scored by Shapley values (a segment left out is "
-                   "blurred, not greyed); both models' segments clustered together by a third model's embedding, so a cluster is one visual "
-                   "pattern, and clusters where A and B attribute differently come first.")
+        st.caption("Per model, a sample of images for one class; each image cut into grid segments scored by Shapley values (what each segment "
+                   "adds to the class's logit); both models' segments clustered together by a third model's embedding, so a cluster is one visual "
+                   "pattern. A cluster's attribution per model is what the pattern adds per image showing it; clusters where A and B differ most come first.")
         form = comparison_form(path_a, path_b)
         if form is None:
             return
@@ -301,7 +318,7 @@ def main() -> None:
         if comparison is not None:
             cluster_views(comparison, path_a, selected_ids)
     except SliceScopeError as error:
-        st.session_state["compare_request"] = None
+        st.session_state["compare_request"] = False
         show_error(error)
 
 

@@ -2,7 +2,7 @@
 
 * :mod:`core.compare.sampling`: which images: a balanced confusion matrix per model, or the images the models disagree on.
 * :mod:`core.compare.segments`: the grid segmentation (a feature mask per image, boxes).
-* :mod:`core.compare.attribution`: segment Shapley values (captum's sampling, segments excluded by blurring), cached.
+* :mod:`core.compare.attribution`: segment Shapley values (captum's sampling, excluded segments take the dataset's mean colour or a blur), cached.
 * :mod:`core.compare.embedding`: segment tiles embedded by an independent third model (a small CNN trained once, or a torchvision checkpoint).
 * :mod:`core.compare.clusters`: pooled K-Means over both models' segments, per-cluster attribution and disparity.
 * :mod:`core.compare.pipeline`: :func:`compare_versions`, the whole comparison, and :func:`estimate_seconds`.
@@ -19,6 +19,8 @@ from core.lazy import lazy_getattr
 
 _EXPORTS = {
     "balanced_sample": "core.compare.sampling",
+    "baseline_images": "core.compare.attribution",
+    "BASELINES": "core.compare.attribution",
     "blur": "core.compare.attribution",
     "CELLS": "core.compare.sampling",
     "check_comparable": "core.compare.sampling",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "Comparison": "core.compare.pipeline",
     "confusion_mosaic": "core.compare.changes",
     "crop_resize": "core.compare.embedding",
+    "dataset_colour": "core.compare.attribution",
     "disagreement_sample": "core.compare.sampling",
     "draw_sample": "core.compare.sampling",
     "Embedder": "core.compare.embedding",

@@ -1,24 +1,37 @@
 """Segment Shapley values (IMACS §4): how much each segment of an image adds to a model's score of the class.
 
-A segment is excluded by blurring it, not greying it (§4): grey is a colour the
-model never saw in that place and may tie to a class, whereas a Gaussian-blurred
-copy of the image keeps its colours and loses its detail. The baseline is the
-whole image blurred; a coalition of segments is the baseline with those
-segments' own pixels put back. Shapley values are estimated by captum's
-``ShapleyValueSampling`` (random permutations; every permutation's marginal
-contributions sum to f(image) − f(baseline), so the estimate keeps that sum exactly).
+An excluded segment takes the baseline's pixels; a coalition of segments is the
+baseline with those segments' own pixels put back. Shapley values are estimated
+by captum's ``ShapleyValueSampling`` (random permutations; every permutation's
+marginal contributions sum to f(image) − f(baseline), so the estimate keeps
+that sum exactly).
+
+The baseline must be something the model does not read as the class, or a cue
+it carries is never removed. IMACS (§4) blurs excluded segments rather than
+greying them, since grey may tie to a class; a blur keeps every colour, though,
+so a colour cue survives it: on the full demo, the biased model reads the
+blurred images as circle (its shortcut is water, i.e. blue) with mean
+probability 0.39 (the balanced one 0.40), and the water segments' mean
+attribution for circle was 0.040 biased against −0.045 balanced. The default
+baseline is therefore the dataset's mean colour, flat: it has no detail and no
+colour of its own, and the two models read it as circle with probability 0.016
+and 0.075, as triangle 0.19 and 0.29 (as star, their default, 0.78 and 0.43); with it the water segments get 0.34 biased against 0.05 balanced
+(``benchmarks/compare.py``). ``blur`` stays available as the paper's choice.
 
 The players are the segments themselves: captum perturbs a presence vector
-(one entry per segment, 1 = its own pixels, 0 = blurred) and the forward
+(one entry per segment, 1 = its own pixels, 0 = the baseline's) and the forward
 composes the image from it. Passing the pixels with a ``feature_mask`` gives
 the same values, but captum walks the mask element by element in Python on
 every permutation (``feat_tensor_index_map`` in its perturbation generator):
 with a per-image mask (needed once ``top_n`` picks different segments per
 image), 16 images of 64 × 64 pixels cost 0.44 s per permutation with a model
 that only sums its input (0.05 s with one mask shared by all images), against
-milliseconds here. ``perturbations_per_eval`` batches a whole permutation's
-coalitions into one model call (1.8× faster than one coalition per call on the
-full demo, ``benchmarks/compare.py``).
+milliseconds here. ``perturbations_per_eval`` batches several coalitions
+into one model call, up to about 64 images per call by default: on the full
+demo's CNN (2 cores) a call of 64 images costs 0.33 ms per image, one of 256
+0.59 ms (the activations outgrow the caches), so a whole permutation per call
+(16 coalitions × 16 images) was slower than one coalition per call
+(``benchmarks/compare.py`` prints the three).
 
 Optionally only the ``top_n`` segments with the most GradCAM mass are players
 (the paper pre-selects 5 by XRAI); the others keep their own pixels throughout.
@@ -43,9 +56,13 @@ from core.progress import ProgressFn, silent
 from core.workspace import Workspace
 
 OUTPUTS = ("probability", "logit")
+BASELINES = ("mean_colour", "blur")
 CACHE_KIND = "compare-shapley"
 # Relative spread of a model's outputs below which every output counts as the same.
 _CONSTANT_TOLERANCE = 1e-6
+# Images (a seeded subsample) whose pixels give the dataset's mean colour: its third decimal no longer moves.
+_COLOUR_IMAGES = 256
+_IMAGES_PER_MODEL_CALL = 64  # the default batching's target: larger model calls were slower per image (module docstring)
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -57,18 +74,22 @@ class ShapleyParams:
     ``n_samples``: random permutations per image (captum's; more is less noisy);
     ``output``: the class's ``logit`` or its softmax ``probability``. The logit is the
     default because a softmax saturates: a confident model's probability does not
-    move when one segment is blurred, so its attributions vanish (a small network
+    move when one segment is excluded, so its attributions vanish (a small network
     fitted to the tiny demo: mean |value| 0.0003 as probability, 0.016 as logit,
     against 0.00002 and 0.0001 untrained); probabilities are bounded, so two models'
-    values share a scale, at that price. ``blur_sigma``: the Gaussian's σ as a share of the
-    image side (1/16: a quarter of a 4 × 4 grid cell); ``top_n``: only the segments
+    values share a scale, at that price. ``baseline``: what an excluded segment shows,
+    ``mean_colour`` (the dataset's mean colour, the default; see the module's
+    docstring for why) or ``blur`` (the image Gaussian-blurred, as IMACS does);
+    ``blur_sigma``: that Gaussian's σ as a share of the image side (1/16: a quarter
+    of a 4 × 4 grid cell); ``top_n``: only the segments
     with the most GradCAM mass are players (None: all); ``images_per_call``: images
     per captum call; ``perturbations_per_eval``: coalitions per model call (None:
-    one call per permutation). The last two change speed and memory, not the values.
+    as many as keep a call near 64 images). The last two change speed and memory, not the values.
     """
 
     n_samples: int = 10
     output: str = "logit"
+    baseline: str = "mean_colour"
     blur_sigma: float = 1 / 16
     top_n: int | None = None
     seed: int = 0
@@ -78,6 +99,8 @@ class ShapleyParams:
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise SliceScopeError(f"unknown output '{self.output}'", f"use one of: {', '.join(OUTPUTS)}")
+        if self.baseline not in BASELINES:
+            raise SliceScopeError(f"unknown baseline '{self.baseline}'", f"set `baseline` to one of: {', '.join(BASELINES)}")
         if not isinstance(self.n_samples, int) or self.n_samples < 1:
             raise SliceScopeError(f"`n_samples` = {self.n_samples} permutations estimate nothing", "set `n_samples` to 1 or more (e.g. 10)")
         if not 0 < self.blur_sigma <= 1:
@@ -100,7 +123,7 @@ class ShapleyParams:
 class ShapleyResult:
     values: np.ndarray  # N × n: each player's Shapley value
     scores: np.ndarray  # N: f(image)
-    baseline_scores: np.ndarray  # N: f(the image with every player blurred); the values sum to scores − baseline_scores
+    baseline_scores: np.ndarray  # N: f(the image with every player excluded); the values sum to scores − baseline_scores
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,30 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
     radius = min(max(1, math.ceil(3 * sigma)), images.shape[-1] - 1)
     return vision.gaussian_blur(images, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
+
+
+def baseline_images(images: torch.Tensor, params: ShapleyParams, colour: torch.Tensor | None = None) -> torch.Tensor:
+    """What each of ``images`` (B × 3 × S × S) shows with every segment excluded: ``colour`` (3; None: the images' own mean
+    colour) everywhere, or the images blurred, as ``params.baseline`` says."""
+    if params.baseline == "blur":
+        return blur(images, params.blur_sigma * images.shape[-1])
+    colour = images.mean(dim=(0, 2, 3)) if colour is None else colour
+    return colour.to(images.dtype).view(1, 3, 1, 1).expand_as(images).clone()
+
+
+def dataset_colour(workspace: Workspace, seed: int = 0) -> torch.Tensor:
+    """The mean colour (3, in [0, 1]) of a seeded subsample of the workspace's images.
+
+    Chosen by image id, so two scans of the same images give the same colour
+    and both compared models are measured against the same baseline.
+    """
+    from core.mitigation.robustness import load_pixels
+
+    rows = np.argsort(workspace.images["image_id"].astype(str).to_numpy(), kind="stable")
+    if len(rows) > _COLOUR_IMAGES:
+        rows = rows[np.sort(np.random.default_rng(seed).choice(len(rows), _COLOUR_IMAGES, replace=False))]
+    size = int(workspace.manifest["transforms"]["image_size"])
+    return load_pixels(workspace, rows, size).mean(dim=(0, 2, 3))
 
 
 def class_score(module: torch.nn.Module, column: int, normalize: str, output: str = "logit", device: str | torch.device = "cpu") -> Score:
@@ -160,23 +207,24 @@ def _player_columns(segments: torch.Tensor, players: torch.Tensor) -> torch.Tens
 @torch.no_grad()
 def shapley_values(
     score: Score, images: torch.Tensor, segments: torch.Tensor, players: torch.Tensor, params: ShapleyParams | None = None,
-    progress: ProgressFn | None = None, step: str = "Shapley values",
+    progress: ProgressFn | None = None, step: str = "Shapley values", colour: torch.Tensor | None = None,
 ) -> ShapleyResult:
     """Shapley values of the ``players`` segments of each image (N × n), with f(image) and f(baseline).
 
     ``images``: N × 3 × S × S in [0, 1]; ``segments``: N × S × S segment ids;
-    ``players``: N × n segment ids whose values are wanted. Seeded by
-    ``params.seed`` without touching the caller's random state.
+    ``players``: N × n segment ids whose values are wanted; ``colour``: the
+    mean-colour baseline's colour (3; None: the mean colour of ``images``).
+    Seeded by ``params.seed`` without touching the caller's random state.
     """
     from captum.attr import ShapleyValueSampling
 
     report, params = progress or silent, params or ShapleyParams()
     n_images, n_players = players.shape
-    baseline = blur(images, params.blur_sigma * images.shape[-1])
+    baseline = baseline_images(images, params, colour)
     where = _player_columns(segments.long(), players.long())
     forward = _presence_forward(score)
     sampler = ShapleyValueSampling(forward)
-    per_eval = params.perturbations_per_eval or n_players
+    per_eval = params.perturbations_per_eval or max(1, min(n_players, _IMAGES_PER_MODEL_CALL // params.images_per_call))
     values, scores, baseline_scores = [], [], []
     report(step, 0, n_images)
     with torch.random.fork_rng(devices=[]):
@@ -272,9 +320,10 @@ def workspace_attributions(
         model = load_workspace_model(workspace)
         pixels = load_pixels(workspace, rows, size)
         module = model.module.eval()
-        refuse_constant_model(workspace, module, torch.cat([pixels, blur(pixels, params.blur_sigma * size)]), normalize, model.device)
+        colour = dataset_colour(workspace) if params.baseline == "mean_colour" else None
+        refuse_constant_model(workspace, module, torch.cat([pixels, baseline_images(pixels, params, colour)]), normalize, model.device)
         result = shapley_values(class_score(module, column, normalize, params.output, model.device), pixels, torch.from_numpy(masks.copy()),
-                                torch.from_numpy(players), params, progress, step)
+                                torch.from_numpy(players), params, progress, step, colour)
         return np.column_stack([result.values, result.scores, result.baseline_scores]).astype(np.float32)
 
     stored = workspace.cached_array(CACHE_KIND, cache_params(other, class_name, images_key, segments, params), compute)

@@ -29,7 +29,7 @@ from core.compare.attribution import (
     shapley_values,
     workspace_attributions,
 )
-from core.compare.clusters import SEGMENT_COLUMNS, cluster_segments, cluster_summary
+from core.compare.clusters import CLUSTER_MEANS, SEGMENT_COLUMNS, cluster_segments, cluster_summary
 from core.compare.embedding import (
     Embedder,
     EmbeddingParams,
@@ -48,12 +48,18 @@ from core.workspace import Workspace
 
 @dataclass(frozen=True)
 class CompareParams:
-    """Everything a comparison depends on; the defaults are the paper's where it gives one (100 images per model, 4 × 4 grid)."""
+    """Everything a comparison depends on; the defaults are the paper's where it gives one (100 images per model, 4 × 4 grid).
+
+    ``cluster_mean``: whether a cluster's mean attributions are per image
+    showing the pattern (its segments there summed; the default) or per segment
+    (:mod:`core.compare.clusters` says why).
+    """
 
     per_model: int = 100
     sampling: str = "balanced"
     k: int = 8
     seed: int = 0
+    cluster_mean: str = "image"
     segments: SegmentParams = field(default_factory=SegmentParams)
     shapley: ShapleyParams = field(default_factory=ShapleyParams)
     embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
@@ -61,6 +67,8 @@ class CompareParams:
     def __post_init__(self) -> None:
         if self.sampling not in STRATEGIES:
             raise SliceScopeError(f"unknown sampling '{self.sampling}'", f"set `sampling` to one of: {', '.join(STRATEGIES)}")
+        if self.cluster_mean not in CLUSTER_MEANS:
+            raise SliceScopeError(f"unknown cluster mean '{self.cluster_mean}'", f"set `cluster_mean` to one of: {', '.join(CLUSTER_MEANS)}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def compare_versions(workspace_a: Workspace | str, workspace_b: Workspace | str,
     segments["cluster"] = cluster_segments(pooled, params.k, params.seed)
     report("clustering segments", 1, 1)
     segments = segments[[*SEGMENT_COLUMNS, "cell", "score"]]
-    return Comparison(class_name, workspace_a.name, workspace_b.name, sample, segments, cluster_summary(segments, params.k), pooled, params)
+    return Comparison(class_name, workspace_a.name, workspace_b.name, sample, segments, cluster_summary(segments, params.k, params.cluster_mean), pooled, params)
 
 
 def estimate_seconds(workspace_a: Workspace | str, workspace_b: Workspace | str, class_name: str, params: CompareParams | None = None) -> float:

@@ -20,6 +20,7 @@ from core.compare import (
     blur,
     check_comparable,
     cluster_summary,
+    dataset_colour,
     disagreement_sample,
     embedding_model,
     grid_segments,
@@ -157,7 +158,14 @@ def test_shapley_values_sum_to_the_score_minus_the_baseline_score():
     assert result.values.shape == (3, 16)
     np.testing.assert_allclose(result.values.sum(axis=1), result.scores - result.baseline_scores, atol=1e-5)
     with torch.no_grad():
-        np.testing.assert_allclose(result.baseline_scores, score(blur(images, 2.0)).numpy(), atol=1e-6)  # σ = 32/16 px
+        # The default baseline: the images' mean colour everywhere (a caller passes the dataset's), or the paper's blur.
+        flat = images.mean(dim=(0, 2, 3)).view(1, 3, 1, 1).expand_as(images)
+        np.testing.assert_allclose(result.baseline_scores, score(flat).numpy(), atol=1e-6)
+        colour = torch.tensor([0.2, 0.4, 0.6])
+        coloured = shapley_values(score, images, segments, every, ShapleyParams(n_samples=1), colour=colour)
+        np.testing.assert_allclose(coloured.baseline_scores, score(colour.view(1, 3, 1, 1).expand_as(images)).numpy(), atol=1e-6)
+        blurred = shapley_values(score, images, segments, every, ShapleyParams(n_samples=1, baseline="blur"))
+        np.testing.assert_allclose(blurred.baseline_scores, score(blur(images, 2.0)).numpy(), atol=1e-6)  # σ = 32/16 px
     # Only some players: the others keep their pixels, and the efficiency holds against that image's baseline.
     some = torch.tensor([[0, 5, 10], [1, 2, 3], [15, 14, 12]])
     partial = shapley_values(score, images, segments, some, ShapleyParams(n_samples=3, images_per_call=2, perturbations_per_eval=2))
@@ -186,10 +194,21 @@ def test_an_additive_score_gets_each_segments_own_difference_exactly():
         return (pixels * weights).sum(dim=(1, 2, 3))
 
     segments = torch.from_numpy(grid_segments(32, 4)).expand(2, 32, 32)
-    result = shapley_values(score, images, segments, torch.arange(16).expand(2, 16), ShapleyParams(n_samples=1))
-    difference = ((images - blur(images, 2.0)) * weights).sum(dim=1)  # N × S × S
-    expected = torch.stack([difference[:, segments[0] == segment].sum(dim=1) for segment in range(16)], dim=1)
-    np.testing.assert_allclose(result.values, expected.numpy(), rtol=1e-4, atol=1e-4)
+    colour = torch.tensor([0.5, 0.3, 0.1])
+    for params, baseline in ((ShapleyParams(n_samples=1), colour.view(1, 3, 1, 1)), (ShapleyParams(n_samples=1, baseline="blur"), blur(images, 2.0))):
+        result = shapley_values(score, images, segments, torch.arange(16).expand(2, 16), params, colour=colour)
+        difference = ((images - baseline) * weights).sum(dim=1)  # N × S × S
+        expected = torch.stack([difference[:, segments[0] == segment].sum(dim=1) for segment in range(16)], dim=1)
+        np.testing.assert_allclose(result.values, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_both_models_are_measured_against_the_same_dataset_colour(pair):
+    biased, balanced = pair
+    colour = dataset_colour(biased)
+    assert colour.shape == (3,) and bool(((colour > 0) & (colour < 1)).all())
+    torch.testing.assert_close(dataset_colour(balanced), colour)
+    with pytest.raises(SliceScopeError, match="unknown baseline 'grey'"):
+        ShapleyParams(baseline="grey")
 
 
 def test_a_constant_model_is_refused_and_gives_no_nans(trained_and_untrained):
@@ -234,6 +253,7 @@ def test_a_torchvision_embedding_model_loads_safely_and_embeds_at_its_penultimat
 def test_cluster_summary_orders_by_absolute_disparity_and_fills_absent_models():
     segments = pd.DataFrame({
         "cluster": [0, 0, 1, 1, 2],
+        "image_id": ["a", "b", "c", "d", "e"],
         "model": ["A", "B", "A", "B", "A"],
         "attribution": [0.1, 0.1, 0.9, -0.1, 0.3],
     })
@@ -241,5 +261,22 @@ def test_cluster_summary_orders_by_absolute_disparity_and_fills_absent_models():
     assert summary["cluster"].tolist() == [1, 2, 0, 3]
     assert summary.loc[0, "disparity"] == pytest.approx(1.0)
     row = summary.set_index("cluster").loc[2]
-    assert row["size_B"] == 0 and row["mean_B"] == 0 and row["disparity"] == pytest.approx(0.3)
+    assert row["size_B"] == 0 and row["images_B"] == 0 and row["mean_B"] == 0 and row["disparity"] == pytest.approx(0.3)
     assert summary.notna().all().all()
+
+
+def test_a_pattern_spanning_many_cells_counts_per_image_not_per_cell():
+    """Per image, a cluster's segments add up: a background over 4 cells weighs what an object in 1 cell does; per segment, a quarter."""
+    segments = pd.DataFrame({
+        "cluster": [0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+        "image_id": ["a"] * 5 + ["b"] * 5,
+        "model": ["A"] * 5 + ["B"] * 5,
+        "attribution": [0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0],
+    })
+    per_image = cluster_summary(segments, k=2).set_index("cluster")
+    assert per_image.loc[0, ["mean_A", "mean_B", "size_A", "images_A"]].tolist() == [2.0, 0.0, 4, 1]
+    assert per_image.loc[1, "disparity"] == pytest.approx(-2.0)
+    per_segment = cluster_summary(segments, k=2, per="segment").set_index("cluster")
+    assert per_segment.loc[0, "mean_A"] == pytest.approx(0.5) and per_segment.loc[1, "mean_B"] == pytest.approx(2.0)
+    with pytest.raises(SliceScopeError, match="unknown cluster mean"):
+        cluster_summary(segments, per="cell")

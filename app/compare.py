@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 
 from app.compare_figures import CELL_COLOURS, MODEL_COLOURS, TileBoard
 from app.ui import load_workspace
-from core.compare import CompareParams, Comparison, VersionOutcomes, compare_versions, estimate_seconds, version_outcomes
+from core.compare import CompareParams, Comparison, VersionOutcomes, compare_versions, confusion_mosaic, estimate_seconds, version_outcomes
+from core.errors import SliceScopeError
 from core.progress import ProgressFn
 from core.render import render_images
 
@@ -21,14 +22,24 @@ CLUSTER_ORDERS = {
 }
 
 
-@st.cache_data(show_spinner="Lining up the versions' predictions…", max_entries=8)
+# cache_resource, not cache_data: the outcomes of 100,000 images would be unpickled on every click; nobody mutates them.
+@st.cache_resource(show_spinner="Lining up the versions' predictions…", max_entries=8)
 def load_outcomes(paths: tuple[str, ...]) -> VersionOutcomes:
     return version_outcomes([load_workspace(path) for path in paths])
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_mosaic_cells(paths: tuple[str, str]) -> pd.DataFrame:
+    return confusion_mosaic(load_outcomes(paths))
+
+
 @st.cache_data(show_spinner="Timing a few images to estimate how long the comparison takes…", max_entries=32)
-def load_estimate(path_a: str, path_b: str, class_name: str, params: CompareParams) -> float:
-    return estimate_seconds(load_workspace(path_a), load_workspace(path_b), class_name, params)
+def load_estimate(path_a: str, path_b: str, class_name: str, params: CompareParams) -> float | SliceScopeError:
+    """Seconds the comparison will take, or why it cannot run (kept too: a refusal is not retried on every click)."""
+    try:
+        return estimate_seconds(load_workspace(path_a), load_workspace(path_b), class_name, params)
+    except SliceScopeError as error:
+        return error
 
 
 @st.cache_resource(show_spinner=False)

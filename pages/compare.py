@@ -24,6 +24,7 @@ from app.compare import (
     cluster_order,
     concept_cluster_board,
     load_estimate,
+    load_mosaic_cells,
     load_outcomes,
     load_pictures,
     outlined_segment,
@@ -46,7 +47,6 @@ from core.compare import (
     SegmentParams,
     ShapleyParams,
     VersionOutcomes,
-    confusion_mosaic,
     mosaic_members,
     trace_steps,
 )
@@ -133,7 +133,7 @@ def changes_view(path_a: str, path_b: str, versions: list[str]) -> VersionOutcom
     st.caption(f"{plural(len(outcomes.images), 'image')} · accuracy {accuracy[0]:.1%} under A, {accuracy[1]:.1%} under B · "
                f"{plural(changed, 'image')} changed between right and wrong.")
     mosaic, trace = st.columns([3, 2])
-    cells = confusion_mosaic(outcomes)
+    cells = load_mosaic_cells((path_a, path_b))
     mosaic_key = f"compare-mosaic-{st.session_state.get('mosaic_generation', 0)}-{abs(hash((path_a, path_b)))}"
     mosaic.plotly_chart(mosaic_view_figure(cells, st.session_state["compare_cells"], outcomes.names), width="stretch", key=mosaic_key,
                         on_select=partial(_pick_cells, mosaic_key, outcomes, cells), selection_mode=("points",))
@@ -144,7 +144,7 @@ def changes_view(path_a: str, path_b: str, versions: list[str]) -> VersionOutcom
             return outcomes
         along = load_outcomes(tuple(chosen))
         cell_ids = st.session_state["compare_cell_ids"]
-        images = np.flatnonzero(along.images["image_id"].isin(cell_ids)) if st.session_state["compare_cells"] else np.arange(len(along.images))
+        images = np.sort(along.positions(cell_ids)) if st.session_state["compare_cells"] else np.arange(len(along.images))
         steps = trace_steps(along, images)
         trace_key = f"compare-trace-{abs(hash((tuple(chosen), tuple(images[:50].tolist()), len(images))))}"
         st.plotly_chart(trace_figure(along, images, steps), width="stretch", key=trace_key, on_select=partial(_pick_trace, trace_key, along, steps),
@@ -166,8 +166,7 @@ def detail_view(outcomes: VersionOutcomes, path_a: str) -> list[str]:
     heading, clear, send = st.columns([4, 1, 2], vertical_alignment="center")
     heading.markdown(f"**{plural(len(ids), 'image')} selected** · {source}")
     clear.button("Clear selection", on_click=_clear_selection, key="compare_clear", width="stretch")
-    position = outcomes.images.reset_index().set_index("image_id")["index"]
-    indexes = position.loc[ids].to_numpy()
+    indexes = outcomes.positions(ids)
     rows_a = outcomes.rows[indexes, 0]
     send.button("Open on the Slices page", icon=":material/scatter_plot:", on_click=_send_to_slices, args=(path_a, rows_a.tolist()),
                 key="compare_send", width="stretch", help="Version A becomes the System Menu's version with these images selected, "
@@ -218,6 +217,8 @@ def attribution_comparison(path_a: str, path_b: str, class_name: str, params: Co
     if comparison is not None:
         return comparison
     estimate = load_estimate(*key)
+    if isinstance(estimate, SliceScopeError):
+        raise estimate
     # The request is "compare what the form says", not these parameters: a click that lands while a changed
     # setting is still rerunning the page then compares the new settings rather than being lost.
     if not st.session_state["compare_request"] and estimate > 0:
@@ -233,9 +234,9 @@ def attribution_comparison(path_a: str, path_b: str, class_name: str, params: Co
     return comparison
 
 
-def _pick_tile(chart_key: str) -> None:
+def _pick_tile(chart_key: str, comparison_key: tuple) -> None:
     picked = _selected_points(chart_key)
-    st.session_state["compare_tile"] = picked[0] if picked else None
+    st.session_state["compare_tile"] = (comparison_key, picked[0]) if picked else None
 
 
 def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
@@ -251,6 +252,7 @@ def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
     order_by = left.radio("Order clusters by", list(CLUSTER_ORDERS), format_func=CLUSTER_ORDERS.get, horizontal=True, key="compare_order")
     per_row = right.slider("Tiles per row", 4, 20, 10, key="compare_tiles")
     order = cluster_order(comparison, order_by)
+    comparison_key = (comparison.workspace_a, comparison.workspace_b, comparison.class_name, comparison.params)
     size = int(load_workspace(path_a).manifest["transforms"]["image_size"])
     pictures = load_pictures(path_a, tuple(sorted(set(segments["image_id"]))), size)
     board, columns, labels = concept_cluster_board(comparison, segments, order, per_row, pictures)
@@ -259,8 +261,11 @@ def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
         tile_board_figure(board, columns, 2 * len(order), labels,
                           "Concept Cluster · per cluster A's segments (top row) and B's, highest attribution first · border: TP green, FP orange, "
                           "TN blue, FN red · bar: attribution · click a tile to see it in its image"),
-        key=tiles_key, on_select=partial(_pick_tile, tiles_key), selection_mode=("points",), width="content")
-    tile = st.session_state["compare_tile"]
+        key=tiles_key, on_select=partial(_pick_tile, tiles_key, comparison_key), selection_mode=("points",), width="content")
+    # A tile is a row of this comparison's segments: one picked in another comparison means nothing here.
+    picked_for, tile = st.session_state["compare_tile"] or (None, None)
+    if picked_for != comparison_key:
+        tile = None
     detail, where = st.columns([1, 1])
     cluster = int(segments.loc[tile, "cluster"]) if tile in segments.index else order[0]
     with detail:
@@ -303,6 +308,9 @@ def main() -> None:
     if chosen is None:
         return
     path_a, path_b = chosen
+    if st.session_state.get("compare_pair") != chosen:  # mosaic cells are numbered per pair of versions
+        _clear_selection()
+        st.session_state["compare_pair"] = chosen
     try:
         st.subheader("What changed")
         outcomes = changes_view(path_a, path_b, dataset_versions(current))

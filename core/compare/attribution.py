@@ -27,11 +27,13 @@ with a per-image mask (needed once ``top_n`` picks different segments per
 image), 16 images of 64 × 64 pixels cost 0.44 s per permutation with a model
 that only sums its input (0.05 s with one mask shared by all images), against
 milliseconds here. ``perturbations_per_eval`` batches several coalitions
-into one model call, up to about 64 images per call by default: on the full
-demo's CNN (2 cores) a call of 64 images costs 0.33 ms per image, one of 256
-0.59 ms (the activations outgrow the caches), so a whole permutation per call
-(16 coalitions × 16 images) was slower than one coalition per call
-(``benchmarks/compare.py`` prints the three).
+into one model call; by default a call holds about 16 images (one coalition of
+16 images per call at the default ``images_per_call``): on the full demo's CNN
+on 2 cores, larger calls cost more per image (0.33 ms at 64 images, 0.59 ms at
+256: the activations outgrow the caches), and 200 images × 2 models took 4.4 s
+one coalition per call against 4.6–6.6 s at 64 images per call and 7.9–8.6 s
+with a whole permutation per call (``benchmarks/compare.py`` prints the three).
+On a GPU, larger calls pay: set ``perturbations_per_eval`` there.
 
 Optionally only the ``top_n`` segments with the most GradCAM mass are players
 (the paper pre-selects 5 by XRAI); the others keep their own pixels throughout.
@@ -62,7 +64,7 @@ CACHE_KIND = "compare-shapley"
 _CONSTANT_TOLERANCE = 1e-6
 # Images (a seeded subsample) whose pixels give the dataset's mean colour: its third decimal no longer moves.
 _COLOUR_IMAGES = 256
-_IMAGES_PER_MODEL_CALL = 64  # the default batching's target: larger model calls were slower per image (module docstring)
+_IMAGES_PER_MODEL_CALL = 16  # the default batching's target: larger model calls were slower per image on CPU (module docstring)
 
 Score = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,7 +86,7 @@ class ShapleyParams:
     of a 4 × 4 grid cell); ``top_n``: only the segments
     with the most GradCAM mass are players (None: all); ``images_per_call``: images
     per captum call; ``perturbations_per_eval``: coalitions per model call (None:
-    as many as keep a call near 64 images). The last two change speed and memory, not the values.
+    as many as keep a call near 16 images). The last two change speed and memory, not the values.
     """
 
     n_samples: int = 10

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,18 @@ class VersionOutcomes:
     rows: np.ndarray
     predictions: np.ndarray
     correct: np.ndarray
+
+    @cached_property
+    def _positions(self) -> pd.Index:
+        return pd.Index(self.images["image_id"])
+
+    def positions(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Indexes (into ``images``) of the given image ids, in their order; ids of no image here are refused."""
+        found = self._positions.get_indexer(list(image_ids))
+        if (found < 0).any():
+            raise SliceScopeError(f"{int((found < 0).sum())} of the selected images are not among these versions' images",
+                                  "clear the selection and select again")
+        return found
 
     def always_wrong(self) -> np.ndarray:
         """Indexes of the images every version gets wrong: the edge cases DASH's Trace View exists to find."""

@@ -55,3 +55,23 @@ def test_the_estimate_is_a_positive_number_of_seconds_before_anything_is_cached(
     seconds = estimate_seconds(*pair, "circle", FAST)
     assert 0 < seconds < 600
     assert not list((pair[0].path / "derived").glob("compare-*"))
+
+
+class Cancelled(Exception):
+    """What stopping a computation raises inside it (Streamlit's rerun, a Ctrl-C)."""
+
+
+def test_a_cancelled_comparison_leaves_only_whole_results_and_resumes(pair):
+    biased, balanced = pair
+
+    def cancel_during_model_b(step: str, done: int, total: int) -> None:
+        if step.startswith("Shapley values, model B"):
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        compare_versions(biased, balanced, "square", FAST, cancel_during_model_b)
+    files = sorted(path.name for workspace in pair for path in (workspace.path / "derived").iterdir())
+    assert not [name for name in files if name.startswith(".")], files  # atomic writes: no temporary file left behind
+    assert list((biased.path / "derived").glob("compare-shapley-*.npy")) and not list((balanced.path / "derived").glob("compare-shapley-*.npy"))
+    resumed = compare_versions(biased, balanced, "square", FAST)
+    assert set(resumed.segments["model"]) == {"A", "B"} and len(resumed.segments) == 16 * len(resumed.sample.images)

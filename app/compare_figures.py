@@ -195,16 +195,22 @@ def trace_figure(outcomes: VersionOutcomes, images: np.ndarray, steps: pd.DataFr
     return figure
 
 
-def cluster_histogram_figure(segments: pd.DataFrame, order: list[int], bins: int = 12) -> go.Figure:
-    """IMACS's Cluster Histogram: per cluster, model A's segments bucketed by attribution above the axis, B's mirrored below, one shared x-axis."""
-    edges = np.histogram_bin_edges(segments["attribution"], bins=bins)
+def cluster_histogram_figure(segments: pd.DataFrame, order: list[int], bins: int = 24) -> go.Figure:
+    """IMACS's Cluster Histogram: per cluster, model A's segments bucketed by attribution above the axis, B's mirrored below, one shared x-axis.
+
+    The buckets span the 1st to 99th percentile of all attributions (values beyond fall in the end buckets): Shapley
+    values are heavy-tailed, and buckets over the full range would put most segments of every cluster in one or two.
+    """
+    low, high = np.percentile(segments["attribution"], [1, 99]) if len(segments) else (0.0, 1.0)
+    edges = np.linspace(low, high if high > low else low + 1e-6, bins + 1)
+    clipped = segments["attribution"].clip(edges[0], edges[-1])
     figure = make_subplots(rows=len(order), cols=1, shared_xaxes=True, vertical_spacing=0.02,
                            subplot_titles=[f"cluster {c}" for c in order])
     centres = (edges[:-1] + edges[1:]) / 2
     for row, cluster in enumerate(order, start=1):
         members = segments[segments["cluster"] == cluster]
         for model, sign in (("A", 1), ("B", -1)):
-            counts, _ = np.histogram(members.loc[members["model"] == model, "attribution"], bins=edges)
+            counts, _ = np.histogram(clipped[members.index[members["model"] == model]], bins=edges)
             figure.add_trace(go.Bar(x=centres, y=sign * counts, width=np.diff(edges) * 0.95, marker_color=MODEL_COLOURS[model],
                                     name=f"model {model}", showlegend=row == 1, customdata=counts,
                                     hovertemplate=f"model {model}: %{{customdata}} segments<br>attribution ≈ %{{x:.3g}}<extra>cluster {cluster}</extra>"),
@@ -248,7 +254,7 @@ def cluster_plots_figure(segments: pd.DataFrame, cluster: int, per: str = "image
         averaged = members.groupby(["model", "image_id"])["attribution"].sum().reset_index()
     else:
         averaged = members
-    figure = make_subplots(rows=1, cols=2, subplot_titles=["composition (segments)", f"importance (attribution per {per})"], horizontal_spacing=0.15)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["composition (segments)", f"attribution per {per}"], horizontal_spacing=0.15)
     for cell in CELLS:
         counts = [int(((members["model"] == model) & (members["cell"] == cell)).sum()) for model in ("A", "B")]
         figure.add_trace(go.Bar(x=["model A", "model B"], y=counts, name=cell, marker_color=CELL_COLOURS[cell]), row=1, col=1)
@@ -271,5 +277,5 @@ def position_heatmap_figure(segments: pd.DataFrame, cluster: int, image_size: in
     figure.update_xaxes(visible=False)
     figure.update_layout(plot_bgcolor="#dddddd")
     figure.update_layout(height=240, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                         title={"text": "where in the image", "font": {"size": 12}, "x": 0.01})
+                         title={"text": "where in the image (darker: more of the cluster's segments)", "font": {"size": 12}, "x": 0.01})
     return figure

@@ -259,9 +259,11 @@ def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
     tiles_key = f"compare-tiles-{abs(hash((comparison.class_name, comparison.params, order_by, per_row, len(segments))))}"
     st.plotly_chart(
         tile_board_figure(board, columns, 2 * len(order), labels,
-                          "Concept Cluster · per cluster A's segments (top row) and B's, highest attribution first · border: TP green, FP orange, "
-                          "TN blue, FN red · bar: attribution · click a tile to see it in its image"),
+                          "Concept Cluster · click a tile to see it in its image"),
         key=tiles_key, on_select=partial(_pick_tile, tiles_key, comparison_key), selection_mode=("points",), width="content")
+    st.caption("Per cluster, A's segments (upper row) and B's (lower row), highest attribution first. Border: the image's cell for the class "
+               "(TP green, FP orange, TN blue, FN red); bar: the segment's attribution (grey when negative). The numbers are each model's "
+               "attribution per image showing the pattern, and their difference.")
     # A tile is a row of this comparison's segments: one picked in another comparison means nothing here.
     picked_for, tile = st.session_state["compare_tile"] or (None, None)
     if picked_for != comparison_key:

@@ -64,7 +64,7 @@ def test_choose_versions_select_cells_and_trace_lines_compare_and_open_a_tile(pa
 
     mosaic = chart_titled(page, "Mosaic View")
     expect(mosaic).to_be_visible()
-    assert mosaic.locator(".shapelayer path").count() >= len(cells)  # one rectangle per non-empty cell
+    assert mosaic.locator(".barlayer .point path").count() == len(cells)  # one rectangle per non-empty cell
     click_point(mosaic, 0)
     first = cells.iloc[0]
     in_cell = int(((outcomes.images["label"] == first["label"]) & ((outcomes.predictions[:, 0] == first["prediction"])

@@ -12,6 +12,7 @@ arrays), so 100,000 points stay a few megabytes.
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -55,6 +56,14 @@ class ScatterData:
     slice_spuriousness: np.ndarray | None = None  # per image: its slice's spuriousness, when annotations give one
 
 
+# Above this many points the scatter draws a sample over a binned density of all (a browser's WebGL scatter, the
+# JSON and Plotly's copying all grow with the points). $SLICESCOPE_SCATTER_MAX_POINTS changes it; 0 never samples.
+SCATTER_MAX_POINTS = int(os.environ.get("SLICESCOPE_SCATTER_MAX_POINTS", "30000"))
+_SAMPLE_PER_CELL_MIN = 200
+_DENSITY_BINS = 200
+_CELL_DENSITY_BINS = 60
+
+
 @dataclass(frozen=True)
 class ScatterOptions:
     colour: str = "slice"
@@ -63,6 +72,7 @@ class ScatterOptions:
     slice_labels: bool = True
     density: bool = False
     confusion: bool = False
+    max_points: int = SCATTER_MAX_POINTS
 
 
 def _discrete_scale(palette: list[str]) -> list[list]:
@@ -95,15 +105,51 @@ def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label:
     return marker
 
 
-def _cell_trace(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str, show_legend: bool) -> go.Scattergl:
+def _cell_trace(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str, count: int, show_legend: bool) -> dict:
+    """One confusion cell's points as a plain trace dict (``count``: the cell's size, of which ``rows`` may be a sample)."""
     confidence = data.images["confidence"].to_numpy()[rows]
-    return go.Scattergl(
-        x=data.layout[rows, 0], y=data.layout[rows, 1], mode="markers",
-        name=f"{label} → {prediction} ({len(rows):,})", legendgroup=f"{label}|{prediction}", showlegend=show_legend,
-        customdata=np.column_stack([rows, data.slice_ids[rows], confidence]),
-        hovertemplate=f"<b>{cell_title(label, prediction)}</b><br>confidence %{{customdata[2]:.0%}}<br>slice %{{customdata[1]}}<extra></extra>",
-        marker=_marker(data, rows, options, label, prediction),
-    )
+    return {
+        "type": "scattergl", "x": data.layout[rows, 0], "y": data.layout[rows, 1], "mode": "markers",
+        "name": f"{label} → {prediction} ({count:,})", "legendgroup": f"{label}|{prediction}", "showlegend": show_legend,
+        "customdata": np.column_stack([rows, data.slice_ids[rows], confidence]),
+        "hovertemplate": f"<b>{cell_title(label, prediction)}</b><br>confidence %{{customdata[2]:.0%}}<br>slice %{{customdata[1]}}<extra></extra>",
+        "marker": _marker(data, rows, options, label, prediction),
+    }
+
+
+def samples_points(n_points: int, options: ScatterOptions) -> bool:
+    return bool(options.max_points) and n_points > options.max_points
+
+
+def drawn_rows(data: ScatterData, options: ScatterOptions) -> np.ndarray | None:
+    """The rows the scatter draws as points when there are more than ``options.max_points``: a fixed sample of each
+    confusion cell in proportion to its size (at least a few, so a rare cell stays visible) plus every
+    highlighted row; None when every point is drawn."""
+    if not samples_points(len(data.images), options):
+        return None
+    groups = data.images.groupby(["label", "prediction"]).indices
+    rng = np.random.default_rng(0)  # fixed: the same points on every click, so nothing jumps
+    share = options.max_points / len(data.images)
+    # The floor for rare cells takes at most a quarter of the budget in all.
+    floor = max(1, min(_SAMPLE_PER_CELL_MIN, options.max_points // (4 * len(groups))))
+    sample = [rng.permutation(np.asarray(rows))[:max(floor, round(share * len(rows)))] for rows in groups.values()]
+    chosen = np.concatenate(sample)
+    if options.highlighted is not None:
+        chosen = np.concatenate([chosen, np.asarray(options.highlighted, dtype=np.int64)])
+    return np.unique(chosen)
+
+
+def _binned_density(points: np.ndarray, bins: int) -> dict:
+    """Every point counted in a ``bins`` × ``bins`` grid, drawn as a heat map under the sampled points (log counts; empty bins clear)."""
+    # Equal-width bins by arithmetic and one bincount: np.histogram2d searches the edges (117 ms at 200,000 points, ~5 here).
+    low, high = points.min(axis=0).astype(np.float64), points.max(axis=0).astype(np.float64)
+    width = np.maximum(high - low, 1e-12) / bins
+    cells = np.minimum(((points - low) / width).astype(np.int64), bins - 1)
+    counts = np.bincount(cells[:, 1] * bins + cells[:, 0], minlength=bins * bins).reshape(bins, bins)
+    shade = np.where(counts > 0, np.log1p(counts), np.nan)
+    centres_x, centres_y = low[0] + width[0] * (np.arange(bins) + 0.5), low[1] + width[1] * (np.arange(bins) + 0.5)
+    return {"type": "heatmap", "x": centres_x, "y": centres_y, "z": shade,
+            "colorscale": [[0, "#eef0f3"], [1, "#59606b"]], "showscale": False, "hoverinfo": "skip", "zsmooth": False, "showlegend": False}
 
 
 def _cell_positions(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple[str, str], tuple[int, int]], int, int, list[str]]:
@@ -119,45 +165,74 @@ def _cell_positions(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple
     return positions, rows, columns, list(shown["title"])
 
 
-def _cell_grid(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple[str, str], tuple[int, int]], go.Figure, int]:
-    """Subplots titled in words, one per confusion cell shown, on shared axes so positions compare across cells."""
+def _cell_grid(cells: pd.DataFrame, classes: list[str]) -> tuple[dict[tuple[str, str], tuple[int, int]], go.Figure, int, int]:
+    """Subplots titled in words, one per confusion cell shown, on shared axes so positions compare across cells;
+    with the figure's height and number of columns."""
     positions, n_rows, n_cols, titles = _cell_positions(cells, classes)
     figure = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_xaxes="all", shared_yaxes="all",
                            horizontal_spacing=0.02, vertical_spacing=0.06)
-    return positions, figure, 260 * n_rows + 60
+    return positions, figure, 260 * n_rows + 60, n_cols
+
+
+def _axis_names(place: dict, n_cols: int) -> dict:
+    """The axes of subplot (row, col) as make_subplots names them (x, x2, x3, … row by row), for a trace built as a dict."""
+    if not place:
+        return {}
+    index = (place["row"] - 1) * n_cols + place["col"]
+    suffix = "" if index == 1 else str(index)
+    return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
 
 
 def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
-    """The 2-D representation space, combined or split by confusion-matrix cell."""
+    """The 2-D representation space, combined or split by confusion-matrix cell.
+
+    The per-cell traces are plain dicts handed to one unvalidated ``go.Figure``: building ~100 ``go.Scattergl``
+    objects (a 10-class model) and adding them cost ~175 ms of Plotly validation per click at 100,000 images
+    (docs/BENCHMARKS.md). Above ``options.max_points`` the points are a sample (:func:`drawn_rows`) drawn over a
+    binned density of all of them, and the title says so.
+    """
     groups = data.images.groupby(["label", "prediction"]).indices
     cells = confusion_cells(data.images)
+    sampled = drawn_rows(data, options)
+    drawn = np.ones(len(data.images), dtype=bool) if sampled is None else np.isin(np.arange(len(data.images)), sampled)
 
     if options.confusion:
-        positions, figure, height = _cell_grid(cells, data.classes)
+        positions, grid, height, n_cols = _cell_grid(cells, data.classes)
     else:
-        positions, figure, height = {}, go.Figure(), 620
+        positions, grid, height, n_cols = {}, None, 620, 1
 
+    traces, extras = [], []
     for label, prediction in zip(cells["label"], cells["prediction"]):
         rows = np.asarray(groups[(label, prediction)], dtype=np.int64)
         if options.confusion and (label, prediction) not in positions:
             continue
         place = dict(zip(("row", "col"), positions[(label, prediction)])) if options.confusion else {}
+        axes = _axis_names(place, n_cols)
         # A cell's points take their slice's (or a value's) colour, so its legend entry is a neutral proxy in the same
         # legend group (a click still toggles the cell); only the class colours mean something in the legend itself.
         own_legend = not options.confusion and options.colour == "classes"
-        figure.add_trace(_cell_trace(data, rows, options, label, prediction, show_legend=own_legend), **place)
+        if sampled is not None and options.confusion:
+            traces.append(_binned_density(data.layout[rows], _CELL_DENSITY_BINS) | axes)
+        traces.append(_cell_trace(data, rows[drawn[rows]], options, label, prediction, len(rows), show_legend=own_legend) | axes)
         if not options.confusion and not own_legend:
-            figure.add_trace(_legend_proxy(label, prediction, len(rows)))
+            traces.append(_legend_proxy(label, prediction, len(rows)))
         if options.density and options.confusion:
-            figure.add_trace(_density(data.layout[rows]), **place)
+            extras.append((_density(data.layout[rows[drawn[rows]]]), place))
         if options.hull_slices and options.confusion:
-            _add_hulls(figure, data.layout[rows], data.slice_ids[rows], options.hull_slices, place)
+            extras.append((slice_hull_traces(data.layout[rows], data.slice_ids[rows], options.hull_slices), place))
+    if sampled is not None and not options.confusion:
+        traces.insert(0, _binned_density(data.layout, _DENSITY_BINS))
+    figure = go.Figure(data=traces, layout=grid.layout if grid is not None else None, _validate=False)
+    for trace, place in extras:
+        for each in trace if isinstance(trace, list) else [trace]:
+            figure.add_trace(each, **place)
 
     if not options.confusion:
         if options.density:
-            figure.add_trace(_density(data.layout))
+            figure.add_trace(_density(data.layout[drawn]))
         if options.hull_slices:
-            _add_hulls(figure, data.layout, data.slice_ids, options.hull_slices, {})
+            for hull in slice_hull_traces(data.layout, data.slice_ids, options.hull_slices):
+                figure.add_trace(hull)
         if options.slice_labels:
             centres = readable_slice_labels(data.layout, data.slice_ids)
             figure.add_trace(go.Scatter(
@@ -177,17 +252,20 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         # No lasso drag mode: Streamlit turns click-to-select off while one is set; lasso and box stay in the mode bar.
         height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
         legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
-        title={"text": "● correct   ◆ misclassified", "font": {"size": 12}, "x": 0.01},
+        title={"text": "● correct   ◆ misclassified" + ("" if sampled is None else
+               f"   ·   {len(sampled):,} of {len(data.images):,} points drawn over the density of all; a box selection takes every point inside"),
+               "font": {"size": 12}, "x": 0.01},
     )
     return figure
 
 
-def _legend_proxy(label: str, prediction: str, count: int) -> go.Scattergl:
+def _legend_proxy(label: str, prediction: str, count: int) -> dict:
     correct = label == prediction
-    return go.Scattergl(
-        x=[None], y=[None], mode="markers", name=f"{label} → {prediction} ({count:,})", legendgroup=f"{label}|{prediction}",
-        marker={"size": 7 if correct else 9, "symbol": "circle" if correct else "diamond", "color": "#9aa0a6"}, hoverinfo="skip",
-    )
+    return {
+        "type": "scattergl", "x": [None], "y": [None], "mode": "markers", "name": f"{label} → {prediction} ({count:,})",
+        "legendgroup": f"{label}|{prediction}", "hoverinfo": "skip",
+        "marker": {"size": 7 if correct else 9, "symbol": "circle" if correct else "diamond", "color": "#9aa0a6"},
+    }
 
 
 # A slice number is drawn only this far (a share of the layout's larger side) from every number already drawn.
@@ -217,12 +295,11 @@ def _density(points: np.ndarray) -> go.Histogram2dContour:
     )
 
 
-def _add_hulls(figure: go.Figure, layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[int, ...], place: dict) -> None:
-    for slice_id, outline in slice_hulls(layout, slice_ids, slices).items():
-        figure.add_trace(go.Scatter(
-            x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
-            fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
-        ), **place)
+def slice_hull_traces(layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[int, ...]) -> list[go.Scatter]:
+    return [go.Scatter(
+        x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
+        fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
+    ) for slice_id, outline in slice_hulls(layout, slice_ids, slices).items()]
 
 
 def png_data_uri(rgba: np.ndarray) -> str:
@@ -308,7 +385,7 @@ def cell_mosaic_figure(cells: list[CellMosaic], table: pd.DataFrame, picked: lis
     metrics = table.set_index("slice")
     shown = pd.DataFrame({"label": [c.label for c in cells], "prediction": [c.prediction for c in cells]})
     shown["title"] = [cell_title(c.label, c.prediction) for c in cells]
-    positions, figure, height = _cell_grid(shown, classes)
+    positions, figure, height, _ = _cell_grid(shown, classes)
     for cell in cells:
         row, col = positions[(cell.label, cell.prediction)]
         hover = [_tile_hover(s, metrics.loc[s], int(n)) for s, n in zip(cell.mosaic.slice_ids, cell.counts)]

@@ -26,7 +26,16 @@ from app.annotations import (
     relabels_of,
     spuriousness_column,
 )
-from app.figures import TILE_METRICS, ScatterData, ScatterOptions, cell_mosaic_figure, mosaic_figure, scatter_figure, thumbnail_scatter
+from app.figures import (
+    TILE_METRICS,
+    ScatterData,
+    ScatterOptions,
+    cell_mosaic_figure,
+    mosaic_figure,
+    samples_points,
+    scatter_figure,
+    thumbnail_scatter,
+)
 from app.influence import opponents_grid
 from app.ui import (
     COLOUR_LABELS,
@@ -130,9 +139,20 @@ def _selected_ids(chart_key: str) -> set[int]:
     return {int(row["0"] if isinstance(row, dict) else row[0]) for row in rows}
 
 
-def _pick_points(scatter_key: str) -> None:
-    """Scatter callback: the box/lasso/clicked points become the point selection."""
-    st.session_state["picked_points"] = sorted(_selected_ids(scatter_key))
+def _pick_points(scatter_key: str, layout: np.ndarray | None = None) -> None:
+    """Scatter callback: the box/lasso/clicked points become the point selection.
+
+    ``layout`` is given when the scatter draws a sample of the points: a box on the combined layout (axes ``x``/``y``)
+    then takes every image inside it, not only the sampled ones the browser reports.
+    """
+    picked = _selected_ids(scatter_key)
+    if layout is not None:
+        for box in st.session_state[scatter_key].selection.get("box", []):
+            if box.get("xref", "x") == "x" and box.get("yref", "y") == "y" and len(box.get("x", ())) == 2 and len(box.get("y", ())) == 2:
+                (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+                inside = (layout[:, 0] >= x0) & (layout[:, 0] <= x1) & (layout[:, 1] >= y0) & (layout[:, 1] <= y1)
+                picked |= set(np.flatnonzero(inside).tolist())
+    st.session_state["picked_points"] = sorted(picked)
 
 
 def _pick_tiles(mosaic_key: str) -> None:
@@ -294,9 +314,11 @@ def scatter_view(selection, data: ScatterData, colour: str, thumbnails: bool) ->
         thumbnail_view(str(selection.workspace), data, options)
         return
     scatter_key = f"scatter-{st.session_state['scatter_generation']}"
+    sampled = samples_points(len(data.images), options)
     st.plotly_chart(
         scatter_figure(data, options), width="stretch", key=scatter_key,
-        on_select=partial(_pick_points, scatter_key), selection_mode=("points", "box", "lasso"),
+        on_select=partial(_pick_points, scatter_key, data.layout if sampled and not options.confusion else None),
+        selection_mode=("points", "box", "lasso"),
     )
 
 

@@ -70,3 +70,35 @@ def test_each_confusion_cell_mosaic_is_drawn_on_axes_fitted_to_its_own_tiles():
               for name in figure.layout if name.startswith("xaxis") and figure.layout[name].range is not None]
     widths = sorted(high - low for (low, high), _ in ranges)
     assert len(widths) == 2 and widths[0] < 0.2 and widths[1] > 9.0 and all(matches is None for _, matches in ranges)
+
+
+def test_many_points_are_sampled_per_cell_over_a_density_of_all_and_keep_the_highlighted():
+    data = scatter_data()
+    highlighted = np.array([3, 5, 250])
+    figure = scatter_figure(data, ScatterOptions(colour="slice", max_points=60, highlighted=highlighted))
+    assert figure.data[0].type == "heatmap"  # the density of every point lies under the sample
+    assert np.nansum(np.expm1(np.asarray(figure.data[0].z, dtype=float))) == len(data.images)
+    points = [trace for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None]
+    drawn = np.concatenate([np.asarray(trace.customdata)[:, 0] for trace in points]).astype(int)
+    assert len(drawn) < len(data.images) and set(highlighted) <= set(drawn)
+    cells = data.images.groupby(["label", "prediction"]).size()
+    assert len(points) == len(cells)  # every cell keeps points, however rare
+    # Legend counts are the cells' sizes, not the sample's.
+    assert {trace.name for trace in legend_entries(figure)} == {f"{a} → {b} ({n:,})" for (a, b), n in cells.items()}
+    assert "60" not in figure.layout.title.text and f"of {len(data.images):,} points drawn" in figure.layout.title.text
+    everything = scatter_figure(data, ScatterOptions(colour="slice", max_points=0))
+    assert all(trace.type != "heatmap" for trace in everything.data)
+
+
+def test_confusion_cells_land_on_their_own_subplot_axes():
+    data = scatter_data()
+    figure = scatter_figure(data, ScatterOptions(colour="correct", confusion=True))
+    titles = [annotation.text for annotation in figure.layout.annotations]
+    for trace in figure.data:
+        if trace.type != "scattergl":
+            continue
+        rows = np.asarray(trace.customdata)[:, 0].astype(int)
+        label, prediction = data.images.iloc[rows[0]][["label", "prediction"]]
+        index = 1 if trace.xaxis == "x" else int(trace.xaxis[1:])
+        assert trace.yaxis == trace.xaxis.replace("x", "y")
+        assert titles[index - 1] == f"label: {label} · prediction: {prediction}"

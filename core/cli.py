@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that pickle Python objects (runs their code: only for files you trust)")
     scan.add_argument("--overwrite", action="store_true", help="replace a workspace built from other inputs")
     scan.add_argument("--out", type=Path, required=True, help="workspace folder to create (or resume)")
+    scan.add_argument("--ray", metavar="auto|local|ADDRESS", help="extract on a Ray cluster with Ray Data (pip install -r requirements-ray.txt): "
+                      "auto joins the cluster this machine belongs to, local starts one here with --ray-workers CPUs, ADDRESS joins host:port. "
+                      "Workers must see the data and --out at the same paths")
+    scan.add_argument("--ray-workers", type=int, default=2, help="Ray actors extracting at once, one CPU (or GPU) each (default 2)")
     scan.add_argument("--train-data", type=Path, help="the data the model was trained on (ImageFolder or CSV manifest), recorded for influence embeddings and retraining")
     scan.add_argument("--train-split", help="split of --train-data the model was trained on")
 
@@ -404,7 +408,7 @@ def _run_scan(args) -> None:
     config = ScanConfig(
         data=args.data, model=spec, out=args.out, image_size=args.image_size, normalize=args.normalize,
         target_layer=args.target_layer, classes=classes, split=args.split, batch_size=args.batch_size,
-        device=args.device, overwrite=args.overwrite,
+        device=args.device, overwrite=args.overwrite, ray=args.ray, ray_workers=args.ray_workers,
     )
     workspace = scan(config, progress=tqdm_progress())
     report = workspace.report

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +63,8 @@ from core.workspace import (
 )
 
 # Where and how a scan runs, not what it computes: not part of its recorded inputs.
-_RUN_OPTIONS = ("out", "workers", "overwrite")
+# How a scan runs, not what it computes: never recorded, never part of the fingerprint (a Ray scan equals a local one).
+_RUN_OPTIONS = ("out", "workers", "overwrite", "ray", "ray_workers")
 
 
 @dataclass
@@ -112,6 +114,8 @@ class ScanConfig:
     workers: int = field(default_factory=lambda: min(4, max(0, (os.cpu_count() or 1) - 1)))
     overwrite: bool = False
     name: str | None = None
+    ray: str | None = None
+    ray_workers: int = 2
 
     def __post_init__(self) -> None:
         # Absolute paths, so that the recorded inputs rebuild the workspace from any
@@ -229,45 +233,21 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
     work.mkdir(parents=True, exist_ok=True)
     save_json(state_path, {"fingerprint": fingerprint, "num_chunks": len(chunk_starts), "scan": config.to_dict()})
 
-    chunks_dir = work / "chunks"
-    pending = [i for i, _ in enumerate(chunk_starts) if not (chunks_dir / f"chunk-{i:05d}.npz").is_file()]
-    batches, batch_chunk = [], []
-    for chunk in pending:
-        stop = min(chunk_starts[chunk] + config.chunk_size, n_images)
-        for start in range(chunk_starts[chunk], stop, config.batch_size):
-            batches.append(list(range(start, min(start + config.batch_size, stop))))
-            batch_chunk.append(chunk)
-
-    loader = DataLoader(
-        _ImageReader(index, preprocess),
-        batch_sampler=batches,
-        collate_fn=_collate,
-        num_workers=config.workers if len(batches) > 1 else 0,
-    )
-    done_images = n_images - sum(len(b) for b in batches)
+    chunks = ChunkPlan(index, preprocess, config.chunk_size, config.batch_size, work / "chunks")
+    pending = chunks.pending()
+    done_images = n_images - sum(chunks.size(chunk) for chunk in pending)
     report("extracting", done_images, n_images)
-    buffer: dict[str, list] = _empty_buffer()
-    for batch_number, (positions, arrays, sha1s, skipped, converted) in enumerate(loader):
-        if arrays is not None:
-            result = attribute_batch(model, arrays.to(model.device))
-            buffer["positions"].extend(positions)
-            buffer["sha1"].extend(sha1s)
-            buffer["logits"].append(result.logits.float().cpu().numpy())
-            buffer["features"].append(result.features.float().cpu().numpy())
-            buffer["attribution_features"].append(result.attribution_features.float().cpu().numpy())
-            buffer["gradcam"].append(result.gradcam.cpu().numpy().astype(np.float16))
-        for position, reason in skipped:
-            buffer["skipped_positions"].append(position)
-            buffer["skipped_reasons"].append(reason)
-        for position, note in converted:
-            buffer["converted_positions"].append(position)
-            buffer["conversions"].append(note)
-        done_images += len(positions) + len(skipped)
-        last_of_chunk = batch_number + 1 == len(batches) or batch_chunk[batch_number + 1] != batch_chunk[batch_number]
-        if last_of_chunk:
-            _write_chunk(chunks_dir / f"chunk-{batch_chunk[batch_number]:05d}.npz", buffer, model)
-            buffer = _empty_buffer()
-        report("extracting", done_images, n_images)
+    if config.ray is None:
+        def count(images: int) -> None:
+            nonlocal done_images
+            done_images += images
+            report("extracting", done_images, n_images)
+
+        extract_chunks(model, chunks, pending, config.workers, count)
+    else:
+        from core.distributed import ray_extract
+
+        ray_extract(config, chunks, pending, lambda done: report("extracting", done_images + done, n_images))
 
     plan = _ScanPlan(work, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
     _consolidate(plan, len(chunk_starts))
@@ -356,6 +336,73 @@ def _finish_interrupted_replacement(out: Path) -> None:
     new = out / RESCAN_FOLDER
     if not (out / MANIFEST).is_file() and (new / MANIFEST).is_file():
         _replace_scan_outputs(new, out, keep_derived=(out / "derived").is_dir())
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a scan's images are cut: chunks of ``chunk_size`` positions (each written to ``folder`` as one file when
+    complete), read in batches of ``batch_size`` that never cross a chunk, so the local and the Ray path batch alike."""
+
+    index: ImageIndex
+    preprocess: Preprocess
+    chunk_size: int
+    batch_size: int
+    folder: Path
+
+    @property
+    def n_images(self) -> int:
+        return len(self.index.table)
+
+    def path(self, chunk: int) -> Path:
+        return self.folder / f"chunk-{chunk:05d}.npz"
+
+    def size(self, chunk: int) -> int:
+        return min(self.chunk_size, self.n_images - chunk * self.chunk_size)
+
+    def pending(self) -> list[int]:
+        """The chunks not yet written (a resumed scan skips the others)."""
+        return [chunk for chunk in range(-(-self.n_images // self.chunk_size)) if not self.path(chunk).is_file()]
+
+    def batches(self, chunks: list[int]) -> tuple[list[list[int]], list[int]]:
+        """The positions of each batch of ``chunks``, and the chunk each batch belongs to."""
+        batches, owners = [], []
+        for chunk in chunks:
+            start, stop = chunk * self.chunk_size, chunk * self.chunk_size + self.size(chunk)
+            for first in range(start, stop, self.batch_size):
+                batches.append(list(range(first, min(first + self.batch_size, stop))))
+                owners.append(chunk)
+        return batches, owners
+
+
+def extract_chunks(model: AttributionModel, plan: ChunkPlan, chunks: list[int], workers: int, done: Callable[[int], None]) -> None:
+    """Extract ``chunks`` with ``model``, writing each chunk's file when its last batch is done; ``done(n)`` after every batch."""
+    batches, owners = plan.batches(chunks)
+    loader = DataLoader(
+        _ImageReader(plan.index, plan.preprocess),
+        batch_sampler=batches,
+        collate_fn=_collate,
+        num_workers=workers if len(batches) > 1 else 0,
+    )
+    buffer: dict[str, list] = _empty_buffer()
+    for batch_number, (positions, arrays, sha1s, skipped, converted) in enumerate(loader):
+        if arrays is not None:
+            result = attribute_batch(model, arrays.to(model.device))
+            buffer["positions"].extend(positions)
+            buffer["sha1"].extend(sha1s)
+            buffer["logits"].append(result.logits.float().cpu().numpy())
+            buffer["features"].append(result.features.float().cpu().numpy())
+            buffer["attribution_features"].append(result.attribution_features.float().cpu().numpy())
+            buffer["gradcam"].append(result.gradcam.cpu().numpy().astype(np.float16))
+        for position, reason in skipped:
+            buffer["skipped_positions"].append(position)
+            buffer["skipped_reasons"].append(reason)
+        for position, note in converted:
+            buffer["converted_positions"].append(position)
+            buffer["conversions"].append(note)
+        if batch_number + 1 == len(batches) or owners[batch_number + 1] != owners[batch_number]:
+            _write_chunk(plan.path(owners[batch_number]), buffer, model)
+            buffer = _empty_buffer()
+        done(len(positions) + len(skipped))
 
 
 def _empty_buffer() -> dict[str, list]:

@@ -253,7 +253,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
         legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
         title={"text": "● correct   ◆ misclassified" + ("" if sampled is None else
-               f"   ·   {len(sampled):,} of {len(data.images):,} points drawn over the density of all; a box selection takes every point inside"),
+               f"   ·   {len(sampled):,} of {len(data.images):,} points drawn"),
                "font": {"size": 12}, "x": 0.01},
     )
     return figure

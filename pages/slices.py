@@ -417,7 +417,9 @@ def main() -> None:
     with plot_column:
         st.subheader(REPRESENTATION_LABELS[selection.representation])
         sliced_on = "" if selection.slice_on == selection.representation else f" Slices from the {representation_phrase(selection.slice_on)}."
-        st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}")
+        sampled = (" A sample of the points is drawn over the density of all of them; a box selection takes every point inside it."
+                   if samples_points(len(images), ScatterOptions()) else "")
+        st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}{sampled}")
         accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
         spuriousness = None if colour != "spuriousness" else table.set_index("slice")["spuriousness"].reindex(slice_ids).to_numpy()
         data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes, spuriousness)

@@ -1,6 +1,6 @@
 """Model comparison (IMACS): does comparing the demo's biased and balanced models surface the planted shortcuts, and what does it cost?
 
-    python -m benchmarks.compare [--demo DIR] [--k 8] [--per-model 100] [--n-samples 10] [--timing-images 200] [--timing-samples 2]
+    python -m benchmarks.compare [--demo DIR] [--segments grid|slic] [--k 8] [--per-model 100] [--n-samples 10] [--timing-images 200] [--timing-samples 2]
 
 DIR is a full demo (default: the app's demo folder; ``build_demo`` builds or
 resumes it). Its two workspaces are copied into a temporary folder first (scan
@@ -17,8 +17,9 @@ files only), so every run starts cold and the demo's own caches stay as they wer
    rank by |disparity| (1 = largest) and the share of each kind among its
    segments. The water cluster (circle) and the stamp cluster (triangle) are
    the clusters with the largest share of that kind; their rank and whether
-   the biased model attributes them more are printed.
-2. Shapley values over 16 grid segments of --timing-images held-out images
+   the biased model attributes them more are printed. --segments: a 4 × 4
+   grid (default) or SLIC superpixels (about 16 per image).
+2. Shapley values over the segments (as --segments says) of --timing-images held-out images
    for both models, three ways: four coalitions per model call (64 images per
    call), a whole permutation's 16 coalitions per call (perturbations_per_eval
    = 16) and one coalition per call (perturbations_per_eval = 1, the default at
@@ -44,13 +45,16 @@ import torch
 
 from core.compare import (
     BASELINES,
+    SEGMENTATIONS,
     CompareParams,
+    SegmentParams,
     ShapleyParams,
     class_score,
     cluster_summary,
     compare_versions,
     estimate_seconds,
-    grid_segments,
+    segment_id_count,
+    segment_images,
     shapley_values,
 )
 from core.demo import build_demo, default_demo_dir, workspace_dir
@@ -128,7 +132,7 @@ def compare_class(a: Workspace, b: Workspace, class_name: str, params: ComparePa
     return {"rank": int(shortcut["rank"]), "biased_more": more == "biased"}, seconds
 
 
-def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int) -> None:
+def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int, segmentation: SegmentParams) -> None:
     """Seconds of Shapley values for both models with 4 coalitions per model call, a whole permutation per call, and one coalition per call."""
     timings = {}
     variants = (("batched, 64 images per model call (perturbations_per_eval=4)", 4), ("a whole permutation per call (perturbations_per_eval=16)", 16),
@@ -141,13 +145,14 @@ def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int) ->
             size = int(workspace.manifest["transforms"]["image_size"])
             rows = np.arange(min(n_images, len(workspace.images)))
             pixels = load_pixels(workspace, rows, size)
-            segments = torch.from_numpy(grid_segments(size, 4)).expand(len(rows), size, size)
+            masks = segment_images(len(rows), size, segmentation, pixels)
+            n_ids = segment_id_count(masks, segmentation)
             score = class_score(model.module.eval(), workspace.classes.index("circle"), workspace.manifest["transforms"]["normalize"], "logit")
             started = time.perf_counter()
-            shapley_values(score, pixels, segments, torch.arange(16).expand(len(rows), 16), params)
+            shapley_values(score, pixels, torch.from_numpy(masks), torch.arange(n_ids).expand(len(rows), n_ids), params)
             seconds += time.perf_counter() - started
         timings[label] = seconds
-    print(f"\n## Shapley values: 16 segments × {n_images} images × 2 models, {n_samples} permutations, 16 images per captum call\n")
+    print(f"\n## Shapley values: {segmentation.method} segments of {n_images} images × 2 models, {n_samples} permutations, 16 images per captum call\n")
     for label, seconds in timings.items():
         print(f"{label}: {seconds:.1f} s")
     batched, whole, single = timings.values()
@@ -157,6 +162,7 @@ def time_batching(workspaces: list[Workspace], n_images: int, n_samples: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=default_demo_dir(), help="a full demo folder (built or resumed first)")
+    parser.add_argument("--segments", choices=SEGMENTATIONS, default=SegmentParams().method, help="how images are cut (SLIC: about 16 superpixels)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--per-model", type=int, default=100)
     parser.add_argument("--n-samples", type=int, default=10, help="Shapley permutations per image in the comparisons")
@@ -166,8 +172,8 @@ def main() -> None:
     parser.add_argument("--timing-samples", type=int, default=2)
     args = parser.parse_args()
     build_demo(args.demo)
-    params = CompareParams(per_model=args.per_model, k=args.k, shapley=replace(ShapleyParams(), n_samples=args.n_samples, baseline=args.baseline,
-                                                                                  blur_sigma=args.blur_sigma))
+    shapley = replace(ShapleyParams(), n_samples=args.n_samples, baseline=args.baseline, blur_sigma=args.blur_sigma)
+    params = CompareParams(per_model=args.per_model, k=args.k, segments=SegmentParams(method=args.segments), shapley=shapley)
     print(f"demo {args.demo}; {params}; torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="slicescope-compare-") as folder:
         biased = cold_copy(workspace_dir(args.demo, "biased"), Path(folder) / "workspace")
@@ -176,7 +182,7 @@ def main() -> None:
         for class_name in SHORTCUTS:
             found[class_name], seconds = compare_class(biased, balanced, class_name, params)
             total += seconds
-        time_batching([biased, balanced], args.timing_images, args.timing_samples)
+        time_batching([biased, balanced], args.timing_images, args.timing_samples, params.segments)
     print(f"\ncircle_water_rank={found['circle']['rank']} triangle_stamp_rank={found['triangle']['rank']} seconds={total:.0f}")
 
 

@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, required=True, help="folder to write segments.csv (one row per segment) and clusters.csv (one row per cluster) to")
     compare.add_argument("--k", type=int, default=8, help="clusters of segments (default 8)")
     compare.add_argument("--per-model", type=int, default=100, help="images per model, a quarter from each confusion cell (default 100, the paper's)")
+    compare.add_argument("--segments", default="grid", choices=["grid", "slic"],
+                         help="how images are cut: grid (default, the paper's: --grid cells per side) or slic (about --n-segments superpixels of similar colour per image)")
     compare.add_argument("--grid", type=int, default=4, help="segments per image side (default 4: the paper's 4 × 4 grid)")
+    compare.add_argument("--n-segments", type=int, default=16, help="SLIC superpixels per image, about (default 16, as many as a 4 × 4 grid)")
+    compare.add_argument("--compactness", type=float, default=10.0, help="SLIC: higher gives squarer, more grid-like superpixels, lower follows colour more (default 10)")
     compare.add_argument("--sampling", default="balanced", help="which images: balanced (default, the paper's: equal TP, FP, TN, FN per model), "
                          "disagreement (where the models disagree, most confident first), false_positives_a or false_positives_b (one model's)")
     compare.add_argument("--baseline", default="mean_colour",
@@ -727,8 +731,8 @@ def _run_concepts(args) -> None:
 def _run_compare(args) -> None:
     from core.compare import CompareParams, SegmentParams, ShapleyParams, compare_versions, estimate_seconds
 
-    params = CompareParams(per_model=args.per_model, k=args.k, sampling=args.sampling, segments=SegmentParams(grid=args.grid),
-                           shapley=ShapleyParams(baseline=args.baseline))
+    segments = SegmentParams(method=args.segments, grid=args.grid, n_segments=args.n_segments, compactness=args.compactness)
+    params = CompareParams(per_model=args.per_model, k=args.k, sampling=args.sampling, segments=segments, shapley=ShapleyParams(baseline=args.baseline))
     seconds = estimate_seconds(args.workspace_a, args.workspace_b, args.class_name, params)
     print(f"comparing on {args.class_name}: about {duration_text(seconds)}" if seconds else f"comparing on {args.class_name}: cached")
     result = compare_versions(args.workspace_a, args.workspace_b, args.class_name, params, progress=tqdm_progress())

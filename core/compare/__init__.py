@@ -1,7 +1,7 @@
 """IMACS (Schoop et al., 2022): compare two model versions by what they attribute, summarised over a dataset.
 
 * :mod:`core.compare.sampling`: which images: a balanced confusion matrix per model, or the images the models disagree on.
-* :mod:`core.compare.segments`: the grid segmentation (a feature mask per image, boxes).
+* :mod:`core.compare.segments`: a grid or SLIC superpixels (a feature mask per image, boxes).
 * :mod:`core.compare.attribution`: segment Shapley values (captum's sampling, excluded segments take the dataset's mean colour or a blur), cached.
 * :mod:`core.compare.embedding`: segment tiles embedded by an independent third model (a small CNN trained once, or a torchvision checkpoint).
 * :mod:`core.compare.clusters`: pooled K-Means over both models' segments, per-cluster attribution and disparity.
@@ -45,17 +45,21 @@ _EXPORTS = {
     "grid_segments": "core.compare.segments",
     "mosaic_members": "core.compare.changes",
     "OTHER_CLASSES": "core.compare.changes",
+    "player_boxes": "core.compare.segments",
     "outcomes": "core.compare.sampling",
     "Sample": "core.compare.sampling",
     "segment_boxes": "core.compare.segments",
+    "segment_id_count": "core.compare.segments",
     "segment_embeddings": "core.compare.embedding",
     "segment_images": "core.compare.segments",
     "segment_tiles": "core.compare.embedding",
     "SegmentAttributions": "core.compare.attribution",
     "SegmentParams": "core.compare.segments",
+    "SEGMENTATIONS": "core.compare.segments",
     "shapley_values": "core.compare.attribution",
     "ShapleyParams": "core.compare.attribution",
     "ShapleyResult": "core.compare.attribution",
+    "slic_segments": "core.compare.segments",
     "STRATEGIES": "core.compare.sampling",
     "TileCNN": "core.compare.embedding",
     "trace_steps": "core.compare.changes",

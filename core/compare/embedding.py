@@ -150,15 +150,18 @@ def crop_resize(pixels: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
 
 
 def segment_tiles(pixels: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
-    """Every segment's tile: its box cropped from its image and resized (N·n × 3 × size × size, image by image).
+    """Every segment's tile: its box cropped from its image and resized (T × 3 × size × size, image by image).
 
-    Cropped exactly, then resized with the crop's own edge pixels repeated, so
-    no tile takes colour from its neighbours (``roi_align`` samples across a
-    box's edge); boxes shared by many images (a grid's) are resized in one call.
+    ``boxes``: N × n × 4; a box of −1 (a padding player, no segment of its
+    image) has no tile, so T is N·n less those. Cropped exactly, then resized
+    with the crop's own edge pixels repeated, so no tile takes colour from its
+    neighbours (``roi_align`` samples across a box's edge); boxes shared by
+    many images (a grid's) are resized in one call.
     """
     n_images, n_segments = boxes.shape[:2]
-    flat = boxes.reshape(-1, 4)
-    image_of = np.repeat(np.arange(n_images), n_segments)
+    present = boxes.reshape(-1, 4)[:, 0] >= 0
+    flat = boxes.reshape(-1, 4)[present]
+    image_of = np.repeat(np.arange(n_images), n_segments)[present]
     tiles = torch.empty(len(flat), 3, size, size)
     for box in np.unique(flat, axis=0):
         x0, y0, x1, y1 = (int(value) for value in box)
@@ -283,7 +286,7 @@ def _torchvision_embedder(params: EmbeddingParams, size: int) -> Embedder:
 
 def segment_embeddings(workspace: Workspace, attributions: SegmentAttributions, embedder: Embedder, progress: ProgressFn | None = None,
                        step: str = "embedding segments") -> np.ndarray:
-    """The embedding of every segment of ``attributions`` (N·n × D, image by image), computed once per embedder and segments."""
+    """The embedding of every present segment of ``attributions`` (image by image, padding left out), computed once per embedder and segments."""
     from core.mitigation.robustness import load_pixels
 
     segments = hashlib.sha256("\n".join(attributions.image_ids).encode() + attributions.boxes.astype(np.int64).tobytes()).hexdigest()[:16]

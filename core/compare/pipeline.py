@@ -1,7 +1,7 @@
 """IMACS end to end (Schoop et al., 2022): compare two model versions by what they attribute, in aggregate.
 
 sample (balanced confusion matrix per model, or disagreements) → segments
-(grid) → segment Shapley values, each model on its own sample → tiles embedded
+(grid, or SLIC superpixels) → segment Shapley values, each model on its own sample → tiles embedded
 by a third model → pooled K-Means → per-cluster attribution per model and its
 disparity. :func:`compare_versions` runs it and returns the tables;
 :func:`estimate_seconds` says how long it will take before it starts.
@@ -40,7 +40,7 @@ from core.compare.embedding import (
     segment_tiles,
 )
 from core.compare.sampling import MODELS, STRATEGIES, Sample, as_workspace, class_index, draw_sample
-from core.compare.segments import SegmentParams, grid_segments
+from core.compare.segments import SegmentParams, player_boxes, segment_id_count, segment_images
 from core.errors import SliceScopeError
 from core.progress import ProgressFn, silent
 from core.workspace import Workspace
@@ -87,17 +87,19 @@ class Comparison:
 
 
 def _segment_frame(model: str, attributions: SegmentAttributions, sample: Sample) -> pd.DataFrame:
+    """One row per segment of the model's sample, image by image; padding players (no segment of their image) left out."""
     n_players = attributions.players.shape[1]
+    present = attributions.present.ravel()
     cells = sample.images.loc[sample.images["model"] == model, "cell"].to_numpy()
-    boxes = attributions.boxes.reshape(-1, 4)
+    boxes = attributions.boxes.reshape(-1, 4)[present]
     return pd.DataFrame({
-        "segment": attributions.players.ravel(),
-        "image_id": np.repeat(np.asarray(attributions.image_ids, dtype=object), n_players),
+        "segment": attributions.players.ravel()[present],
+        "image_id": np.repeat(np.asarray(attributions.image_ids, dtype=object), n_players)[present],
         "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
         "model": model,
-        "attribution": attributions.values.ravel().astype(np.float64),
-        "cell": np.repeat(cells, n_players),
-        "score": np.repeat(attributions.scores, n_players).astype(np.float64),
+        "attribution": attributions.values.ravel()[present].astype(np.float64),
+        "cell": np.repeat(cells, n_players)[present],
+        "score": np.repeat(attributions.scores, n_players)[present].astype(np.float64),
     })
 
 
@@ -136,7 +138,7 @@ def estimate_seconds(workspace_a: Workspace | str, workspace_b: Workspace | str,
     """About how many seconds :func:`compare_versions` will take here (0 for what is cached), from small timed batches.
 
     Per model: one permutation of Shapley values on one call's images (read from
-    disk, as the real run reads them) and their tiles' embedding, scaled to the
+    disk, as the real run reads them, and segmented) and their tiles' embedding, scaled to the
     sample and ``n_samples``; plus the embedding model's training when it is not cached.
     """
     params = params or CompareParams()
@@ -152,7 +154,7 @@ def estimate_seconds(workspace_a: Workspace | str, workspace_b: Workspace | str,
 
 
 def _timed_images(workspace: Workspace, image_ids: list[str], class_name: str, params: CompareParams) -> float:
-    """Seconds per image of reading, Shapley values (all ``n_samples`` permutations) and tile embedding, from one timed call."""
+    """Seconds per image of reading, segmenting, Shapley values (all ``n_samples`` permutations) and tile embedding, from one timed call."""
     from core.extract import load_workspace_model
     from core.mitigation.robustness import load_pixels
 
@@ -163,10 +165,12 @@ def _timed_images(workspace: Workspace, image_ids: list[str], class_name: str, p
     started = time.perf_counter()
     pixels = load_pixels(workspace, rows, size)
     reading = time.perf_counter() - started
-    mask = np.broadcast_to(grid_segments(size, params.segments.grid), (len(rows), size, size))
-    players = gradcam_players(np.asarray(workspace.array("gradcam"))[rows], mask, params.segments.n_segments, params.shapley.top_n)
+    started = time.perf_counter()
+    masks = segment_images(len(rows), size, params.segments, pixels)
+    segmenting = time.perf_counter() - started
+    players = gradcam_players(np.asarray(workspace.array("gradcam"))[rows], masks, segment_id_count(masks, params.segments), params.shapley.top_n)
     score = class_score(model.module.eval(), class_index(workspace, class_name), normalize, params.shapley.output, model.device)
-    segments, one_permutation = torch.from_numpy(mask.copy()), replace(params.shapley, n_samples=1)
+    segments, one_permutation = torch.from_numpy(masks), replace(params.shapley, n_samples=1)
 
     def timed_call() -> float:
         started = time.perf_counter()
@@ -175,17 +179,15 @@ def _timed_images(workspace: Workspace, image_ids: list[str], class_name: str, p
 
     # The faster of two: the first call also pays for torch's one-time set-up at these batch sizes.
     timed = min(timed_call(), timed_call())
-    # Model evaluations per image: the baseline, the image and the empty coalition, then one per player per permutation.
+    # Model evaluations per image: the baseline, the image and the empty coalition, then one per player (padding too) per permutation.
     n_players = players.shape[1]
     shapley = timed * (3 + n_players * params.shapley.n_samples) / (3 + n_players)
     # An untrained network of the same shape embeds as fast as the trained one, which may not exist yet.
     embedder = embedding_model(workspace, params.embedding) if params.embedding.arch else Embedder(
         TileCNN(len(workspace.classes)), params.embedding.image_size or size, "none", {})
-    cell = size // params.segments.grid
-    boxes = np.broadcast_to(np.array([0, 0, cell, cell]), (*players.shape, 4)).copy()
-    tiles = segment_tiles(pixels, boxes, embedder.image_size)
+    tiles = segment_tiles(pixels, player_boxes(masks, players), embedder.image_size)
     embedder.embed(tiles[:1])
     started = time.perf_counter()
     embedder.embed(tiles)
     embedding = time.perf_counter() - started
-    return (reading + shapley + embedding) / len(rows)
+    return (reading + segmenting + shapley + embedding) / len(rows)

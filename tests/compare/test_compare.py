@@ -1,11 +1,22 @@
-"""IMACS end to end: the paper's validation check (a trained against an untrained model), caching, the estimate."""
+"""IMACS end to end: the paper's validation check (a trained against an untrained model), caching, the estimate, SLIC segments."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from core.compare import CompareParams, EmbeddingParams, ShapleyParams, attribution, compare_versions, embedding, estimate_seconds
+from core.compare import (
+    CompareParams,
+    EmbeddingParams,
+    SegmentParams,
+    ShapleyParams,
+    attribution,
+    compare_versions,
+    embedding,
+    estimate_seconds,
+)
 from core.compare.clusters import SEGMENT_COLUMNS
 
 # Few images and permutations, a briefly trained embedding model: seconds on two cores.
@@ -75,3 +86,29 @@ def test_a_cancelled_comparison_leaves_only_whole_results_and_resumes(pair):
     assert list((biased.path / "derived").glob("compare-shapley-*.npy")) and not list((balanced.path / "derived").glob("compare-shapley-*.npy"))
     resumed = compare_versions(biased, balanced, "square", FAST)
     assert set(resumed.segments["model"]) == {"A", "B"} and len(resumed.segments) == 16 * len(resumed.sample.images)
+
+
+def test_slic_superpixels_compare_end_to_end_without_padding_segments(pair, monkeypatch):
+    biased, balanced = pair
+    slic = replace(FAST, segments=SegmentParams(method="slic"))
+    assert estimate_seconds(biased, balanced, "square", slic) > 0
+    result = compare_versions(biased, balanced, "square", slic)
+    segments = result.segments
+    assert (segments["x0"] >= 0).all() and (segments["x1"] > segments["x0"]).all() and (segments["y1"] > segments["y0"]).all()
+    counts = segments.groupby(["model", "image_id"])["segment"].agg(list)
+    # Each image's own superpixels, each once: the padding players of images with fewer never become rows.
+    assert all(sorted(ids) == list(range(len(ids))) for ids in counts) and counts.map(len).nunique() > 1
+    assert len(result.embeddings) == len(segments) and segments["cluster"].between(0, FAST.k - 1).all()
+    assert result.clusters[["size_A", "size_B"]].to_numpy().sum() == len(segments)
+
+    # GradCAM's pre-selection picks among each image's own superpixels.
+    top = compare_versions(biased, balanced, "square", replace(slic, shapley=replace(FAST.shapley, top_n=4)))
+    picked = top.segments.groupby(["model", "image_id"]).size()
+    assert (picked == counts.map(len).clip(upper=4).reindex(picked.index)).all()
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("recomputed a cached result")
+
+    monkeypatch.setattr(attribution, "shapley_values", refuse)
+    again = compare_versions(biased, balanced, "square", slic)
+    assert again.segments.equals(segments) and again.clusters.equals(result.clusters)

@@ -28,3 +28,12 @@ def test_compare_explains_bad_input_in_flags(pair, tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: class 'hexagon' is not one of") and error.endswith("set --class to one of them") and "\n" not in error
+
+
+def test_bad_slic_settings_are_named_by_their_flags(pair, tmp_path, capsys):
+    biased, balanced = pair
+    code = cli_main(["compare", str(biased.path), str(balanced.path), "--class", "square", "--out", str(tmp_path / "out"), "--segments", "slic",
+                     "--n-segments", "0"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --n-segments = 0 is not a number of superpixels") and "set --n-segments to" in error and "\n" not in error

@@ -1,4 +1,4 @@
-"""IMACS's parts: sampling, grid segments, segment Shapley values, tiles and their embedding, cluster summaries."""
+"""IMACS's parts: sampling, grid and SLIC segments, segment Shapley values, tiles and their embedding, cluster summaries."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ from core.compare import (
     dataset_colour,
     disagreement_sample,
     embedding_model,
+    gradcam_players,
     grid_segments,
+    player_boxes,
     segment_boxes,
+    segment_id_count,
+    segment_images,
     segment_tiles,
     shapley_values,
 )
@@ -126,8 +130,50 @@ def test_grid_segments_number_cells_row_by_row_and_box_them():
     assert np.unique(grid_segments(30, 4)).tolist() == list(range(16))  # a side the grid does not divide
     with pytest.raises(SliceScopeError, match="`grid`"):
         SegmentParams(grid=0)
-    with pytest.raises(SliceScopeError, match="unknown segmentation 'slic'"):
-        SegmentParams(method="slic")
+    # The grid's cache key is what it was before SLIC's parameters existed, so grid results cached then are still found.
+    assert SegmentParams().record() == {"method": "grid", "grid": 4}
+
+
+def _scenes(n: int = 4, size: int = 32) -> torch.Tensor:
+    """Flat-coloured images with 1..n rectangles of other colours and a little noise: each gets its own superpixels."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, 1, 1, generator=generator).expand(n, 3, size, size).clone()
+    for image in range(n):
+        for _ in range(image + 1):
+            x, y = torch.randint(0, size - 8, (2,), generator=generator).tolist()
+            images[image, :, y:y + 8 + image, x:x + 8] = torch.rand(3, 1, 1, generator=generator)
+    return (images + 0.02 * torch.rand(images.shape, generator=generator)).clamp(0, 1)
+
+
+def test_slic_segments_are_connected_regions_covering_every_pixel_numbered_without_gaps():
+    from scipy import ndimage
+
+    images = _scenes()
+    masks = segment_images(len(images), 32, SegmentParams(method="slic", n_segments=16), images)
+    assert masks.shape == (4, 32, 32) and masks.dtype == np.int64
+    counts = [int(mask.max()) + 1 for mask in masks]
+    assert len(set(counts)) > 1 and all(8 <= count <= 24 for count in counts)  # around n_segments, differing per image
+    for mask, count in zip(masks, counts):
+        assert np.unique(mask).tolist() == list(range(count))  # every pixel has a segment, ids 0..k−1
+        assert all(ndimage.label(mask == segment)[1] == 1 for segment in range(count))  # each one connected region
+    assert segment_id_count(masks, SegmentParams(method="slic")) == max(counts)
+    np.testing.assert_array_equal(masks, segment_images(4, 32, SegmentParams(method="slic", n_segments=16), images))  # deterministic
+    assert (segment_images(4, 32, SegmentParams(method="slic", compactness=1000.0), images) != masks).any()
+    with pytest.raises(ValueError, match="pass their pixels"):
+        segment_images(4, 32, SegmentParams(method="slic"))
+
+
+@pytest.mark.parametrize(("params", "named"), [
+    ({"method": "voronoi"}, "`method`"),
+    ({"method": "slic", "n_segments": 0}, "`n_segments`"),
+    ({"method": "slic", "n_segments": 2.5}, "`n_segments`"),
+    ({"method": "slic", "compactness": 0}, "`compactness`"),
+    ({"method": "slic", "compactness": float("nan")}, "`compactness`"),
+])
+def test_bad_segment_params_are_refused_in_one_line(params, named):
+    with pytest.raises(SliceScopeError) as error:
+        SegmentParams(**params)
+    assert named in _one_line(error)
 
 
 class _Net(nn.Module):
@@ -171,6 +217,36 @@ def test_shapley_values_sum_to_the_score_minus_the_baseline_score():
     partial = shapley_values(score, images, segments, some, ShapleyParams(n_samples=3, images_per_call=2, perturbations_per_eval=2))
     np.testing.assert_allclose(partial.values.sum(axis=1), partial.scores - partial.baseline_scores, atol=1e-5)
     np.testing.assert_allclose(partial.scores, result.scores, atol=1e-6)
+
+
+def test_images_with_different_numbers_of_slic_segments_get_exact_shapley_values_and_zero_for_padding():
+    images, net = _scenes(), _Net().eval()
+    masks = segment_images(len(images), 32, SegmentParams(method="slic"), images)
+    counts = masks.reshape(len(masks), -1).max(axis=1) + 1
+    players = gradcam_players(np.ones((len(images), 4, 4)), masks, segment_id_count(masks, SegmentParams(method="slic")), None)
+    assert players.shape == (4, counts.max())  # one width for all: an image with fewer segments gets ids it lacks
+
+    def score(pixels):
+        return net(pixels)[:, 3]
+
+    result = shapley_values(score, images, torch.from_numpy(masks), torch.from_numpy(players), ShapleyParams(n_samples=3))
+    np.testing.assert_allclose(result.values.sum(axis=1), result.scores - result.baseline_scores, atol=1e-5)
+    padding = players >= counts[:, None]
+    assert padding.any() and (result.values[padding] == 0).all()
+    assert (player_boxes(masks, players)[padding] == -1).all() and (player_boxes(masks, players)[~padding] >= 0).all()
+
+
+def test_gradcam_picks_an_images_own_segments_before_padding():
+    masks = np.zeros((2, 8, 8), dtype=np.int64)
+    masks[0, :, 4:] = 1  # image 0: 2 segments
+    masks[1] = np.arange(8)[None, :] // 2  # image 1: 4 columns of 2 px
+    cams = np.zeros((2, 8, 8))
+    cams[0, :, :4] = 1.0  # all of image 0's mass on segment 0
+    cams[1, :, 6:] = 1.0  # image 1's on segment 3
+    players = gradcam_players(cams, masks, 4, top_n=3)
+    assert players[0].tolist() == [0, 1, 2] and players[1].tolist() == [0, 1, 3]  # image 0 has too few: id 2 pads it
+    boxes = player_boxes(masks, players)
+    assert boxes[0, 2].tolist() == [-1, -1, -1, -1] and boxes[1, 2].tolist() == [6, 0, 8, 8]
 
 
 def test_batching_perturbations_changes_speed_not_values():
@@ -235,6 +311,8 @@ def test_tiles_are_their_segments_resized():
     tiles = segment_tiles(pixels, boxes, 16)
     assert tiles.shape == (16, 3, 16, 16)
     assert torch.allclose(tiles[0, 0], torch.ones(16, 16)) and tiles[1:].abs().max() == 0
+    padded = np.concatenate([boxes, np.full((1, 2, 4), -1)], axis=1)  # two padding players: no tiles
+    torch.testing.assert_close(segment_tiles(pixels, padded, 16), tiles)
 
 
 def test_a_torchvision_embedding_model_loads_safely_and_embeds_at_its_penultimate_layer(pair, tmp_path):

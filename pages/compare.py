@@ -42,6 +42,7 @@ from app.compare_figures import (
 from app.ui import dataset_versions, load_images, load_workspace, selected_workspace, show_error, streamlit_progress, workspace_summary
 from core.compare import (
     BASELINES,
+    SEGMENTATIONS,
     STRATEGIES,
     CompareParams,
     SegmentParams,
@@ -59,6 +60,7 @@ SAMPLING_LABELS = {
     "false_positives_a": "Model A's false positives",
     "false_positives_b": "Model B's false positives",
 }
+SEGMENTATION_LABELS = {"grid": "a grid (IMACS)", "slic": "SLIC superpixels"}
 BASELINE_LABELS = {"mean_colour": "the dataset's mean colour", "blur": "a blurred copy (IMACS)"}
 DETAIL_LIMIT = 48  # images shown in the detail view; the rest are counted and reach the Slices page whole
 STATE_DEFAULTS = {"compare_cells": [], "compare_cell_ids": [], "compare_trace_ids": [], "compare_trace_source": "", "compare_tile": None,
@@ -189,13 +191,20 @@ def comparison_form(path_a: str, path_b: str) -> tuple[str, CompareParams] | Non
     per_model = columns[2].number_input("Images per model", min_value=8, max_value=1000, value=100, step=20, key="compare_per_model",
                                         help="The paper's default: 100 per model (25 per confusion cell).")
     k = columns[3].number_input("Clusters (K)", min_value=2, max_value=40, value=8, key="compare_k")
-    grid = columns[4].number_input("Grid (segments per side)", min_value=2, max_value=8, value=4, key="compare_grid",
-                                   help="Segments are grid cells (IMACS's default 4 × 4).")
+    with columns[4]:
+        method = st.selectbox("Segments", SEGMENTATIONS, format_func=SEGMENTATION_LABELS.get, key="compare_segments",
+                              help="Grid cells (IMACS's default 4 × 4) isolate small fixed-place details such as a corner watermark; "
+                                   "SLIC superpixels follow object and background edges.")
+        if method == "grid":
+            segments = SegmentParams(grid=int(st.number_input("Cells per side", min_value=2, max_value=8, value=4, key="compare_grid")))
+        else:
+            segments = SegmentParams(method="slic", n_segments=int(st.number_input("Superpixels per image", min_value=4, max_value=64, value=16,
+                                                                                  key="compare_n_segments")))
     baseline = columns[5].selectbox("Left-out segments show", BASELINES, format_func=BASELINE_LABELS.get, key="compare_baseline",
                                     help="A segment outside a coalition shows the dataset's mean colour (the default: a blurred copy keeps a "
                                          "background's colour, and with it a colour shortcut), or a Gaussian-blurred copy of itself (IMACS).")
     try:
-        return class_name, CompareParams(per_model=int(per_model), sampling=sampling, k=int(k), segments=SegmentParams(grid=int(grid)),
+        return class_name, CompareParams(per_model=int(per_model), sampling=sampling, k=int(k), segments=segments,
                                          shapley=ShapleyParams(baseline=baseline))
     except SliceScopeError as error:
         show_error(error)

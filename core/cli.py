@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--compactness", type=float, default=10.0, help="SLIC: higher gives squarer, more grid-like superpixels, lower follows colour more (default 10)")
     compare.add_argument("--sampling", default="balanced", help="which images: balanced (default, the paper's: equal TP, FP, TN, FN per model), "
                          "disagreement (where the models disagree, most confident first), false_positives_a or false_positives_b (one model's)")
+    compare.add_argument("--top-n", type=int, help="score only each image's N segments with the most GradCAM mass (the paper pre-selects 5); default: all")
+    compare.add_argument("--embedder-arch", help="the third model that embeds segment tiles: a torchvision architecture (with --embedder-checkpoint); "
+                         "default: a small CNN trained on model A's training data")
+    compare.add_argument("--embedder-checkpoint", type=Path, help="the --embedder-arch model's state_dict (loaded with weights_only)")
     compare.add_argument("--baseline", default="mean_colour",
                          help="what a left-out segment shows: mean_colour (default: the dataset's mean colour) or blur (a blurred copy, the paper's)")
     return parser
@@ -729,10 +733,14 @@ def _run_concepts(args) -> None:
 
 
 def _run_compare(args) -> None:
-    from core.compare import CompareParams, SegmentParams, ShapleyParams, compare_versions, estimate_seconds
+    from core.compare import CompareParams, EmbeddingParams, SegmentParams, ShapleyParams, compare_versions, estimate_seconds
 
+    if (args.embedder_arch is None) != (args.embedder_checkpoint is None):
+        raise SliceScopeError("an embedding model needs both `embedder_arch` and `embedder_checkpoint`", "pass both, or neither to train a small CNN")
     segments = SegmentParams(method=args.segments, grid=args.grid, n_segments=args.n_segments, compactness=args.compactness)
-    params = CompareParams(per_model=args.per_model, k=args.k, sampling=args.sampling, segments=segments, shapley=ShapleyParams(baseline=args.baseline))
+    params = CompareParams(per_model=args.per_model, k=args.k, sampling=args.sampling, segments=segments,
+                           shapley=ShapleyParams(baseline=args.baseline, top_n=args.top_n),
+                           embedding=EmbeddingParams(arch=args.embedder_arch, checkpoint=args.embedder_checkpoint))
     seconds = estimate_seconds(args.workspace_a, args.workspace_b, args.class_name, params)
     print(f"comparing on {args.class_name}: about {duration_text(seconds)}" if seconds else f"comparing on {args.class_name}: cached")
     result = compare_versions(args.workspace_a, args.workspace_b, args.class_name, params, progress=tqdm_progress())

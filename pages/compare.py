@@ -45,6 +45,7 @@ from core.compare import (
     SEGMENTATIONS,
     STRATEGIES,
     CompareParams,
+    EmbeddingParams,
     SegmentParams,
     ShapleyParams,
     VersionOutcomes,
@@ -138,7 +139,7 @@ def changes_view(path_a: str, path_b: str, versions: list[str]) -> VersionOutcom
     cells = load_mosaic_cells((path_a, path_b))
     mosaic_key = f"compare-mosaic-{st.session_state.get('mosaic_generation', 0)}-{abs(hash((path_a, path_b)))}"
     mosaic.plotly_chart(mosaic_view_figure(cells, st.session_state["compare_cells"], outcomes.names), width="stretch", key=mosaic_key,
-                        on_select=partial(_pick_cells, mosaic_key, outcomes, cells), selection_mode=("points",))
+                        on_select=partial(_pick_cells, mosaic_key, outcomes, cells), selection_mode=("points", "box"))
     with trace:
         chosen = st.multiselect("Versions in the Trace View, in order", versions, default=[path_a, path_b], format_func=_name, key="compare_trace_versions")
         if len(chosen) < 2:
@@ -203,9 +204,16 @@ def comparison_form(path_a: str, path_b: str) -> tuple[str, CompareParams] | Non
     baseline = columns[5].selectbox("Left-out segments show", BASELINES, format_func=BASELINE_LABELS.get, key="compare_baseline",
                                     help="A segment outside a coalition shows the dataset's mean colour (the default: a blurred copy keeps a "
                                          "background's colour, and with it a colour shortcut), or a Gaussian-blurred copy of itself (IMACS).")
+    with st.expander("More settings: segment pre-selection, the embedding model"):
+        top_n = st.number_input("Score only each image's top N segments by GradCAM mass (0: all)", min_value=0, max_value=64, value=0,
+                                key="compare_top_n", help="IMACS pre-selects 5 segments per image by a region attribution; the others keep their pixels.")
+        arch = st.text_input("Embedding model: torchvision architecture (empty: a small CNN trained on version A's training data)",
+                             key="compare_embedder_arch", placeholder="e.g. resnet18").strip()
+        checkpoint = st.text_input("Its state_dict file (loaded with weights_only; nothing is downloaded)", key="compare_embedder_checkpoint").strip()
     try:
+        embedding = EmbeddingParams(arch=arch or None, checkpoint=Path(checkpoint).expanduser() if checkpoint else None)
         return class_name, CompareParams(per_model=int(per_model), sampling=sampling, k=int(k), segments=segments,
-                                         shapley=ShapleyParams(baseline=baseline))
+                                         shapley=ShapleyParams(baseline=baseline, top_n=int(top_n) or None), embedding=embedding)
     except SliceScopeError as error:
         show_error(error)
         return None
@@ -249,6 +257,10 @@ def _pick_tile(chart_key: str, comparison_key: tuple) -> None:
 
 
 def cluster_views(comparison, path_a: str, selected_ids: list[str]) -> None:
+    embedder = comparison.params.embedding
+    st.caption(f"Segment tiles embedded by {embedder.arch} ({embedder.checkpoint})" if embedder.arch else
+               f"Segment tiles embedded by a small CNN trained on {comparison.workspace_a}'s training data ({embedder.epochs} epochs, "
+               f"{embedder.train_images:,} images at most), since no pretrained weights are downloaded; another model can be set under More settings.")
     if comparison.sample.messages:
         st.info("The sample is smaller than asked:\n" + "\n".join(f"- {message}" for message in comparison.sample.messages), icon=":material/info:")
     segments = comparison.segments

@@ -31,7 +31,9 @@ from core.demo import default_demo_dir, workspace_dir
 from core.errors import SliceScopeError
 from core.views import plural
 
-CANVAS_MAX_SIDE = 400
+# The pictures are stored at 320 px on their longer side (core.crowd.pipeline): shown 1:1, and the canvas fits a
+# phone's screen (360 px wide and up, less the page's margins).
+CANVAS_MAX_SIDE = 320
 BOX_COLOUR = "#00e5ff"
 
 

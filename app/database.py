@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import streamlit as st
+from app.deployment import secret_text
 
 
 def configured_database_url() -> str | None:
-    """``[database] url`` from ``.streamlit/secrets.toml``; None when no secrets file gives one."""
-    try:
-        url = st.secrets["database"]["url"]
-    except (FileNotFoundError, KeyError, TypeError):
-        # No secrets file is the normal case (the database is then $SLICESCOPE_DATABASE_URL or the workspace's own).
-        return None
-    return str(url).strip() or None
+    """``[database] url`` from the secrets; None without a secrets file or a ``[database]`` table (the database is then
+    $SLICESCOPE_DATABASE_URL or the workspace's own). An unreadable secrets file, or a ``[database]`` table without a
+    url, is a one-line SliceScopeError naming the fix."""
+    url = secret_text("database", "url", '"postgresql://user:password@host:5432/slicescope"')
+    return url.strip() if url else None

@@ -1,7 +1,8 @@
 """SliceScope analyst app: ``streamlit run app/main.py``.
 
 Opens on the built-in demo (built on the first run). The System Menu in the
-sidebar is shared by every page; the pages live in ``pages/``.
+sidebar is shared by every page; the pages live in ``pages/``. A deployment that sets
+``[analyst] password`` in its secrets shows only a password form until it is typed.
 """
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import FAVICON
+from app.access import analyst_admitted
 from app.ui import build_full_demo_behind, ensure_demo, system_menu
 
 ROOT = Path(__file__).resolve().parent.parent  # the pages are files of the checkout, run by Streamlit as scripts
@@ -16,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the pages are files of the chec
 
 def main() -> None:
     st.set_page_config(page_title="SliceScope", page_icon=str(FAVICON), layout="wide")
+    if not analyst_admitted():
+        return
     pages = [
         st.Page(ROOT / "pages" / "slices.py", title="Slices", icon=":material/scatter_plot:", default=True),
         st.Page(ROOT / "pages" / "augment.py", title="Augment", icon=":material/auto_awesome:"),

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from app.concepts import boxed_picture, campaign_boxes, campaign_store, mined_concepts, top_concepts_figure
+from app.deployment import configured_worker_url
 from app.ui import load_slices, selected_workspace, show_error, streamlit_progress
 from core.concepts import RESULT_KINDS, Vocabulary, concept_boxes, filter_results, query_concepts, slice_concepts
 from core.crowd import (
@@ -96,8 +97,9 @@ def new_campaign_form(workspace: Workspace, store: CampaignStore) -> None:
                                      help="Answers faster than this are kept but flagged as rejected and left out of the concepts.")
         name = st.text_input("Campaign name", f"Campaign on {workspace.name}", max_chars=100)
         instructions = st.text_area("Instructions shown to workers (Markdown)", DEFAULT_INSTRUCTIONS, max_chars=INSTRUCTIONS_MAX_CHARS, height=180)
-        base_url = st.text_input("Address of the worker app", WORKER_APP_URL,
-                                 help="Where `streamlit run annotate/main.py --server.port 8502` answers; task links start with it.")
+        base_url = st.text_input("Address of the worker app", configured_worker_url() or WORKER_APP_URL,
+                                 help="Where `streamlit run annotate/main.py --server.port 8502` answers ([worker] url in the "
+                                      "deployment's secrets, if set); task links start with it.")
         if not st.form_submit_button("Create campaign", type="primary"):
             return
     plan = CampaignPlan(n_images=int(n_images), sampling=sampling, images_per_task=int(per_task), workers_per_task=int(workers),

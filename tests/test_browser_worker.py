@@ -17,8 +17,8 @@ from core.crowd import CampaignImage, CampaignSettings, CampaignStore
 from tests.helpers import browser_page, running_app
 
 TIMEOUT_MS = 60_000
-IMAGE_SIZE = 64  # pictures are 64 px, shown on a 400-px canvas: 6.25 canvas pixels per image pixel
-CANVAS_PER_IMAGE_PIXEL = 400 / IMAGE_SIZE
+IMAGE_SIZE = 64  # pictures are 64 px, shown on a 320-px canvas: 5 canvas pixels per image pixel
+CANVAS_PER_IMAGE_PIXEL = 320 / IMAGE_SIZE
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
@@ -30,7 +30,7 @@ def _png(pixels: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    """A two-image task for three workers, with pictures, in its own SQLite database."""
+    """A two-image task for four workers, with pictures, in its own SQLite database."""
     folder = tmp_path_factory.mktemp("worker-campaign")
     url = f"sqlite:///{folder / 'campaign.sqlite'}"
     rng = np.random.default_rng(0)
@@ -40,7 +40,7 @@ def campaign(tmp_path_factory):
         pictures[image_id] = CampaignImage(IMAGE_SIZE, IMAGE_SIZE, _png(pixels), _png(255 - pixels))
     store = CampaignStore(url)
     created = store.create_campaign("ws", "browser", list(pictures), CampaignSettings(
-        images_per_task=2, workers_per_task=3, min_seconds_per_image=0, instructions="Box **each** highlighted area."), pictures=pictures)
+        images_per_task=2, workers_per_task=4, min_seconds_per_image=0, instructions="Box **each** highlighted area."), pictures=pictures)
     yield store, created, url, folder
     store.close()
 
@@ -165,7 +165,7 @@ def test_worker_draws_names_and_submits_boxes_stored_in_image_pixels(page, campa
     coco = store.export_coco(created.id)
     by_image = {image["id"]: image["file_name"] for image in coco["images"]}
     boxes = {by_image[annotation["image_id"]]: annotation for annotation in coco["annotations"]}
-    # Canvas (50, 60)-(150, 160) on a 400-px canvas of a 64-px image → image pixels (8, 9.6)-(24, 25.6).
+    # Canvas (50, 60)-(150, 160) on a 320-px canvas of a 64-px image → image pixels (10, 12)-(30, 32).
     expected = {"img-a": (50, 60, 150, 160), "img-b": (200, 20, 300, 100)}
     for image_id, (x0, y0, x1, y1) in expected.items():
         x, y, width, height = boxes[image_id]["bbox"]
@@ -206,6 +206,39 @@ def test_a_reload_restores_the_answer_in_progress(page, campaign):
     expect(page.get_by_label("Box 1: what is it like? (adjectives, comma-separated)")).to_have_value("blue, wavy")
     expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
     assert store.progress(created.id).set_index("assignment_id").loc[created.tokens[2].assignment_id, "status"] == "started"
+
+
+def test_a_worker_on_a_phone_draws_a_box_and_nothing_overflows_the_screen(chromium_browser, worker_server, campaign):
+    """Hosted, the worker app is opened on phones: at 390×844 (a touch screen) the page fits the width, the canvas
+    included, and a box drawn on it is counted. The drag is the mouse's: Chromium's synthetic touch events (CDP) drew
+    nothing on the canvas when tried, so this test does not show that a finger draws."""
+    _, created, _, _ = campaign
+    context = chromium_browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=3)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page.goto(f"{worker_server}?token={created.tokens[3].token}")
+        page.get_by_role("button", name="Start the task").click()
+        expect(page.get_by_text("0 of 2 images have boxes")).to_be_visible()
+        page.locator("canvas.upper-canvas").scroll_into_view_if_needed()
+        drag_box(page, (40, 40, 200, 160), "1")
+        expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
+        # Streamlit's main block clips or scrolls what is too wide instead of widening the page, so the page's width
+        # alone proves little: every element is scrolled back to its left edge, and then nothing may reach past 390 px
+        # (the canvas lives in a shadow root, which Playwright's locator reaches and querySelectorAll does not).
+        widths = page.evaluate("""() => {
+            const elements = [...document.querySelectorAll("*")];
+            elements.forEach((element) => { element.scrollLeft = 0; });
+            const shown = elements.filter((element) => element.matches("img, input, button, p"));
+            return {body: document.body.scrollWidth, page: document.documentElement.scrollWidth,
+                    right: Math.max(...shown.map((element) => element.getBoundingClientRect().right))};
+        }""")
+        canvas = page.locator("canvas.upper-canvas").bounding_box()
+        widths["canvas"] = canvas["x"] + canvas["width"]
+        assert max(widths.values()) <= 390, widths
+        assert page.get_by_test_id("stSidebarNav").count() == 0  # one page: no analyst page is listed
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("query, message", [

@@ -116,8 +116,10 @@ def streamlit_progress(container) -> ProgressFn:
 
 
 # Which presets the app builds: the quick demo it opens on, then the full one behind it.
-# SLICESCOPE_DEMO_PRESETS="tiny,tiny" makes both fast (tests, a machine too slow for the full demo).
+# SLICESCOPE_DEMO_PRESETS="tiny,tiny" makes both fast (tests, a machine too slow for the full demo);
+# "quick,none" builds no full demo: a hosted app whose memory cannot hold the server and a builder at once.
 DEMO_PRESETS_ENV = "SLICESCOPE_DEMO_PRESETS"
+NO_FULL_DEMO = "none"
 # The full demo's builder started by this server, per folder: a build that failed is reported, not restarted on every click.
 _BACKGROUND_BUILDS: dict[str, subprocess.Popen] = {}
 
@@ -142,6 +144,8 @@ def ensure_demo() -> None:
         return
     if not is_demo_built(quick_demo_dir()):
         _build_in_front(quick_demo_dir(), demo_presets()[0])
+    if demo_presets()[1] == NO_FULL_DEMO:
+        return
     with st.sidebar:
         st.fragment(_full_demo_banner, run_every=3)(full)
 
@@ -151,7 +155,7 @@ def build_full_demo_behind() -> None:
     banner says how far it got). Called after the page is drawn, so the first page does not share the CPUs with the build.
     """
     full = default_demo_dir()
-    if is_demo_built(full):
+    if is_demo_built(full) or demo_presets()[1] == NO_FULL_DEMO:
         return
     progress = build_progress(full)
     if (progress is None or not progress.running) and str(full) not in _BACKGROUND_BUILDS:

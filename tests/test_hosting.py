@@ -5,6 +5,7 @@ phone-sized browser test is in test_browser_worker.py)."""
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,7 @@ from PIL import Image
 from streamlit.runtime.secrets import Secrets
 from streamlit.testing.v1 import AppTest
 
+from app import ui as analyst_ui
 from app.access import password_matches
 from core.crowd import CampaignImage, CampaignSettings, CampaignStore
 
@@ -184,3 +186,23 @@ def test_the_hosted_apps_install_cpu_only_torch_at_the_projects_versions():
     assert cloud == ["--extra-index-url https://download.pytorch.org/whl/cpu", f"torch=={pinned['torch']}+cpu",
                      f"torchvision=={pinned['torchvision']}+cpu", "-e ."]
     assert [line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")] == ["-e .[test]"]
+
+
+def test_quick_none_opens_on_the_quick_demo_and_builds_no_full_demo(tiny_demo, tmp_path, monkeypatch):
+    """SLICESCOPE_DEMO_PRESETS="quick,none" (the hosted template's root key): no builder process beside the server."""
+    home = tmp_path / "home"
+    shutil.copytree(tiny_demo, home / "demo-quick", ignore=shutil.ignore_patterns("*.sqlite*"))
+    monkeypatch.setenv("SLICESCOPE_HOME", str(home))
+    monkeypatch.setenv("SLICESCOPE_DEMO_PRESETS", "tiny,none")
+    monkeypatch.delenv("SLICESCOPE_WORKSPACES", raising=False)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("started building the full demo")
+
+    monkeypatch.setattr(analyst_ui, "start_background_build", refuse)
+    app = AppTest.from_file(str(ANALYST_APP), default_timeout=120)
+    app.run()
+    assert not app.exception, [error.value for error in app.exception]
+    assert app.sidebar.selectbox(key="menu_workspace").value.startswith(str((home / "demo-quick").resolve()))
+    assert not (home / "demo").exists()
+    assert not any("full demo is being built" in info.value for info in app.sidebar.info)

@@ -29,10 +29,10 @@ UMAP_METRICS = ("euclidean", "cosine", "manhattan", "correlation")
 # The scaled pipeline (benchmarks/scale.py, docs/BENCHMARKS.md "Workspaces of 200,000 images"). Up to the threshold
 # every result is computed on all images exactly as before, under the same cache keys; above it, the layout and the
 # slices are fitted on a seeded sample of FIT_SAMPLE_IMAGES and applied to the rest, and their cache keys record the
-# sample size. Measured on 2 busy cores (load average 6-8), the app's defaults (UMAP + the domino mixture) on every
-# image of a synthetic 64-d workspace took 181 s at 20,000 images and 286 s at 50,000: the threshold is where
-# the 5-minute budget runs out, and the sample is small enough that fitting it leaves most of that budget for
-# placing the rest.
+# sample size. The app's defaults (UMAP + the domino mixture) on every image of a synthetic 64-d workspace took 67 s
+# at 50,000 images on 2 quiet cores but 286 s while other work loaded them (load average 6): the threshold keeps a
+# workspace that is fitted whole within the issue's 5-minute budget even on a busy machine, and fitting the
+# 20,000-image sample (42 s at 10,000 whole, 181 s at 20,000 when busy) leaves most of that budget for placing the rest.
 SCALED_PIPELINE_THRESHOLD = 50_000
 FIT_SAMPLE_IMAGES = 20_000
 # Above the threshold and for the euclidean metric, UMAP runs on this many randomized principal components (fitted
@@ -364,11 +364,11 @@ def distinct_rows(vectors: np.ndarray) -> int:
 
     np.unique(axis=0) sorts the rows as wide records, comparing them element by element, so rows sharing a long prefix
     (the dead channels of post-ReLU features) are slow to tell apart: at 200,000 × 512 float32 with 384 constant
-    columns it took 35.8 s and 406 MB more memory (3.4 s on random rows). Here each rounded row becomes one 64-bit
-    hash (pandas' row hash, a fixed, well-mixed function of the row's bytes) and the hashes are counted: 1.1 s on
-    either, in chunks of _HASH_CHUNK_ROWS. Rows equal at 6 decimals have equal bytes once −0.0 is made 0.0 (no NaN
-    reaches here), so they hash alike; two distinct rows share a hash with probability 2⁻⁶⁴, under 10⁻⁹ for any pair
-    among 200,000 rows.
+    columns it took 35.8 s and 406 MB more memory (3.4 s on random rows; both timed on shared cores). Here each
+    rounded row becomes one 64-bit hash (pandas' row hash, a fixed, well-mixed function of the row's bytes) and the
+    hashes are counted: 1.1 s on either, in chunks of _HASH_CHUNK_ROWS. Rows equal at 6 decimals have equal bytes
+    once −0.0 is made 0.0 (no NaN reaches here), so they hash alike; two distinct rows share a hash with probability
+    2⁻⁶⁴, so about 10⁻⁹ that any two of 200,000 rows collide.
     """
     hashes = [
         pd.util.hash_pandas_object(pd.DataFrame(vectors[start:start + _HASH_CHUNK_ROWS].round(6) + np.float32(0)), index=False).to_numpy()

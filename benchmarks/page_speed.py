@@ -221,14 +221,15 @@ def time_clicks(cycles: list[list[Click]]) -> tuple[float, list[tuple[str, float
     return cold, ours, uncached
 
 
-def slices_to_pick(workspace: Workspace, count: int) -> list[int]:
-    """Up to ``count`` slices, those with the most images in their first confusion cell first.
+def slices_to_pick(workspace: Workspace, count: int, params: SliceParams | None = None) -> list[int]:
+    """Up to ``count`` slices of ``params`` (default: K-Means with k = default_k), those with the most images in
+    their first confusion cell first.
 
     In the confusion layout the detail view opens on a slice's first cell
     (``confusion_cells`` order), so these slices show several pages of images in
     either layout and the paging click always has a next page.
     """
-    slice_ids = find_slices(workspace, PAGE_REPRESENTATION, SliceParams(k=default_k(len(workspace.images))))
+    slice_ids = find_slices(workspace, PAGE_REPRESENTATION, params or SliceParams(k=default_k(len(workspace.images))))
     first_cell = {
         int(s): int(confusion_cells(workspace.images, members(slice_ids, [s]))["count"].iat[0])
         for s in np.unique(slice_ids)

@@ -1,6 +1,6 @@
 """The scan's extraction on a Ray cluster, with Ray Data: ``python -m core scan … --ray auto|local|ADDRESS``.
 
-The unit of work is the scan's chunk (:class:`core.extract.ChunkPlan`): a Ray
+The unit of work is the scan's chunk (``core.extract.ChunkPlan``): a Ray
 Data pipeline of pending chunk numbers goes through ``map_batches`` with a pool
 of actors, each of which loads the model once and writes each chunk it extracts
 into the workspace's ``chunks/`` folder exactly as the local path does (same
@@ -20,7 +20,6 @@ import socket
 from collections.abc import Callable
 
 from core.errors import SliceScopeError
-from core.extract import ChunkPlan, ScanConfig, extract_chunks
 
 LOCAL = "local"
 # Seconds to wait for a named cluster's head before saying it does not answer.
@@ -68,36 +67,34 @@ def connect(ray, address: str, workers: int) -> None:
 
 
 class ChunkExtractor:
-    """A Ray Data actor: the model loaded once, then whole chunks extracted and written, one per call."""
+    """A Ray Data actor: the model loaded once (``load_model()``), then whole chunks extracted and written by
+    ``extract(model, chunks)``, one call per batch of chunk numbers. The scan hands both in (module-level functions,
+    pickled by reference), so this module needs nothing from the scan's."""
 
-    def __init__(self, config: ScanConfig, plan: ChunkPlan):
+    def __init__(self, load_model: Callable[[], object], extract: Callable[[object, list[int]], list[int]]):
         import torch
 
-        from core.models import AttributionModel, load_module
-
         torch.set_num_threads(1)  # one CPU per actor: Ray schedules the actors, not torch's thread pool
-        self.plan = plan
-        self.model = AttributionModel(load_module(config.model), config.image_size, config.target_layer, config.device)
+        self.extract = extract
+        self.model = load_model()
 
     def __call__(self, batch: dict) -> dict:
         chunks = [int(chunk) for chunk in batch["chunk"]]
-        extract_chunks(self.model, self.plan, chunks, 0, lambda _images: None)
-        return {"chunk": chunks, "images": [self.plan.size(chunk) for chunk in chunks]}
+        return {"chunk": chunks, "images": self.extract(self.model, chunks)}
 
 
-def ray_extract(config: ScanConfig, plan: ChunkPlan, chunks: list[int], done: Callable[[int], None]) -> None:
-    """Extract ``chunks`` on the Ray cluster ``config.ray`` with ``config.ray_workers`` actors; ``done(images so far)`` as chunks finish."""
-    if not isinstance(config.ray_workers, int) or config.ray_workers < 1:
-        raise SliceScopeError(f"`ray_workers` = {config.ray_workers}", "set `ray_workers` to 1 or more")
+def ray_extract(chunks: list[int], load_model: Callable[[], object], extract: Callable[[object, list[int]], list[int]], done: Callable[[int], None],
+                address: str, workers: int, gpu: bool) -> None:
+    """Extract ``chunks`` on the Ray cluster at ``address`` (see :func:`connect`) with ``workers`` actors, one CPU or GPU each;
+    ``extract`` returns the images of each chunk it wrote, and ``done(images so far)`` follows the chunks as they finish."""
+    if not isinstance(workers, int) or workers < 1:
+        raise SliceScopeError(f"`ray_workers` = {workers}", "set `ray_workers` to 1 or more")
     if not chunks:
         return
     ray = import_ray()
-    connect(ray, config.ray, config.ray_workers)
-    import torch
-
-    gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    connect(ray, address, workers)
     extracted = ray.data.from_items([{"chunk": chunk} for chunk in chunks]).map_batches(
-        ChunkExtractor, fn_constructor_kwargs={"config": config, "plan": plan}, batch_size=1, concurrency=config.ray_workers,
+        ChunkExtractor, fn_constructor_kwargs={"load_model": load_model, "extract": extract}, batch_size=1, concurrency=workers,
         num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=_RESTARTS, max_task_retries=_RESTARTS,
     )
     finished = 0

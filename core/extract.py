@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +248,9 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
     else:
         from core.distributed import ray_extract
 
-        ray_extract(config, chunks, pending, lambda done: report("extracting", done_images + done, n_images))
+        gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        ray_extract(pending, partial(_load_scan_model, config), partial(_extract_whole_chunks, chunks),
+                    lambda done: report("extracting", done_images + done, n_images), config.ray, config.ray_workers, gpu)
 
     plan = _ScanPlan(work, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
     _consolidate(plan, len(chunk_starts))
@@ -403,6 +406,17 @@ def extract_chunks(model: AttributionModel, plan: ChunkPlan, chunks: list[int], 
             _write_chunk(plan.path(owners[batch_number]), buffer, model)
             buffer = _empty_buffer()
         done(len(positions) + len(skipped))
+
+
+def _load_scan_model(config: ScanConfig) -> AttributionModel:
+    """The scan's model, as a Ray worker builds it for itself."""
+    return AttributionModel(load_module(config.model), config.image_size, config.target_layer, config.device)
+
+
+def _extract_whole_chunks(plan: ChunkPlan, model: AttributionModel, chunks: list[int]) -> list[int]:
+    """What a Ray worker does with its chunks: extract and write them (one process, no loader workers); their sizes."""
+    extract_chunks(model, plan, chunks, 0, lambda _images: None)
+    return [plan.size(chunk) for chunk in chunks]
 
 
 def _empty_buffer() -> dict[str, list]:

@@ -216,16 +216,14 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         traces.append(_cell_trace(data, rows[drawn[rows]], options, label, prediction, len(rows), show_legend=own_legend) | axes)
         if not options.confusion and not own_legend:
             traces.append(_legend_proxy(label, prediction, len(rows)))
+        # Drawn onto the cell's subplot by its axis names: the unvalidated figure below keeps no subplot grid for row/col.
         if options.density and options.confusion:
-            extras.append((_density(data.layout[rows[drawn[rows]]]), place))
+            extras.append(_density(data.layout[rows[drawn[rows]]]).to_plotly_json() | axes)
         if options.hull_slices and options.confusion:
-            extras.append((slice_hull_traces(data.layout[rows], data.slice_ids[rows], options.hull_slices), place))
+            extras += [hull.to_plotly_json() | axes for hull in slice_hull_traces(data.layout[rows], data.slice_ids[rows], options.hull_slices)]
     if sampled is not None and not options.confusion:
         traces.insert(0, _binned_density(data.layout, _DENSITY_BINS))
-    figure = go.Figure(data=traces, layout=grid.layout if grid is not None else None, _validate=False)
-    for trace, place in extras:
-        for each in trace if isinstance(trace, list) else [trace]:
-            figure.add_trace(each, **place)
+    figure = go.Figure(data=traces + extras, layout=grid.layout if grid is not None else None, _validate=False)
 
     if not options.confusion:
         if options.density:

@@ -102,3 +102,12 @@ def test_confusion_cells_land_on_their_own_subplot_axes():
         index = 1 if trace.xaxis == "x" else int(trace.xaxis[1:])
         assert trace.yaxis == trace.xaxis.replace("x", "y")
         assert titles[index - 1] == f"label: {label} · prediction: {prediction}"
+
+
+def test_confusion_cells_carry_their_outlines_and_contours_on_their_own_axes():
+    data = scatter_data()
+    figure = scatter_figure(data, ScatterOptions(colour="slice", confusion=True, density=True, hull_slices=(0, 1, 2)))
+    extras = [trace for trace in figure.data if trace.type in ("histogram2dcontour", "scatter")]
+    assert {trace.type for trace in extras} == {"histogram2dcontour", "scatter"}
+    cell_axes = {trace.xaxis for trace in figure.data if trace.type == "scattergl"}
+    assert {trace.xaxis for trace in extras} <= cell_axes and len({trace.xaxis for trace in extras}) > 1

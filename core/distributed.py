@@ -98,6 +98,12 @@ def ray_extract(chunks: list[int], load_model: Callable[[], object], extract: Ca
         num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=_RESTARTS, max_task_retries=_RESTARTS,
     )
     finished = 0
-    for row in extracted.iter_rows():
-        finished += int(row["images"])
-        done(finished)
+    rows = iter(extracted.iter_rows())
+    try:
+        for row in rows:
+            finished += int(row["images"])
+            done(finished)
+    finally:
+        # An interrupted scan stops Ray Data's executor now: left to garbage collection, its thread could reach Ray
+        # after ray.shutdown(), and Ray then ends the whole process.
+        rows.close()

@@ -5,6 +5,7 @@ Needs Ray (requirements-ray.txt, which .ci/run installs); skipped without it unl
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import replace
 
@@ -28,6 +29,7 @@ def ray_local():
 
     connect(ray, "local", 2)
     yield ray
+    gc.collect()  # no Ray Data iterator of these tests outlives the cluster
     ray.shutdown()
 
 

@@ -426,5 +426,17 @@ def repair_ui(path: str, status: WorkspaceStatus) -> None:
         st.rerun()
 
 
+def picked_ids(chart_key: str) -> list[int]:
+    """The first ``customdata`` column of the points selected in a Plotly chart (image rows, slice ids, cell ids…).
+
+    Plotly ships NumPy ``customdata`` as a typed array; in the browser each row
+    is a typed array too, which reaches Python as ``{"0": v0, "1": v1, …}``,
+    not as a list.
+    """
+    points = st.session_state[chart_key].selection.points
+    rows = [point["customdata"] for point in points if point.get("customdata") is not None]
+    return [int(row["0"] if isinstance(row, dict) else row[0]) for row in rows]
+
+
 def show_error(error: SliceScopeError) -> None:
     st.error(str(error), icon=":material/error:")

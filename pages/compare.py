@@ -39,7 +39,16 @@ from app.compare_figures import (
     tile_board_figure,
     trace_figure,
 )
-from app.ui import dataset_versions, load_images, load_workspace, selected_workspace, show_error, streamlit_progress, workspace_summary
+from app.ui import (
+    dataset_versions,
+    load_images,
+    load_workspace,
+    picked_ids,
+    selected_workspace,
+    show_error,
+    streamlit_progress,
+    workspace_summary,
+)
 from core.compare import (
     BASELINES,
     SEGMENTATIONS,
@@ -72,15 +81,8 @@ def _name(path: str) -> str:
     return workspace_summary(path)["model_label"]
 
 
-def _selected_points(chart_key: str) -> list[int]:
-    """The first ``customdata`` column of the points picked in a chart (see pages/slices.py for the typed-array shape)."""
-    points = st.session_state[chart_key].selection.points
-    rows = [point["customdata"] for point in points if point.get("customdata") is not None]
-    return [int(row["0"] if isinstance(row, dict) else row[0]) for row in rows]
-
-
 def _pick_cells(chart_key: str, outcomes: VersionOutcomes, cells) -> None:
-    picked = _selected_points(chart_key)
+    picked = picked_ids(chart_key)
     st.session_state["compare_cells"] = picked
     ids = outcomes.images["image_id"].to_numpy()[mosaic_members(outcomes, cells, picked)]
     st.session_state["compare_cell_ids"] = ids.tolist()
@@ -88,7 +90,7 @@ def _pick_cells(chart_key: str, outcomes: VersionOutcomes, cells) -> None:
 
 
 def _pick_trace(chart_key: str, outcomes: VersionOutcomes, steps) -> None:
-    picked = _selected_points(chart_key)
+    picked = picked_ids(chart_key)
     chosen = steps.loc[picked]
     images = np.unique(np.concatenate(chosen["images"].tolist())) if len(chosen) else np.array([], dtype=np.int64)
     st.session_state["compare_trace_ids"] = outcomes.images["image_id"].to_numpy()[images].tolist()
@@ -252,7 +254,7 @@ def attribution_comparison(path_a: str, path_b: str, class_name: str, params: Co
 
 
 def _pick_tile(chart_key: str, comparison_key: tuple) -> None:
-    picked = _selected_points(chart_key)
+    picked = picked_ids(chart_key)
     st.session_state["compare_tile"] = (comparison_key, picked[0]) if picked else None
 
 

@@ -47,6 +47,7 @@ from app.ui import (
     load_slices,
     load_thumbnail_uris,
     load_workspace,
+    picked_ids,
     representation_phrase,
     selected_workspace,
     show_error,
@@ -127,25 +128,13 @@ def _pick_rows(table_key: str, shown_slices: np.ndarray) -> None:
         _clear_points()
 
 
-def _selected_ids(chart_key: str) -> set[int]:
-    """The first ``customdata`` column of the points selected in a chart (image rows, or slice ids for the mosaic).
-
-    Plotly ships NumPy ``customdata`` as a typed array; in the browser each row
-    is a typed array too, which reaches Python as ``{"0": v0, "1": v1, …}``,
-    not as a list.
-    """
-    points = st.session_state[chart_key].selection.points
-    rows = [point["customdata"] for point in points if point.get("customdata")]
-    return {int(row["0"] if isinstance(row, dict) else row[0]) for row in rows}
-
-
 def _pick_points(scatter_key: str, layout: np.ndarray | None = None) -> None:
     """Scatter callback: the box/lasso/clicked points become the point selection.
 
     ``layout`` is given when the scatter draws a sample of the points: a box on the combined layout (axes ``x``/``y``)
     then takes every image inside it, not only the sampled ones the browser reports.
     """
-    picked = _selected_ids(scatter_key)
+    picked = set(picked_ids(scatter_key))
     if layout is not None:
         for box in st.session_state[scatter_key].selection.get("box", []):
             if box.get("xref", "x") == "x" and box.get("yref", "y") == "y" and len(box.get("x", ())) == 2 and len(box.get("y", ())) == 2:
@@ -157,7 +146,7 @@ def _pick_points(scatter_key: str, layout: np.ndarray | None = None) -> None:
 
 def _pick_tiles(mosaic_key: str) -> None:
     """Mosaic callback: the clicked or boxed tiles become the selected slices."""
-    st.session_state["picked_slices"] = sorted(_selected_ids(mosaic_key))
+    st.session_state["picked_slices"] = sorted(set(picked_ids(mosaic_key)))
     if st.session_state["picked_points"]:
         _clear_points()
 

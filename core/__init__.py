@@ -24,6 +24,7 @@ _EXPORTS = {
     "AttributionModel": "core.models",
     "ModelSpec": "core.models",
     "load_module": "core.models",
+    "retained_heap": "core.memory",
     "Workspace": "core.workspace",
     "build_demo": "core.demo",
     "DEFAULT_SLICING": "core.slicing",
@@ -75,6 +76,7 @@ __all__ = [
     "plan_mitigation",
     "project",
     "read_annotations",
+    "retained_heap",
     "scan",
     "slice_table",
 ]

@@ -21,6 +21,8 @@ it without the user giving them again.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import shutil
 import time
@@ -39,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from core import __version__
 from core.data import ImageIndex, Preprocess, load_index, read_image
 from core.errors import SliceScopeError
+from core.memory import retained_heap
 from core.models import AttributionModel, ModelSpec, file_sha256, load_module
 from core.progress import ProgressFn, silent
 from core.workspace import (
@@ -236,27 +239,54 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> Workspace:
 
     chunks = ChunkPlan(index, preprocess, config.chunk_size, config.batch_size, work / "chunks")
     pending = chunks.pending()
-    done_images = n_images - sum(chunks.size(chunk) for chunk in pending)
+    pending_images = sum(chunks.size(chunk) for chunk in pending)
+    done_images = n_images - pending_images
+    # The pending chunk files and the consolidated arrays sit on the disk together until the chunks are removed.
+    _require_disk_space(work, (pending_images + n_images) * _bytes_per_image(model))
     report("extracting", done_images, n_images)
-    if config.ray is None:
-        def count(images: int) -> None:
-            nonlocal done_images
-            done_images += images
-            report("extracting", done_images, n_images)
+    try:
+        if config.ray is None:
+            def count(images: int) -> None:
+                nonlocal done_images
+                done_images += images
+                report("extracting", done_images, n_images)
 
-        extract_chunks(model, chunks, pending, config.workers, count)
-    else:
-        from core.distributed import ray_extract
+            extract_chunks(model, chunks, pending, config.workers, count)
+        else:
+            from core.distributed import ray_extract
 
-        gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        ray_extract(pending, partial(_load_scan_model, config), partial(_extract_whole_chunks, chunks),
-                    lambda done: report("extracting", done_images + done, n_images), config.ray, config.ray_workers, gpu)
+            gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+            ray_extract(pending, partial(_load_scan_model, config), partial(_extract_whole_chunks, chunks),
+                        lambda done: report("extracting", done_images + done, n_images), config.ray, config.ray_workers, gpu)
 
-    plan = _ScanPlan(work, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
-    _consolidate(plan, len(chunk_starts))
-    if work != out:
-        _replace_scan_outputs(work, out, keep_derived=_recorded_fingerprint(out) == fingerprint)
+        plan = _ScanPlan(work, config, index, preprocess, model, classes, fingerprint, dataset_fingerprint, model_hash, started)
+        _consolidate(plan, len(chunk_starts))
+        if work != out:
+            _replace_scan_outputs(work, out, keep_derived=_recorded_fingerprint(out) == fingerprint)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        # Every file is written whole or not at all (atomic_write; the manifest last), so what was extracted stays.
+        raise SliceScopeError(f"the disk holding {out} filled up during the scan",
+                              "free space there and run the same scan again (it resumes from the chunks already written), or choose another `out`") from None
     return Workspace(out)
+
+
+def _bytes_per_image(model: AttributionModel) -> int:
+    """About what one image adds to a workspace: its arrays, and a margin for its table row and chunk bookkeeping."""
+    floats = model.num_classes + 2 * model.feature_dim  # logits, F and F_W, float32
+    return 4 * floats + 2 * math.prod(model.latent_shape) + 512  # GradCAM in float16
+
+
+def _require_disk_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise SliceScopeError(f"the scan needs about {_gigabytes(needed)} on the disk holding {folder}, which has {_gigabytes(free)} free",
+                              "free space there or choose an `out` folder on a larger disk")
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _recorded_fingerprint(out: Path) -> str | None:
@@ -387,25 +417,27 @@ def extract_chunks(model: AttributionModel, plan: ChunkPlan, chunks: list[int], 
         num_workers=workers if len(batches) > 1 else 0,
     )
     buffer: dict[str, list] = _empty_buffer()
-    for batch_number, (positions, arrays, sha1s, skipped, converted) in enumerate(loader):
-        if arrays is not None:
-            result = attribute_batch(model, arrays.to(model.device))
-            buffer["positions"].extend(positions)
-            buffer["sha1"].extend(sha1s)
-            buffer["logits"].append(result.logits.float().cpu().numpy())
-            buffer["features"].append(result.features.float().cpu().numpy())
-            buffer["attribution_features"].append(result.attribution_features.float().cpu().numpy())
-            buffer["gradcam"].append(result.gradcam.cpu().numpy().astype(np.float16))
-        for position, reason in skipped:
-            buffer["skipped_positions"].append(position)
-            buffer["skipped_reasons"].append(reason)
-        for position, note in converted:
-            buffer["converted_positions"].append(position)
-            buffer["conversions"].append(note)
-        if batch_number + 1 == len(batches) or owners[batch_number + 1] != owners[batch_number]:
-            _write_chunk(plan.path(owners[batch_number]), buffer, model)
-            buffer = _empty_buffer()
-        done(len(positions) + len(skipped))
+    # A scan's batches allocate the same large activations over and over: keep freed blocks for the next one.
+    with retained_heap():
+        for batch_number, (positions, arrays, sha1s, skipped, converted) in enumerate(loader):
+            if arrays is not None:
+                result = attribute_batch(model, arrays.to(model.device))
+                buffer["positions"].extend(positions)
+                buffer["sha1"].extend(sha1s)
+                buffer["logits"].append(result.logits.float().cpu().numpy())
+                buffer["features"].append(result.features.float().cpu().numpy())
+                buffer["attribution_features"].append(result.attribution_features.float().cpu().numpy())
+                buffer["gradcam"].append(result.gradcam.cpu().numpy().astype(np.float16))
+            for position, reason in skipped:
+                buffer["skipped_positions"].append(position)
+                buffer["skipped_reasons"].append(reason)
+            for position, note in converted:
+                buffer["converted_positions"].append(position)
+                buffer["conversions"].append(note)
+            if batch_number + 1 == len(batches) or owners[batch_number + 1] != owners[batch_number]:
+                _write_chunk(plan.path(owners[batch_number]), buffer, model)
+                buffer = _empty_buffer()
+            done(len(positions) + len(skipped))
 
 
 def _load_scan_model(config: ScanConfig) -> AttributionModel:

@@ -123,6 +123,49 @@ def test_interrupted_scan_resumes_from_finished_chunks(image_folder, small_net_c
     assert not first_chunk.exists()
 
 
+def test_a_scan_the_disk_cannot_hold_is_refused_before_it_starts(image_folder, small_net_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    import core.extract
+
+    out = tmp_path / "ws"
+    nearly_full = shutil.disk_usage(tmp_path)._replace(free=10_000)
+    monkeypatch.setattr(core.extract.shutil, "disk_usage", lambda _path: nearly_full)
+    with pytest.raises(SliceScopeError, match=r"^the scan needs about [\d.]+ MB on the disk holding .*, which has 0\.0 MB free — "
+                                              r"free space there or choose an `out` folder on a larger disk$"):
+        scan(small_scan_config(image_folder, small_net_checkpoint, out))
+    assert not list(out.glob("chunks/*.npz")) and not (out / "workspace.toml").exists()
+
+
+def test_a_disk_that_fills_up_mid_scan_is_one_line_and_the_scan_resumes(image_folder, small_net_checkpoint, tmp_path, monkeypatch):
+    import errno
+
+    import core.extract
+
+    out = tmp_path / "ws"
+    savez = np.savez
+    writes = []
+
+    def fills_up_after_one_chunk(target, **arrays):
+        writes.append(target)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        savez(target, **arrays)
+
+    monkeypatch.setattr(core.extract.np, "savez", fills_up_after_one_chunk)
+    with pytest.raises(SliceScopeError, match=r"^the disk holding .* filled up during the scan — free space there and run the same scan again"):
+        scan(small_scan_config(image_folder, small_net_checkpoint, out))
+    assert [path.name for path in out.glob("chunks/*.npz")] == ["chunk-00000.npz"]  # whole files only, no temporary left
+    assert not (out / "workspace.toml").exists()
+
+    monkeypatch.setattr(core.extract.np, "savez", savez)
+    resumed_from = []
+    resumed = scan(small_scan_config(image_folder, small_net_checkpoint, out), progress=lambda s, d, t: resumed_from.append(d))
+    assert resumed_from[0] == 8
+    fresh = scan(small_scan_config(image_folder, small_net_checkpoint, tmp_path / "fresh"))
+    np.testing.assert_allclose(resumed.array("attribution_features"), fresh.array("attribution_features"), rtol=1e-5)
+
+
 def test_corrupt_files_are_skipped_and_reported(image_folder, small_net_checkpoint, tmp_path):
     (image_folder / "apple" / "broken.png").write_bytes(b"\x89PNG not really")
     (image_folder / "leaf" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(40))

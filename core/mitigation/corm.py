@@ -41,6 +41,7 @@ from torch.nn import functional
 from core.data import load_index
 from core.errors import SliceScopeError
 from core.extract import load_workspace_model, recorded_scan_config, scan, workspace_model_spec
+from core.memory import retained_heap
 from core.mitigation.batches import load_batches, read_batch
 from core.mitigation.robustness import corrupt, load_pixels, normalise, read_object_masks
 from core.mitigation.trainset import as_float, attribute_training_images, load_images, slice_centroids
@@ -501,11 +502,13 @@ def run_mitigation(
     history: list[dict] = []
     try:
         _write_status(job, "preparing", "loading and attributing the training images", history)
-        data, module, attribution_model = _prepare(job, parent, slice_ids, report)
-        treated_count = int(data["treated"].sum()) if "corm" in job.methods else 0
-        _write_status(job, "training", _training_message(job, data, treated_count), history, treated_images=treated_count)
-        retrain = _refit_last_layer if "last_layer" in job.methods else _train
-        history = retrain(job, module, attribution_model.device, data, parent.manifest["transforms"]["normalize"], report, stop)
+        # Training steps allocate the same large activations and gradients over and over: keep freed blocks for the next step.
+        with retained_heap():
+            data, module, attribution_model = _prepare(job, parent, slice_ids, report)
+            treated_count = int(data["treated"].sum()) if "corm" in job.methods else 0
+            _write_status(job, "training", _training_message(job, data, treated_count), history, treated_images=treated_count)
+            retrain = _refit_last_layer if "last_layer" in job.methods else _train
+            history = retrain(job, module, attribution_model.device, data, parent.manifest["transforms"]["normalize"], report, stop)
         checkpoint = _save_model(job, module, attribution_model.image_size, attribution_model.device)
         _write_status(job, "scanning", "scanning the evaluation images with the new model", history, treated_images=treated_count)
         base = recorded_scan_config(parent)

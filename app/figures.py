@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 import altair as alt
@@ -58,7 +58,10 @@ class ScatterData:
 
 # Above this many points the scatter draws a sample over a binned density of all (a browser's WebGL scatter, the
 # JSON and Plotly's copying all grow with the points). $SLICESCOPE_SCATTER_MAX_POINTS changes it; 0 never samples.
-SCATTER_MAX_POINTS = int(os.environ.get("SLICESCOPE_SCATTER_MAX_POINTS", "30000"))
+def scatter_max_points() -> int:
+    return int(os.environ.get("SLICESCOPE_SCATTER_MAX_POINTS", "30000"))
+
+
 _SAMPLE_PER_CELL_MIN = 200
 _DENSITY_BINS = 200
 _CELL_DENSITY_BINS = 60
@@ -72,7 +75,9 @@ class ScatterOptions:
     slice_labels: bool = True
     density: bool = False
     confusion: bool = False
-    max_points: int = SCATTER_MAX_POINTS
+    max_points: int = field(default_factory=scatter_max_points)
+    # (x0, x1, y0, y1) of the combined layout to zoom to: its points are drawn (sampled only above max_points).
+    view: tuple[float, float, float, float] | None = None
 
 
 def _discrete_scale(palette: list[str]) -> list[list]:
@@ -121,19 +126,34 @@ def samples_points(n_points: int, options: ScatterOptions) -> bool:
     return bool(options.max_points) and n_points > options.max_points
 
 
+def rows_in_box(layout: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Rows whose 2-D position lies in ``box`` = (x0, x1, y0, y1), edges included, either order."""
+    (x0, x1), (y0, y1) = sorted(box[:2]), sorted(box[2:])
+    return np.flatnonzero((layout[:, 0] >= x0) & (layout[:, 0] <= x1) & (layout[:, 1] >= y0) & (layout[:, 1] <= y1))
+
+
+def zoomed_rows(data: ScatterData, options: ScatterOptions) -> np.ndarray | None:
+    """The rows inside ``options.view`` (None when the whole combined layout is shown)."""
+    return None if options.view is None or options.confusion else rows_in_box(data.layout, options.view)
+
+
 def drawn_rows(data: ScatterData, options: ScatterOptions) -> np.ndarray | None:
-    """The rows the scatter draws as points when there are more than ``options.max_points``: a fixed sample of each
-    confusion cell in proportion to its size (at least a few, so a rare cell stays visible) plus every
-    highlighted row; None when every point is drawn."""
-    if not samples_points(len(data.images), options):
-        return None
-    groups = data.images.groupby(["label", "prediction"]).indices
+    """The rows the scatter draws as points; None when every point is drawn.
+
+    Every row in the zoomed view, if any, up to ``options.max_points``. Above it, a fixed sample of each confusion
+    cell (of the view's rows) in proportion to its size (at least a few, so a rare cell stays visible) plus every
+    highlighted row."""
+    in_view = zoomed_rows(data, options)
+    candidates = data.images if in_view is None else data.images.iloc[in_view]
+    if not samples_points(len(candidates), options):
+        return in_view
+    groups = candidates.groupby(["label", "prediction"]).indices
     rng = np.random.default_rng(0)  # fixed: the same points on every click, so nothing jumps
-    share = options.max_points / len(data.images)
+    share = options.max_points / len(candidates)
     # The floor for rare cells takes at most a quarter of the budget in all.
     floor = max(1, min(_SAMPLE_PER_CELL_MIN, options.max_points // (4 * len(groups))))
     sample = [rng.permutation(np.asarray(rows))[:max(floor, round(share * len(rows)))] for rows in groups.values()]
-    chosen = np.concatenate(sample)
+    chosen = np.concatenate(sample) if in_view is None else in_view[np.concatenate(sample)]
     if options.highlighted is not None:
         chosen = np.concatenate([chosen, np.asarray(options.highlighted, dtype=np.int64)])
     return np.unique(chosen)
@@ -193,8 +213,11 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
     """
     groups = data.images.groupby(["label", "prediction"]).indices
     cells = confusion_cells(data.images)
+    in_view = zoomed_rows(data, options)
     sampled = drawn_rows(data, options)
     drawn = np.ones(len(data.images), dtype=bool) if sampled is None else np.isin(np.arange(len(data.images)), sampled)
+    # A binned density underlies the points wherever some are left out: the whole layout's, or the zoomed view's.
+    thinned = sampled is not None and len(sampled) < (len(data.images) if in_view is None else len(in_view))
 
     if options.confusion:
         positions, grid, height, n_cols = _cell_grid(cells, data.classes)
@@ -211,7 +234,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         # A cell's points take their slice's (or a value's) colour, so its legend entry is a neutral proxy in the same
         # legend group (a click still toggles the cell); only the class colours mean something in the legend itself.
         own_legend = not options.confusion and options.colour == "classes"
-        if sampled is not None and options.confusion:
+        if thinned and options.confusion:
             traces.append(_binned_density(data.layout[rows], _CELL_DENSITY_BINS) | axes)
         traces.append(_cell_trace(data, rows[drawn[rows]], options, label, prediction, len(rows), show_legend=own_legend) | axes)
         if not options.confusion and not own_legend:
@@ -221,8 +244,8 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
             extras.append(_density(data.layout[rows[drawn[rows]]]).to_plotly_json() | axes)
         if options.hull_slices and options.confusion:
             extras += [hull.to_plotly_json() | axes for hull in slice_hull_traces(data.layout[rows], data.slice_ids[rows], options.hull_slices)]
-    if sampled is not None and not options.confusion:
-        traces.insert(0, _binned_density(data.layout, _DENSITY_BINS))
+    if thinned and not options.confusion:
+        traces.insert(0, _binned_density(data.layout if in_view is None else data.layout[in_view], _DENSITY_BINS))
     figure = go.Figure(data=traces + extras, layout=grid.layout if grid is not None else None, _validate=False)
 
     if not options.confusion:
@@ -245,16 +268,25 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
     figure.update_yaxes(visible=False)
     if not options.confusion:
         figure.update_yaxes(scaleanchor="x")
+    if in_view is not None:
+        (x0, x1), (y0, y1) = sorted(options.view[:2]), sorted(options.view[2:])
+        figure.update_xaxes(range=[x0, x1])
+        figure.update_yaxes(range=[y0, y1])
     figure.update_annotations(font_size=12)
     figure.update_layout(
         # No lasso drag mode: Streamlit turns click-to-select off while one is set; lasso and box stay in the mode bar.
         height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
         legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
-        title={"text": "● correct   ◆ misclassified" + ("" if sampled is None else
-               f"   ·   {len(sampled):,} of {len(data.images):,} points drawn"),
-               "font": {"size": 12}, "x": 0.01},
+        title={"text": "● correct   ◆ misclassified" + _drawn_note(len(data.images), in_view, sampled, thinned), "font": {"size": 12}, "x": 0.01},
     )
     return figure
+
+
+def _drawn_note(n_points: int, in_view: np.ndarray | None, sampled: np.ndarray | None, thinned: bool) -> str:
+    if in_view is not None:
+        shown = f"{len(sampled):,} of the {len(in_view):,} points in view drawn" if thinned else f"all {len(in_view):,} points in view"
+        return f"   ·   zoomed: {shown} (of {n_points:,})"
+    return f"   ·   {len(sampled):,} of {n_points:,} points drawn" if thinned else ""
 
 
 def _legend_proxy(label: str, prediction: str, count: int) -> dict:

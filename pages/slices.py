@@ -11,6 +11,7 @@ slice and shows a panel with the slice's most typical images and a button
 that queues it for annotation.
 """
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from app.figures import (
     ScatterOptions,
     cell_mosaic_figure,
     mosaic_figure,
+    rows_in_box,
     samples_points,
     scatter_figure,
     thumbnail_scatter,
@@ -118,6 +120,10 @@ def sync_selection(selection, valid_slices: set[int]) -> None:
         state["picked_points"] = []
         state["points_for"] = str(selection.workspace)
         state["scatter_generation"] += 1
+    # A zoom's box is in one layout's coordinates: another layout starts on its whole map.
+    if state.get("view_for") != (str(selection.workspace), selection.representation):
+        state["scatter_view"] = state["scatter_box"] = None
+        state["view_for"] = (str(selection.workspace), selection.representation)
 
 
 def _pick_rows(table_key: str, shown_slices: np.ndarray) -> None:
@@ -135,12 +141,13 @@ def _pick_points(scatter_key: str, layout: np.ndarray | None = None) -> None:
     then takes every image inside it, not only the sampled ones the browser reports.
     """
     picked = set(picked_ids(scatter_key))
+    st.session_state["scatter_box"] = None
     if layout is not None:
         for box in st.session_state[scatter_key].selection.get("box", []):
             if box.get("xref", "x") == "x" and box.get("yref", "y") == "y" and len(box.get("x", ())) == 2 and len(box.get("y", ())) == 2:
-                (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
-                inside = (layout[:, 0] >= x0) & (layout[:, 0] <= x1) & (layout[:, 1] >= y0) & (layout[:, 1] <= y1)
-                picked |= set(np.flatnonzero(inside).tolist())
+                corners = (*box["x"], *box["y"])
+                picked |= set(rows_in_box(layout, corners).tolist())
+                st.session_state["scatter_box"] = corners  # the last box: what "Zoom to the box" zooms to
     st.session_state["picked_points"] = sorted(picked)
 
 
@@ -165,6 +172,13 @@ def _pick_thumbnail_points(chart_key: str, layout: np.ndarray, rows: np.ndarray)
 
 def _clear_points() -> None:
     st.session_state["picked_points"] = []
+    st.session_state["scatter_box"] = None
+    st.session_state["scatter_generation"] += 1
+
+
+def _zoom(view: tuple[float, float, float, float] | None) -> None:
+    """Zoom the sampled scatter to a box (its points drawn), or back to the whole map (None)."""
+    st.session_state["scatter_view"] = view
     st.session_state["scatter_generation"] += 1
 
 
@@ -303,12 +317,31 @@ def scatter_view(selection, data: ScatterData, colour: str, thumbnails: bool) ->
         thumbnail_view(str(selection.workspace), data, options)
         return
     scatter_key = f"scatter-{st.session_state['scatter_generation']}"
-    sampled = samples_points(len(data.images), options)
+    sampled = samples_points(len(data.images), options) and not options.confusion
+    if sampled:
+        options = replace(options, view=st.session_state["scatter_view"])
     st.plotly_chart(
         scatter_figure(data, options), width="stretch", key=scatter_key,
-        on_select=partial(_pick_points, scatter_key, data.layout if sampled and not options.confusion else None),
+        on_select=partial(_pick_points, scatter_key, data.layout if sampled else None),
         selection_mode=("points", "box", "lasso"),
     )
+    if sampled:
+        zoom_controls(data.layout, options.max_points)
+
+
+def zoom_controls(layout: np.ndarray, max_points: int) -> None:
+    """The browser's own zoom enlarges the drawn sample; these redraw a box with every point in it."""
+    box, view = st.session_state["scatter_box"], st.session_state["scatter_view"]
+    in_box = 0 if box is None or box == view else len(rows_in_box(layout, box))
+    left, right = st.columns(2)
+    if in_box:
+        left.button(f"Zoom to the box ({in_box:,} points)", icon=":material/zoom_in:", on_click=_zoom, args=(box,),
+                    help="Redraw the scatter on the boxed area with every point in it (a sample of them above "
+                         f"{max_points:,}), instead of the whole map's sample.")
+    elif view is None:
+        left.caption("Box-select an area to zoom in and see every point in it.")
+    if view is not None:
+        right.button("Whole map", icon=":material/zoom_out:", on_click=_zoom, args=(None,))
 
 
 def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: bool) -> None:

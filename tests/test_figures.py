@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, scatter_figure
+from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, rows_in_box, scatter_figure
 from core.mosaic import CellMosaic, Mosaic
 
 
@@ -88,6 +88,36 @@ def test_many_points_are_sampled_per_cell_over_a_density_of_all_and_keep_the_hig
     assert f"of {len(data.images):,} points drawn" in figure.layout.title.text
     everything = scatter_figure(data, ScatterOptions(colour="slice", max_points=0))
     assert all(trace.type != "heatmap" for trace in everything.data)
+
+
+def drawn_points(figure) -> np.ndarray:
+    points = [trace for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None]
+    return np.concatenate([np.asarray(trace.customdata)[:, 0] for trace in points]).astype(int)
+
+
+def test_zooming_to_a_box_draws_every_point_in_it_on_its_axes():
+    data = scatter_data()
+    box = (float(np.quantile(data.layout[:, 0], 0.6)), float(data.layout[:, 0].max()), float(data.layout[:, 1].min()), float(data.layout[:, 1].max()))
+    inside = rows_in_box(data.layout, box)
+    assert 60 < len(inside) < len(data.images)  # more than the whole map's sample may draw, fewer than all
+    whole = scatter_figure(data, ScatterOptions(colour="slice", max_points=60))
+    assert len(set(drawn_points(whole)) & set(inside)) < len(inside)
+    zoomed = scatter_figure(data, ScatterOptions(colour="slice", max_points=len(inside), view=box))
+    assert sorted(drawn_points(zoomed)) == sorted(inside)
+    assert all(trace.type != "heatmap" for trace in zoomed.data)  # nothing left out, nothing to shade
+    assert tuple(zoomed.layout.xaxis.range) == (box[0], box[1]) and tuple(zoomed.layout.yaxis.range) == (box[2], box[3])
+    assert f"all {len(inside):,} points in view" in zoomed.layout.title.text
+
+
+def test_a_zoomed_box_with_too_many_points_samples_them_over_its_own_density():
+    data = scatter_data()
+    box = (float(data.layout[:, 0].min()), float(np.median(data.layout[:, 0])), float(data.layout[:, 1].min()), float(data.layout[:, 1].max()))
+    inside = rows_in_box(data.layout, box)
+    zoomed = scatter_figure(data, ScatterOptions(colour="slice", max_points=40, view=box))
+    drawn = drawn_points(zoomed)
+    assert set(drawn) <= set(inside) and len(drawn) < len(inside)
+    assert zoomed.data[0].type == "heatmap" and np.nansum(np.expm1(np.asarray(zoomed.data[0].z, dtype=float))) == len(inside)
+    assert f"of the {len(inside):,} points in view drawn" in zoomed.layout.title.text
 
 
 def test_confusion_cells_land_on_their_own_subplot_axes():

@@ -7,6 +7,7 @@ the detail view shows, and what the page says about broken workspaces.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -313,3 +314,31 @@ def test_thumbnail_view_carries_an_image_per_point(demo_home, monkeypatch, biase
     assert any("Thumbnails are drawn in the combined layout" in caption.value for caption in app.caption)
     spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
     assert spec["encoding"]["tooltip"][0]["field"] == "image"
+
+
+def plotly_array(value) -> np.ndarray:
+    """An array from a figure's JSON: a list, or Plotly's typed-array encoding of a numpy array."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+def test_a_sampled_scatter_zooms_to_a_boxed_area_and_back(demo_home, monkeypatch):
+    monkeypatch.setenv("SLICESCOPE_SCATTER_MAX_POINTS", "40")
+    app = open_app(demo_home, monkeypatch)
+    whole = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert "points drawn" in whole["layout"]["title"]["text"]
+    assert any("Box-select an area to zoom in" in caption.value for caption in app.caption)
+    density = next(trace for trace in whole["data"] if trace["type"] == "heatmap")
+    xs, ys = (plotly_array(density[axis]).tolist() for axis in ("x", "y"))
+    app.session_state["scatter_box"] = (xs[0], xs[len(xs) // 2], ys[0], ys[-1])  # what a box selection over the left half leaves
+    app.run()
+    zoom = next(button for button in app.button if button.label.startswith("Zoom to the box"))
+    in_box = int(re.search(r"\(([\d,]+) points\)", zoom.label).group(1).replace(",", ""))
+    zoom.click().run()
+    assert not app.exception, app.exception
+    zoomed = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert f"of the {in_box:,} points in view drawn" in zoomed["layout"]["title"]["text"] or f"all {in_box:,} points in view" in zoomed["layout"]["title"]["text"]
+    assert zoomed["layout"]["xaxis"]["range"] == [xs[0], xs[len(xs) // 2]]
+    next(button for button in app.button if button.label == "Whole map").click().run()
+    assert "zoomed" not in json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]

@@ -6,6 +6,7 @@ Importable as ``tests.helpers`` so that the factory path
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.extract import ScanConfig
+from core.extract import ChunkPlan, ScanConfig, _extract_whole_chunks
 from core.models import ModelSpec
 
 SMALL_NET_FACTORY = "tests.helpers:build_small_net"
@@ -76,6 +77,27 @@ def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> S
     options.update(overrides)
     spec = ModelSpec(checkpoint=checkpoint, factory=SMALL_NET_FACTORY, num_classes=3)
     return ScanConfig(data=data, model=spec, out=out, **options)
+
+
+# --- The scan's Ray work, with worker processes that die (tests/test_ray_extract.py) ---
+# os._exit: no exception and no clean-up, as when the kernel kills a worker. Here, not in the test module, because Ray's
+# workers import them by reference, and they can import tests.helpers (as they do its model factory) but not a test module.
+
+def write_chunks_then_die_once(sentinel: Path, plan: ChunkPlan, model, chunks: list[int]) -> list[dict]:
+    """Extract and write the chunks; the first call in any process then kills its worker before answering."""
+    rows = _extract_whole_chunks(plan, model, chunks)
+    try:
+        os.close(os.open(sentinel, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return rows
+    os._exit(1)
+
+
+def die_after_the_first_chunk(plan: ChunkPlan, model, chunks: list[int]) -> list[dict]:
+    """Write chunk 0; a worker given any other chunk dies, every time."""
+    if chunks != [0]:
+        os._exit(1)
+    return _extract_whole_chunks(plan, model, chunks)
 
 
 # --- Real-browser tests: `streamlit run app/main.py` driven by Playwright and Debian's Chromium ---

@@ -1,16 +1,23 @@
-"""Work on a Ray cluster, with Ray Data: ``python -m core scan … --ray auto|local|ADDRESS``.
+"""Work on a Ray cluster, with Ray Data: ``python -m core scan|influence … --ray auto|local|ADDRESS``.
 
-:func:`ray_map` is the pipeline: numbered work items go through
+:func:`ray_map` is the one pipeline: numbered work items go through
 ``map_batches`` with a pool of actors, each of which builds its state once
 (``load``: the model) and then turns each batch of items into one row per item
-(``work``); the driver receives the rows as they finish, in any order. Its user
-hands in module-level functions (Ray pickles them by reference), so this
-module imports nothing of theirs. The scan's extraction (:func:`ray_extract`):
-an item is a chunk of the scan (``core.extract.ChunkPlan``), which the actor
-writes into the workspace's ``chunks/`` folder exactly as the local path does
-(same batches, same file, written atomically), so the driver then consolidates
-them as usual and the workspace cannot tell how it was made. A driver that dies
-leaves only whole chunk files, and the next scan (local or Ray) skips them.
+(``work``); the driver receives the rows as they finish, in any order. Its two
+users hand in module-level functions (Ray pickles them by reference), so this
+module imports nothing of theirs:
+
+* the scan's extraction (:func:`ray_extract`): an item is a chunk of the scan
+  (``core.extract.ChunkPlan``), which the actor writes into the workspace's
+  ``chunks/`` folder exactly as the local path does (same batches, same file,
+  written atomically), so the driver then consolidates them as usual and the
+  workspace cannot tell how it was made. A driver that dies leaves only whole
+  chunk files, and the next scan (local or Ray) skips them.
+* the influence embeddings' gradient passes (``core.influence.embeddings``):
+  an item is a block of image positions; the Hessian's factor, computed on the
+  driver, reaches every actor once through Ray's object store (``shared``), and
+  the actor returns its block's embeddings, which the driver puts in order and
+  caches as the local path does.
 
 The workers must see the dataset and the workspace at the same paths (one
 machine, or a shared file system). A worker that dies is restarted by Ray and
@@ -76,7 +83,8 @@ def connect(ray, address: str, workers: int) -> None:
 
 
 def join(address: str, workers: int):
-    """Ray, connected to the cluster at ``address`` (see :func:`connect`) once ``workers`` is checked."""
+    """Ray, connected to the cluster at ``address`` (see :func:`connect`) once ``workers`` is checked. A caller with long
+    work before its :func:`ray_map` (influence's factorisation) calls it first, so that a wrong setting is said at once."""
     if not isinstance(workers, int) or workers < 1:
         raise SliceScopeError(f"`ray_workers` = {workers}", "set `ray_workers` to 1 or more")
     ray = import_ray()

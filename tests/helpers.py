@@ -7,6 +7,8 @@ Importable as ``tests.helpers`` so that the factory path
 from __future__ import annotations
 
 import os
+import shutil
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,10 +18,15 @@ from PIL import Image
 from torch import nn
 
 from core.extract import ChunkPlan, ScanConfig, _extract_whole_chunks
+from core.influence import InfluenceParams, record_influence_params
 from core.models import ModelSpec
+from core.training import attach_training_data
+from core.workspace import MANIFEST, Workspace, save_manifest
 
 SMALL_NET_FACTORY = "tests.helpers:build_small_net"
 CLASS_COLOURS = {"apple": (200, 40, 40), "leaf": (40, 170, 60), "sky": (50, 90, 210)}
+# Influence settings small enough for tests: the tiny demo's 96 training images, seconds on 2 CPU cores.
+SMALL_INFLUENCE = InfluenceParams(arnoldi_dim=40, embedding_dim=20, hessian_images=96)
 
 
 def write_image_folder(root: Path, per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
@@ -77,6 +84,21 @@ def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> S
     options.update(overrides)
     spec = ModelSpec(checkpoint=checkpoint, factory=SMALL_NET_FACTORY, num_classes=3)
     return ScanConfig(data=data, model=spec, out=out, **options)
+
+
+def copy_workspace(tiny_demo: Path, tmp_path: Path, attach: bool) -> Workspace:
+    """The tiny demo's biased workspace, copied so the test owns its cache; with the demo's training split or without."""
+    target = tmp_path / "ws"
+    shutil.copytree(tiny_demo / "workspace", target)
+    manifest = tomllib.loads((target / MANIFEST).read_text())
+    manifest.pop("training", None)
+    manifest.pop("influence", None)
+    save_manifest(target / MANIFEST, manifest)
+    workspace = Workspace(target)
+    if attach:
+        attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train")
+        record_influence_params(workspace, SMALL_INFLUENCE)
+    return workspace
 
 
 # --- The scan's Ray work, with worker processes that die (tests/test_ray_extract.py) ---

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | slices | annotate | augment | mitigate | evaluate | campaign | concepts | compare``.
+"""Command line: ``python -m core demo | scan | status | accept-model | attach-train | influence | slices | annotate | augment | mitigate | evaluate | campaign | concepts | compare``.
 
 Errors caused by input are printed as one ``error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback.
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--arnoldi-dim", type=int, help="P, Arnoldi iterations of the Hessian factorisation (default 200; the paper: 500)")
     attach.add_argument("--embedding-dim", type=int, help="D, the influence embedding's dimension (default 100)")
     attach.add_argument("--hessian-images", type=int, help="training images the Hessian is estimated on, a seeded random subset (default 1000)")
+
+    influence = commands.add_parser("influence", help="compute and cache a workspace's influence embeddings (after attach-train), here or on a Ray cluster")
+    influence.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo), with training data attached")
+    influence.add_argument("--ray", metavar="auto|local|ADDRESS", help="compute the per-example gradients on a Ray cluster with Ray Data (pip install -r "
+                           "requirements-ray.txt), as scan --ray does; the Hessian's factorisation stays on this machine. "
+                           "Workers must see the workspace and the training data at the same paths")
+    influence.add_argument("--ray-workers", type=int, default=2, help="Ray actors computing gradients at once, one CPU (or GPU) each (default 2)")
 
     slices = commands.add_parser("slices", help="cluster a workspace into slices and write one row per image")
     slices.add_argument("workspace", type=Path, help="the workspace folder (made by python -m core scan or demo)")
@@ -481,6 +488,25 @@ def _run_attach_train(args) -> None:
     print(f"slice with: python -m core slices {workspace.path} --method influence --out slices.csv")
 
 
+def _run_influence(args) -> None:
+    import time
+
+    import numpy as np
+
+    from core.influence import compute_influence, is_computed
+    from core.workspace import Workspace
+
+    workspace = Workspace(args.workspace)
+    cached = is_computed(workspace)
+    started = time.perf_counter()
+    embeddings, training = compute_influence(workspace, progress=tqdm_progress(), ray=args.ray, ray_workers=args.ray_workers)
+    where = f"on Ray ({args.ray}, {args.ray_workers} workers)" if args.ray else "here"
+    unreadable = int(np.isnan(training).any(axis=1).sum())
+    print(f"influence embeddings of {len(training)} training and {len(embeddings)} workspace images, D = {embeddings.shape[1]}: "
+          + ("already cached" if cached else f"computed in {time.perf_counter() - started:.1f} s {where}") + f", in {workspace.path / 'derived'}"
+          + (f"; {unreadable} unreadable training images have none (NaN rows)" if unreadable else ""))
+
+
 # The names --method had before it was separate from --representation: K-Means on that representation.
 _REPRESENTATION_METHODS = ("attribution", "features", "influence")
 
@@ -757,9 +783,9 @@ def _run_compare(args) -> None:
 
 
 COMMANDS = {
-    "demo": _run_demo, "scan": _run_scan, "status": _run_status, "accept-model": _run_accept_model, "attach-train": _run_attach_train, "slices": _run_slices, "annotate": _run_annotate,
-    "augment": _run_augment, "batches": _run_batches, "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts,
-    "compare": _run_compare,
+    "demo": _run_demo, "scan": _run_scan, "status": _run_status, "accept-model": _run_accept_model, "attach-train": _run_attach_train,
+    "influence": _run_influence, "slices": _run_slices, "annotate": _run_annotate, "augment": _run_augment, "batches": _run_batches,
+    "mitigate": _run_mitigate, "evaluate": _run_evaluate, "campaign": _run_campaign, "concepts": _run_concepts, "compare": _run_compare,
 }
 
 

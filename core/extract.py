@@ -445,10 +445,10 @@ def _load_scan_model(config: ScanConfig) -> AttributionModel:
     return AttributionModel(load_module(config.model), config.image_size, config.target_layer, config.device)
 
 
-def _extract_whole_chunks(plan: ChunkPlan, model: AttributionModel, chunks: list[int]) -> list[int]:
+def _extract_whole_chunks(plan: ChunkPlan, model: AttributionModel, chunks: list[int]) -> list[dict]:
     """What a Ray worker does with its chunks: extract and write them (one process, no loader workers); their sizes."""
     extract_chunks(model, plan, chunks, 0, lambda _images: None)
-    return [plan.size(chunk) for chunk in chunks]
+    return [{"images": plan.size(chunk)} for chunk in chunks]
 
 
 def _empty_buffer() -> dict[str, list]:

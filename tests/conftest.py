@@ -171,6 +171,22 @@ def url(request, tmp_path):
     engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster of 2 CPUs for one test module (started on first use, shut down at the module's end, so that
+    modules do not share one); for modules that skip themselves without Ray (tests/test_ray_*.py)."""
+    import gc
+
+    import ray
+
+    from core.distributed import connect
+
+    connect(ray, "local", 2)
+    yield ray
+    gc.collect()  # no Ray Data iterator of these tests outlives the cluster
+    ray.shutdown()
+
+
 @pytest.fixture
 def trained_workspace(demo_home, image_folder, tmp_path, monkeypatch) -> Workspace:
     """A scan of the colour-class images by a SmallNet trained on them, listed (``SLICESCOPE_WORKSPACES``) beside the tiny demo."""

@@ -6,6 +6,9 @@ Importable as ``tests.helpers`` so that the factory path
 
 from __future__ import annotations
 
+import os
+import shutil
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,11 +17,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.extract import ScanConfig
+from core.extract import ChunkPlan, ScanConfig, _extract_whole_chunks
+from core.influence import InfluenceParams, record_influence_params
 from core.models import ModelSpec
+from core.training import attach_training_data
+from core.workspace import MANIFEST, Workspace, save_manifest
 
 SMALL_NET_FACTORY = "tests.helpers:build_small_net"
 CLASS_COLOURS = {"apple": (200, 40, 40), "leaf": (40, 170, 60), "sky": (50, 90, 210)}
+# Influence settings small enough for tests: the tiny demo's 96 training images, seconds on 2 CPU cores.
+SMALL_INFLUENCE = InfluenceParams(arnoldi_dim=40, embedding_dim=20, hessian_images=96)
 
 
 def write_image_folder(root: Path, per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
@@ -76,6 +84,42 @@ def small_scan_config(data: Path, checkpoint: Path, out: Path, **overrides) -> S
     options.update(overrides)
     spec = ModelSpec(checkpoint=checkpoint, factory=SMALL_NET_FACTORY, num_classes=3)
     return ScanConfig(data=data, model=spec, out=out, **options)
+
+
+def copy_workspace(tiny_demo: Path, tmp_path: Path, attach: bool) -> Workspace:
+    """The tiny demo's biased workspace, copied so the test owns its cache; with the demo's training split or without."""
+    target = tmp_path / "ws"
+    shutil.copytree(tiny_demo / "workspace", target)
+    manifest = tomllib.loads((target / MANIFEST).read_text())
+    manifest.pop("training", None)
+    manifest.pop("influence", None)
+    save_manifest(target / MANIFEST, manifest)
+    workspace = Workspace(target)
+    if attach:
+        attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train")
+        record_influence_params(workspace, SMALL_INFLUENCE)
+    return workspace
+
+
+# --- The scan's Ray work, with worker processes that die (tests/test_ray_extract.py) ---
+# os._exit: no exception and no clean-up, as when the kernel kills a worker. Here, not in the test module, because Ray's
+# workers import them by reference, and they can import tests.helpers (as they do its model factory) but not a test module.
+
+def write_chunks_then_die_once(sentinel: Path, plan: ChunkPlan, model, chunks: list[int]) -> list[dict]:
+    """Extract and write the chunks; the first call in any process then kills its worker before answering."""
+    rows = _extract_whole_chunks(plan, model, chunks)
+    try:
+        os.close(os.open(sentinel, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return rows
+    os._exit(1)
+
+
+def die_after_the_first_chunk(plan: ChunkPlan, model, chunks: list[int]) -> list[dict]:
+    """Write chunk 0; a worker given any other chunk dies, every time."""
+    if chunks != [0]:
+        os._exit(1)
+    return _extract_whole_chunks(plan, model, chunks)
 
 
 # --- Real-browser tests: `streamlit run app/main.py` driven by Playwright and Debian's Chromium ---

@@ -1,7 +1,8 @@
 """InfEmbed (Wang, Adebayo et al., NeurIPS 2023): influence embeddings and the slices found with them.
 
 * :mod:`core.influence.embeddings`: influence embeddings of the workspace's and the
-  training images (captum's Arnoldi factorisation of the Hessian), their cost
+  training images (captum's Arnoldi factorisation of the Hessian; the embedding
+  passes optionally on a Ray cluster, ``compute_influence``), their cost
   estimate, and a slice's opponents among the training images.
 * :mod:`core.influence.rule`: InfEmbed's normalised K-Means, InfEmbed-Rule's
   recursive splitting, and coherence to compare slicings.
@@ -22,6 +23,7 @@ _EXPORTS = {
     "infembed_table": "core.influence.rule",
     "rule_table": "core.influence.rule",
     "compare_slicings": "core.influence.rule",
+    "compute_influence": "core.influence.embeddings",
     "default_layers": "core.influence.embeddings",
     "estimate_seconds": "core.influence.embeddings",
     "infembed_rule": "core.influence.rule",

@@ -31,7 +31,10 @@ the manifest's ``[training]`` table (:func:`core.training.attach_training_data`,
 core attach-train``), with the workspace's ``[influence]`` settings (:func:`record_influence_params`). The
 factors, the training images' embeddings and the workspace images' embeddings
 are cached in ``derived/``, keyed by the model checkpoint's hash, the training
-data's fingerprint and the settings.
+data's fingerprint and the settings. :func:`compute_influence` can run the two
+embedding passes (every training image, every workspace image) on a Ray
+cluster (:mod:`core.distributed`): the factorisation, one sequential iteration,
+stays on this machine, and the cached results are the same either way.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from core.data import ImageIndex, Preprocess, read_image
 from core.errors import SliceScopeError
-from core.models import load_module, resolve_device
+from core.models import ModelSpec, load_module, resolve_device
 from core.progress import ProgressFn, silent
 from core.training import require_training_data, training_data, training_index
 from core.workspace import MANIFEST, Workspace, load_cached_array, save_manifest
@@ -62,6 +66,7 @@ from core.workspace import MANIFEST, Workspace, load_cached_array, save_manifest
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 _HVP_BATCH = 256  # images per Hessian-vector product batch
 _BATCH = 64  # images per gradient batch (B × |θ| per-example gradients sit in memory)
+_RAY_BLOCK = 4 * _BATCH  # images per Ray work item: whole gradient batches, so that a block batches as the local pass does
 _STEP_FACTOR = "influence: factorising the Hessian (Arnoldi)"
 _STEP_TRAIN = "influence: gradients of the training images"
 _STEP_WORKSPACE = "influence: gradients of the workspace images"
@@ -483,9 +488,92 @@ class _ImageDataset(Dataset):
             return torch.zeros(3, size, size), int(self.labels[position]), False
 
 
-def _loader(files: list[Path], labels: np.ndarray, preprocess: Preprocess, batch_size: int) -> DataLoader:
-    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(files) > batch_size else 0
+def _loader(files: list[Path], labels: np.ndarray, preprocess: Preprocess, batch_size: int, workers: int | None = None) -> DataLoader:
+    """Batches of (images, labels, readable); ``workers`` decoding processes (default: up to 4 when there is more than a batch)."""
+    if workers is None:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(files) > batch_size else 0
     return DataLoader(_ImageDataset(files, labels, preprocess), batch_size=batch_size, num_workers=workers)
+
+
+def _embed_readable(embedder: InfluenceEmbedder, loader: DataLoader, *reporting,
+                    check: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding of every image ``loader`` yields (an unreadable one is embedded as its zeros) and which were readable.
+
+    ``reporting`` is :meth:`InfluenceEmbedder.transform`'s (total, progress, step); ``check(first position, readable)``
+    sees each batch before it is embedded, and may refuse it.
+    """
+    readable: list[np.ndarray] = []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first = 0
+        for images, labels, ok in loader:
+            if check is not None:
+                check(first, ok.numpy())
+            readable.append(ok.numpy())
+            first += len(labels)
+            yield images, labels
+
+    vectors = embedder.transform(batches(), *reporting)
+    return vectors, np.concatenate(readable) if readable else np.zeros(0, bool)
+
+
+def _refuse_unreadable(files: list[Path]) -> Callable[[int, np.ndarray], None]:
+    """A ``check`` for the workspace's images: each was read by the scan, so one that cannot be read now means the dataset changed."""
+
+    def check(first: int, readable: np.ndarray) -> None:
+        if not readable.all():
+            raise SliceScopeError(f"the workspace image {files[first + int(np.flatnonzero(~readable)[0])]} can no longer be read",
+                                  "restore the dataset the workspace was scanned from")
+
+    return check
+
+
+@dataclass(frozen=True)
+class _EmbeddingPass:
+    """One of :meth:`_WorkspaceInfluence.compute`'s passes: its images, the progress step it reports and the ``check`` of
+    :func:`_embed_readable` (None: an unreadable image is allowed, and gets no embedding)."""
+
+    files: list[Path]
+    labels: np.ndarray
+    step: str
+    check: Callable[[int, np.ndarray], None] | None = None
+
+
+def _without_unreadable(vectors: np.ndarray, readable: np.ndarray) -> np.ndarray:
+    """The embeddings with a NaN row for each unreadable image: it has none."""
+    vectors[~readable] = np.nan
+    return vectors
+
+
+@dataclass
+class _RayBlocks:
+    """What a Ray worker holds: the workspace's model with the driver's factor, and the images its blocks cut."""
+
+    embedder: InfluenceEmbedder
+    preprocess: Preprocess
+    blocks: list[tuple[int, int]]  # (start, stop) positions in files
+    files: list[Path]
+    labels: np.ndarray
+
+
+def _load_ray_blocks(spec: ModelSpec, params: InfluenceParams, device: str, preprocess: Preprocess, blocks: list[tuple[int, int]],
+                     projection: np.ndarray, files: list[Path], labels: np.ndarray) -> _RayBlocks:
+    """A Ray worker's ``load`` (:func:`core.distributed.ray_map`): the model as :meth:`_WorkspaceInfluence._embedder` builds it."""
+    # Ray's object store hands out read-only arrays; torch wants one it may write.
+    embedder = InfluenceEmbedder(load_module(spec), params, device).restore(np.array(projection))
+    return _RayBlocks(embedder, preprocess, blocks, files, labels)
+
+
+def _embed_ray_blocks(state: _RayBlocks, items: list[int]) -> list[dict]:
+    """A Ray worker's ``work``: the embeddings of each block's images, and which of them were readable."""
+    rows = []
+    for item in items:
+        start, stop = state.blocks[item]
+        # No decoding processes: the worker has one CPU.
+        loader = _loader(state.files[start:stop], state.labels[start:stop], state.preprocess, _BATCH, workers=0)
+        vectors, readable = _embed_readable(state.embedder, loader)
+        rows.append({"embeddings": vectors, "readable": readable})
+    return rows
 
 
 class _WorkspaceInfluence:
@@ -500,21 +588,15 @@ class _WorkspaceInfluence:
     def cached(self) -> bool:
         return all(self.workspace.has_cached(kind, self.source) for kind in ("influence_factors", "influence_train", "influence_embeddings"))
 
-    def _embedder(self) -> tuple[InfluenceEmbedder, Callable[[nn.Module, str], object], Path]:
+    def _embedder(self) -> tuple[InfluenceEmbedder, ModelSpec]:
+        """The workspace's model as an embedder, and where it came from (its checkpoint checked against the scan's)."""
         from core.extract import recorded_scan_config, workspace_model_spec
 
         config = recorded_scan_config(self.workspace)
         if config.model.checkpoint is None:
             raise SliceScopeError("influence embeddings need the model's checkpoint file, and this workspace records none", "rebuild it with python -m core scan --model CKPT ...")
         spec = workspace_model_spec(self.workspace)
-        module = load_module(spec)
-
-        def load(target: nn.Module, path: str) -> float:
-            target.load_state_dict(load_module(replace(spec, checkpoint=Path(path))).state_dict())
-            return 1.0
-
-        embedder = InfluenceEmbedder(module, self.params, config.device)
-        return embedder, load, spec.checkpoint
+        return InfluenceEmbedder(load_module(spec), self.params, config.device), spec
 
     def _preprocess(self) -> Preprocess:
         transforms = self.workspace.manifest["transforms"]
@@ -526,14 +608,19 @@ class _WorkspaceInfluence:
         labels = index.table["label"].map(position).to_numpy(dtype=np.int64)
         return index, [index.absolute_path(path) for path in index.table["path"]], labels
 
-    def compute(self, progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(workspace embeddings, training embeddings), computing and caching what is missing."""
+    def compute(self, progress: ProgressFn | None = None, ray: str | None = None, ray_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """(workspace embeddings, training embeddings), computing and caching what is missing; the two embedding passes
+        on the Ray cluster at ``ray`` when given (see :func:`compute_influence`)."""
         report = progress or silent
         if self.cached():
             embeddings, training = (load_cached_array(self.workspace.derived_path(kind, self.source, ".npy")) for kind in ("influence_embeddings", "influence_train"))
             if embeddings is not None and training is not None:
                 return embeddings, training
-        embedder, load, checkpoint = self._embedder()
+        if ray is not None:
+            from core.distributed import join
+
+            join(ray, ray_workers)  # a wrong setting or a cluster that does not answer is said now, not after the factorisation
+        embedder, spec = self._embedder()
         preprocess = self._preprocess()
         _, files, labels = self._training_files()
 
@@ -545,47 +632,79 @@ class _WorkspaceInfluence:
                     if ok.any():
                         yield images[ok], batch_labels[ok]
 
-            embedder.fit(readable_batches(), checkpoint, load, report)
+            def load(target: nn.Module, path: str) -> float:
+                target.load_state_dict(load_module(replace(spec, checkpoint=Path(path))).state_dict())
+                return 1.0
+
+            embedder.fit(readable_batches(), spec.checkpoint, load, report)
             return embedder.projection_.float().cpu().numpy()
 
-        embedder.restore(self.workspace.cached_array("influence_factors", self.source, factorise))
+        projection = self.workspace.cached_array("influence_factors", self.source, factorise)
+        embedder.restore(projection)
 
-        def embed_training() -> np.ndarray:
-            readable: list[np.ndarray] = []
+        images = self.workspace.images
+        image_files = [self.workspace.image_path(path) for path in images["path"]]
+        passes = {
+            "influence_train": _EmbeddingPass(files, labels, _STEP_TRAIN),
+            "influence_embeddings": _EmbeddingPass(image_files, images["label_index"].to_numpy(), _STEP_WORKSPACE, _refuse_unreadable(image_files)),
+        }
+        stored = {kind: load_cached_array(self.workspace.derived_path(kind, self.source, ".npy")) for kind in passes}
+        if ray is None:
+            def embed(kind: str) -> np.ndarray:
+                one = passes[kind]
+                loader = _loader(one.files, one.labels, preprocess, _BATCH)
+                return _without_unreadable(*_embed_readable(embedder, loader, len(one.files), report, one.step, check=one.check))
+        else:
+            pending = [kind for kind in passes if stored[kind] is None]
+            on_ray = self._embed_on_ray([passes[kind] for kind in pending], embedder, spec, preprocess, projection, report, ray, ray_workers) if pending else []
+            embed = dict(zip(pending, on_ray)).__getitem__
+        # Each pass is cached once computed: here the training images' before the workspace's are embedded; on Ray both come from one map.
+        training, embeddings = (
+            stored[kind] if stored[kind] is not None else self.workspace.cached_array(kind, self.source, partial(embed, kind)) for kind in passes
+        )
+        return embeddings, training
 
-            def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                for images, batch_labels, ok in _loader(files, labels, preprocess, _BATCH):
-                    readable.append(ok.numpy())
-                    yield images, batch_labels
+    def _embed_on_ray(self, passes: list[_EmbeddingPass], embedder: InfluenceEmbedder, spec: ModelSpec, preprocess: Preprocess,
+                      projection: np.ndarray, report: ProgressFn, address: str, workers: int) -> list[np.ndarray]:
+        """The ``passes`` on Ray, all in one map (the workers load the model once), in blocks of :data:`_RAY_BLOCK` images of
+        one pass each, put in order here: each pass's embeddings, as the local pass returns them."""
+        from core.distributed import ray_map
 
-            vectors = embedder.transform(batches(), len(files), report, _STEP_TRAIN)
-            vectors[~np.concatenate(readable)] = np.nan  # unreadable training images have no embedding
-            return vectors
+        starts = np.cumsum([0] + [len(one.files) for one in passes]).tolist()  # of each pass, in all the passes' images
+        blocks, owners = [], []
+        for number, one in enumerate(passes):
+            for first in range(0, len(one.files), _RAY_BLOCK):
+                blocks.append((starts[number] + first, starts[number] + min(first + _RAY_BLOCK, len(one.files))))
+                owners.append(number)
+        vectors = [np.zeros((len(one.files), projection.shape[1]), np.float32) for one in passes]
+        readable = [np.zeros(len(one.files), bool) for one in passes]
+        done = [0] * len(passes)
+        for one in passes:
+            report(one.step, 0, len(one.files))
 
-        training = self.workspace.cached_array("influence_train", self.source, embed_training)
+        def place(row: dict) -> None:
+            number = owners[row["item"]]
+            one, first = passes[number], blocks[row["item"]][0] - starts[number]
+            block_readable = np.asarray(row["readable"], bool)
+            if one.check is not None:
+                one.check(first, block_readable)
+            vectors[number][first: first + len(block_readable)] = row["embeddings"]
+            readable[number][first: first + len(block_readable)] = block_readable
+            done[number] += len(block_readable)
+            report(one.step, done[number], len(one.files))
 
-        def embed_workspace() -> np.ndarray:
-            images = self.workspace.images
-            files = [self.workspace.image_path(path) for path in images["path"]]
-
-            def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                for batch, batch_labels, ok in _loader(files, images["label_index"].to_numpy(), preprocess, _BATCH):
-                    if not ok.all():
-                        raise SliceScopeError(
-                            f"the workspace image {files[int(np.flatnonzero(~ok.numpy())[0])]} can no longer be read",
-                            "restore the dataset the workspace was scanned from",
-                        )
-                    yield batch, batch_labels
-
-            return embedder.transform(batches(), len(files), report, _STEP_WORKSPACE)
-
-        return self.workspace.cached_array("influence_embeddings", self.source, embed_workspace), training
+        load = partial(_load_ray_blocks, spec, self.params, str(embedder.device), preprocess, blocks)
+        every_file = [file for one in passes for file in one.files]
+        every_label = np.concatenate([one.labels for one in passes])
+        ray_map(list(range(len(blocks))), load, _embed_ray_blocks, place, address, workers,
+                gpu=embedder.device.type == "cuda", shared=(projection, every_file, every_label))
+        return [_without_unreadable(*pass_result) for pass_result in zip(vectors, readable)]
 
     def estimate_seconds(self) -> float:
         """About how long :meth:`compute` will take here, from one timed batch (0 when everything is cached)."""
         if self.cached():
             return 0.0
-        embedder, _, _ = self._embedder()
+        embedder, _ = self._embedder()
         _, files, labels = self._training_files()
         started = time.perf_counter()
         images, batch_labels, ok = next(iter(_loader(files[: _BATCH], labels[: _BATCH], self._preprocess(), _BATCH)))
@@ -622,6 +741,18 @@ def influence_embeddings(workspace: Workspace, params: InfluenceParams | None = 
 def training_embeddings(workspace: Workspace, params: InfluenceParams | None = None, progress: ProgressFn | None = None) -> np.ndarray:
     """μ of every training image (N' × D, in the training index's order; NaN rows for unreadable files)."""
     return _WorkspaceInfluence(workspace, params).compute(progress)[1]
+
+
+def compute_influence(workspace: Workspace, params: InfluenceParams | None = None, progress: ProgressFn | None = None,
+                      ray: str | None = None, ray_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Compute and cache the influence embeddings (nothing to do when cached): (workspace's μ, training images' μ).
+
+    With ``ray`` (``auto``, ``local`` or a cluster's address, as for the scan: :mod:`core.distributed`) the two embedding
+    passes run on that Ray cluster, with ``ray_workers`` actors that load the model once (one CPU or GPU each) and must
+    see the training data and the workspace at the same paths; the Hessian's factorisation stays on this machine. The
+    cached results, and their keys, are the same either way.
+    """
+    return _WorkspaceInfluence(workspace, params).compute(progress, ray, ray_workers)
 
 
 def is_computed(workspace: Workspace, params: InfluenceParams | None = None) -> bool:

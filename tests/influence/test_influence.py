@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +38,10 @@ from core.influence import (
 )
 from core.slicing import SliceParams, find_slices
 from core.training import attach_training_data, training_data
-from core.workspace import MANIFEST, Workspace, save_manifest
-from tests.helpers import small_scan_config
+from core.workspace import Workspace
+from tests.helpers import SMALL_INFLUENCE, copy_workspace, small_scan_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = InfluenceParams(arnoldi_dim=40, embedding_dim=20, hessian_images=96)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -260,21 +258,6 @@ def test_coherence_is_the_kmeans_objective_and_prefers_the_true_slices():
 # -- workspaces -------------------------------------------------------------------------------------
 
 
-def copy_workspace(tiny_demo: Path, tmp_path: Path, attach: bool) -> Workspace:
-    """The tiny demo's biased workspace, copied so the test owns its cache; with the demo's training split or without."""
-    target = tmp_path / "ws"
-    shutil.copytree(tiny_demo / "workspace", target)
-    manifest = tomllib.loads((target / MANIFEST).read_text())
-    manifest.pop("training", None)
-    manifest.pop("influence", None)
-    save_manifest(target / MANIFEST, manifest)
-    workspace = Workspace(target)
-    if attach:
-        attach_training_data(workspace, tiny_demo / "data" / "metadata.csv", "train")
-        record_influence_params(workspace, SMALL)
-    return workspace
-
-
 def test_without_training_data_the_error_names_the_command_that_fixes_it(tiny_demo, image_folder, small_net_checkpoint, tmp_path):
     demo = copy_workspace(tiny_demo, tmp_path, attach=False)
     assert training_data(demo) is None
@@ -298,8 +281,8 @@ def test_without_training_data_the_error_names_the_command_that_fixes_it(tiny_de
 def test_influence_is_a_cached_representation_keyed_by_its_training_data_and_settings(tiny_demo, tmp_path):
     workspace = copy_workspace(tiny_demo, tmp_path, attach=True)
     embeddings = influence_embeddings(workspace)
-    assert embeddings.shape == (len(workspace.images), SMALL.embedding_dim) and np.isfinite(embeddings).all()
-    assert training_embeddings(workspace).shape == (training_data(workspace).num_images, SMALL.embedding_dim)
+    assert embeddings.shape == (len(workspace.images), SMALL_INFLUENCE.embedding_dim) and np.isfinite(embeddings).all()
+    assert training_embeddings(workspace).shape == (training_data(workspace).num_images, SMALL_INFLUENCE.embedding_dim)
     np.testing.assert_array_equal(workspace.representation("influence"), embeddings)
 
     infembed = infembed_slices(workspace, SliceParams(k=3))

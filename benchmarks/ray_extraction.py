@@ -1,11 +1,12 @@
 """Extraction, or influence's gradient passes, on Ray (local mode) against the local path on the same machine: identical
 results, and what Ray costs.
 
-    python -m benchmarks.ray_extraction [--images 4000] [--workers 2] [--image-size 64] [--influence]
+    python -m benchmarks.ray_extraction [--images 4000] [--workers 2] [--image-size 64] [--arch small|resnet18|…] [--influence]
 
 A generated ImageFolder (``tests.helpers.write_image_folder``: colour classes with
-noise) and the small test CNN fitted to it are scanned locally (the scan's own
-DataLoader workers). Then, by default, the scan is repeated into a fresh
+noise) and the small test CNN fitted to it (or, with ``--arch``, a torchvision
+architecture with seeded random weights: a real model's cost per image, against
+which Ray's fixed costs are measured) are scanned locally. Then, by default, the scan is repeated into a fresh
 workspace with ``--ray local`` and ``--workers`` actors, one CPU each. With
 ``--influence``, the same images are attached as the training data instead, the
 Hessian is factorised once here (not timed: it never runs on Ray), and the two
@@ -27,10 +28,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+import torchvision
 
 from core.distributed import connect, import_ray
-from core.extract import scan
+from core.extract import ScanConfig, scan
 from core.influence import InfluenceParams, compute_influence, record_influence_params
+from core.models import ModelSpec
 from core.training import attach_training_data
 from core.workspace import ARRAY_NAMES, Workspace
 from tests.helpers import CLASS_COLOURS, small_scan_config, train_small_net, write_image_folder
@@ -44,17 +48,31 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4000, help="images in all (split over the classes)")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors, one CPU each")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--arch", default="small", help="small (the test CNN, trained) or a torchvision architecture (random weights)")
     parser.add_argument("--influence", action="store_true", help="time influence's gradient passes instead of the extraction")
     args = parser.parse_args()
+    if args.influence and args.arch != "small":
+        parser.error("--influence needs the trained test CNN: leave --arch out")
     with tempfile.TemporaryDirectory(prefix="slicescope-ray-") as scratch:
         root = Path(scratch)
         data = write_image_folder(root / "images", per_class=args.images // len(CLASS_COLOURS), size=args.image_size)
         # Trained to zero loss on these separable colours (it is, with thousands of images), the net would leave influence
         # no curvature to factorise: for --influence it is trained briefly.
-        checkpoint = train_small_net(data, root / "model.pt", **({"steps": 15} if args.influence else {}))
         options = {"image_size": args.image_size, "batch_size": 64, "chunk_size": 512}
+        if args.arch == "small":
+            checkpoint = train_small_net(data, root / "model.pt", **({"steps": 15} if args.influence else {}))
+
+            def config(out: Path) -> ScanConfig:
+                return small_scan_config(data, checkpoint, out, **options)
+        else:
+            torch.manual_seed(0)
+            torch.save(getattr(torchvision.models, args.arch)(num_classes=len(CLASS_COLOURS)).state_dict(), root / "model.pt")
+            spec = ModelSpec(checkpoint=root / "model.pt", arch=args.arch, num_classes=len(CLASS_COLOURS))
+
+            def config(out: Path) -> ScanConfig:
+                return ScanConfig(data=data, model=spec, out=out, **options)
         started = time.perf_counter()
-        local = scan(small_scan_config(data, checkpoint, root / "local", **options))
+        local = scan(config(root / "local"))
         if args.influence:
             compare_influence(local, data, args.workers)
             return
@@ -64,14 +82,14 @@ def main() -> None:
         connect(ray, "local", args.workers)
         startup = time.perf_counter() - started
         started = time.perf_counter()
-        distributed = scan(replace(small_scan_config(data, checkpoint, root / "ray", **options), ray="local", ray_workers=args.workers))
+        distributed = scan(replace(config(root / "ray"), ray="local", ray_workers=args.workers))
         ray_seconds = time.perf_counter() - started
         ray.shutdown()
         identical = local.images.equals(distributed.images) and all(
             np.allclose(np.asarray(local.array(name), np.float64), np.asarray(distributed.array(name), np.float64), rtol=1e-5, atol=1e-6)
             for name in ARRAY_NAMES)
     n = len(local.images)
-    print(f"local: {local_seconds:.1f} s ({n / local_seconds:.0f} images/s); Ray local, {args.workers} workers: {ray_seconds:.1f} s "
+    print(f"{args.arch}, {args.image_size} px: local {local_seconds:.1f} s ({n / local_seconds:.0f} images/s); Ray local, {args.workers} workers: {ray_seconds:.1f} s "
           f"({n / ray_seconds:.0f} images/s) after {startup:.1f} s of ray.init; identical arrays: {identical}")
     print(f"images={n} local_s={local_seconds:.1f} ray_s={ray_seconds:.1f} ray_over_local={ray_seconds / local_seconds:.2f} identical={identical}")
 

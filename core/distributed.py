@@ -120,7 +120,8 @@ def ray_map(items: list[int], load: Callable[..., object], work: Callable[[objec
     if not items:
         return
     ray = join(address, workers)
-    mapped = ray.data.from_items([{"item": item} for item in items]).map_batches(
+    # One block per item: Ray Data hands an actor a whole block at a time, so items sharing a block run one after another.
+    mapped = ray.data.from_items([{"item": item} for item in items], override_num_blocks=len(items)).map_batches(
         _Worker, fn_constructor_kwargs={"load": load, "work": work, "shared": [ray.put(value) for value in shared]}, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=1 if gpu else 0,
         max_restarts=_RESTARTS, max_task_retries=_RESTARTS,

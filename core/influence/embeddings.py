@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from core.data import ImageIndex, Preprocess, read_image
 from core.errors import SliceScopeError
+from core.memory import retained_heap
 from core.models import ModelSpec, load_module, resolve_device
 from core.progress import ProgressFn, silent
 from core.training import require_training_data, training_data, training_index
@@ -425,12 +426,13 @@ class InfluenceEmbedder:
         rows, done = [], 0
         if total is not None:
             report(step, 0, total)
-        for images, labels in batches:
-            gradients = self.per_example_gradients(images, labels)
-            rows.append((gradients @ self.projection_).float().cpu().numpy())
-            done += len(labels)
-            if total is not None:
-                report(step, done, total)
+        with retained_heap():  # the frozen part's activations, batch after batch, as in a scan
+            for images, labels in batches:
+                gradients = self.per_example_gradients(images, labels)
+                rows.append((gradients @ self.projection_).float().cpu().numpy())
+                done += len(labels)
+                if total is not None:
+                    report(step, done, total)
         return np.concatenate(rows) if rows else np.zeros((0, self.projection_.shape[1]), np.float32)
 
     def seconds_per_image(self, images: torch.Tensor, labels: torch.Tensor, hvp_batch: int | None = None) -> tuple[float, float, float]:

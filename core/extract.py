@@ -281,11 +281,11 @@ def _bytes_per_image(model: AttributionModel) -> int:
 def _require_disk_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise SliceScopeError(f"the scan needs about {_gigabytes(needed)} on the disk holding {folder}, which has {_gigabytes(free)} free",
+        raise SliceScopeError(f"the scan needs about {_readable_size(needed)} on the disk holding {folder}, which has {_readable_size(free)} free",
                               "free space there or choose an `out` folder on a larger disk")
 
 
-def _gigabytes(size: int) -> str:
+def _readable_size(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 

@@ -115,6 +115,10 @@ class DrawnBox:
         return all(abs(getattr(self, side) - float(box[side])) < 0.5 for side in ("left", "top", "width", "height"))
 
 
+# Per image, the boxes that left the canvas are remembered this far back (the draft stays small however much is redrawn).
+_REMEMBERED_REMOVED = 20
+
+
 def _drawn_box(record: object) -> DrawnBox | None:
     try:
         box = DrawnBox(**record)
@@ -135,12 +139,15 @@ class Answer:
     boxes: dict[str, list[DrawnBox]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     numbers_used: dict[str, int] = field(default_factory=dict)  # per image: the highest box number given so far
+    # Per image: boxes that left the canvas, with their numbers and terms, in case one comes back at its place.
+    removed: dict[str, list[DrawnBox]] = field(default_factory=dict)
 
     def to_draft(self, position: int) -> dict:
         """The answer as plain data, to save while the worker is at it (see :meth:`from_draft`)."""
         return {
             "position": position,
             "boxes": {image_id: [asdict(box) for box in drawn] for image_id, drawn in self.boxes.items()},
+            "removed": {image_id: [asdict(box) for box in drawn] for image_id, drawn in self.removed.items()},
             "seconds": dict(self.seconds),
             "numbers_used": dict(self.numbers_used),
         }
@@ -152,9 +159,10 @@ class Answer:
         answer, position = cls(tuple(image_ids)), 0
         if not isinstance(draft, Mapping):
             return answer, position
-        for image_id, drawn in (draft.get("boxes") or {}).items() if isinstance(draft.get("boxes"), Mapping) else ():
-            if image_id in answer.image_ids and isinstance(drawn, list):
-                answer.boxes[image_id] = [box for box in map(_drawn_box, drawn) if box is not None]
+        for name in ("boxes", "removed"):
+            for image_id, drawn in draft[name].items() if isinstance(draft.get(name), Mapping) else ():
+                if image_id in answer.image_ids and isinstance(drawn, list):
+                    getattr(answer, name)[image_id] = [box for box in map(_drawn_box, drawn) if box is not None]
         for name in ("seconds", "numbers_used"):
             values = draft.get(name)
             if isinstance(values, Mapping):
@@ -168,8 +176,10 @@ class Answer:
         """Take the canvas's boxes for ``image_id``, each keeping its number and what was typed for it.
 
         The canvas gives boxes no identity, so a box is recognised by its place; when the count is unchanged a box
-        that moved or was resized keeps its position in the list (the canvas keeps drawing order). New boxes get
-        numbers never used on the image before, so a deleted box's terms never reappear on another.
+        that moved or was resized keeps its position in the list (the canvas keeps drawing order). A box back at the
+        place of one that left the canvas is that box again, number and terms (an undone delete, or a canvas that
+        reported no boxes for a moment while it reloaded its drawing: its terms are never lost). Other new boxes get
+        numbers never used on the image before, so a deleted box's terms never reappear elsewhere.
         """
         previous = self.boxes.get(image_id, [])
         unmatched = list(previous)
@@ -182,6 +192,15 @@ class Answer:
         if len(canvas_boxes) == len(previous):
             moved = iter(unmatched)
             matches = [match or next(moved) for match in matches]
+        else:
+            removed = self.removed.setdefault(image_id, [])
+            for index, box in enumerate(canvas_boxes):
+                returning = None if matches[index] else next((candidate for candidate in reversed(removed) if candidate.same_place(box)), None)
+                if returning is not None:
+                    removed.remove(returning)
+                    matches[index] = returning
+            removed.extend(unmatched)
+            del removed[:-_REMEMBERED_REMOVED]
         merged = []
         for box, match in zip(canvas_boxes, matches, strict=True):
             if match is None:

@@ -29,7 +29,10 @@ Ray is optional (``pip install -r requirements-ray.txt``); it is imported only h
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
+import warnings
 from collections.abc import Callable
 
 from core.errors import SliceScopeError
@@ -40,6 +43,21 @@ _CONNECT_TIMEOUT_S = 10
 # Ray restarts an actor that dies this often, retrying the item it held, before the run fails. Ray Data's own default
 # is without limit, which would restart a worker that dies on every item (out of memory, say) for ever.
 _RESTARTS = 3
+
+
+# Ray Data's loggers that only repeat what the caller's progress bar shows, and the level each is raised to during a map.
+_RAY_DATA_CHATTER = {"ray.data._internal.progress": logging.ERROR, "ray.data._internal.execution.streaming_executor": logging.WARNING}
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def import_ray():
@@ -66,6 +84,10 @@ def _head_answers(address: str) -> bool:
 def connect(ray, address: str, workers: int) -> None:
     """Join the cluster at ``address`` (``auto``: the one this machine belongs to), or start a local one of ``workers`` CPUs."""
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address not in (LOCAL, "auto") and not address.startswith("ray://") and address != joined:
+            raise SliceScopeError(f"this process is already connected to the Ray cluster at {joined}, not {address}",
+                                  f"set `ray` to {joined}, or run in a new process")
         return
     if address == LOCAL:
         # Ray's own "local": a new cluster even where `ray start --head` runs one (an address-less ray.init would join
@@ -121,15 +143,27 @@ def ray_map(items: list[int], load: Callable[..., object], work: Callable[[objec
         return
     ray = join(address, workers)
     # One block per item: Ray Data hands an actor a whole block at a time, so items sharing a block run one after another.
-    mapped = ray.data.from_items([{"item": item} for item in items], override_num_blocks=len(items)).map_batches(
-        _Worker, fn_constructor_kwargs={"load": load, "work": work, "shared": [ray.put(value) for value in shared]}, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=1 if gpu else 0,
-        max_restarts=_RESTARTS, max_task_retries=_RESTARTS,
-    )
+    dataset = ray.data.from_items([{"item": item} for item in items], override_num_blocks=len(items))
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing max_restarts/max_task_retries as remote arguments but names no replacement for
+        # them (its named remote parameters do not include them), and without them a dying worker restarts for ever.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        mapped = dataset.map_batches(
+            _Worker, fn_constructor_kwargs={"load": load, "work": work, "shared": [ray.put(value) for value in shared]}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))), num_cpus=1, num_gpus=1 if gpu else 0,
+            max_restarts=_RESTARTS, max_task_retries=_RESTARTS,
+        )
+    # The caller shows its own progress bar; Ray Data's bars or progress lines, and its start and end lines, would repeat
+    # it on stderr. Its warnings (a cluster too small for the actors, say) still show.
+    mapped.context.enable_progress_bars = False
     rows = iter(mapped.iter_rows())
+    quiet = contextlib.ExitStack()
+    for logger, level in _RAY_DATA_CHATTER.items():
+        quiet.enter_context(_logger_level(logger, level))
     try:
-        for row in rows:
-            each(row)
+        with quiet:
+            for row in rows:
+                each(row)
     except ray.exceptions.RayActorError as error:
         if error.actor_init_failed:  # not a death: ``load`` failed, and Ray's error says why
             raise

@@ -75,8 +75,10 @@ def drag_box(page, corners: tuple[float, float, float, float], label: str) -> No
     """Drag from one corner to the other on the canvas (canvas pixels) until the box's fields appear.
 
     A canvas just mounted ignores the mouse until its drawing tool is set up (it draws nothing then, so a worker
-    simply drags again); the test does what the worker does, a bounded number of times.
+    simply drags again); the test does what the worker does, a bounded number of times. While the page reruns, the
+    last image's canvas can still be shown beside the new one: the drag waits for a single canvas.
     """
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     field = page.get_by_label(f"Box {label}: what is it? (one noun)")
@@ -84,7 +86,10 @@ def drag_box(page, corners: tuple[float, float, float, float], label: str) -> No
         wait_until_idle(page)
         canvas = page.locator("canvas.upper-canvas")
         expect(canvas).to_have_count(1)
-        origin = canvas.bounding_box()
+        try:
+            origin = canvas.bounding_box()
+        except PlaywrightError:  # a second canvas came in between
+            continue
         x0, y0, x1, y1 = corners
         page.mouse.move(origin["x"] + x0, origin["y"] + y0)
         page.mouse.down()
@@ -102,13 +107,19 @@ def drag_box(page, corners: tuple[float, float, float, float], label: str) -> No
 def wait_for_field(page, label: str, value: str) -> None:
     """Wait until exactly one field has ``label`` and it holds ``value``: while the page reruns, the previous image's
     field is still shown (faded) beside the new one, so neither a count nor a value alone says the page is there."""
-    page.wait_for_function(
-        """([label, value]) => {
-            const fields = [...document.querySelectorAll("input")].filter((field) => field.getAttribute("aria-label") === label);
-            return fields.length === 1 && fields[0].value === value;
-        }""",
-        arg=[label, value], timeout=TIMEOUT_MS,
-    )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            """([label, value]) => {
+                const fields = [...document.querySelectorAll("input")].filter((field) => field.getAttribute("aria-label") === label);
+                return fields.length === 1 && fields[0].value === value;
+            }""",
+            arg=[label, value], timeout=TIMEOUT_MS,
+        )
+    except PlaywrightTimeout:
+        shown = page.evaluate("() => [...document.querySelectorAll('input')].map((field) => [field.getAttribute('aria-label'), field.value])")
+        raise AssertionError(f"no single field {label!r} holding {value!r}; the page's fields: {shown}") from None
 
 
 def name_box(page, label: str, entity_type: str, attributes: str) -> None:

@@ -57,6 +57,15 @@ def test_an_address_nobody_answers_at_is_one_line(inputs, tmp_path):
         scan(config)
 
 
+def test_a_process_joined_to_one_cluster_refuses_another_address(ray_local, inputs, tmp_path):
+    joined = ray_local.get_runtime_context().gcs_address
+    _, data, checkpoint = inputs
+    config = replace(small_scan_config(data, checkpoint, tmp_path / "elsewhere"), ray="127.0.0.1:9", ray_workers=2)
+    with pytest.raises(SliceScopeError, match=rf"^this process is already connected to the Ray cluster at {joined}, not 127\.0\.0\.1:9 — set `ray` to {joined}"):
+        scan(config)
+    assert not (tmp_path / "elsewhere" / MANIFEST).exists()
+
+
 def test_a_ray_scan_equals_the_local_scan_array_by_array(ray_local, inputs, local):
     progress = []
     distributed = scan(ray_scan_config(inputs, "ray"), progress=lambda step, done, total: progress.append((done, total)))

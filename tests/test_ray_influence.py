@@ -60,7 +60,7 @@ def assert_same_embeddings(local: Workspace, distributed: Workspace) -> None:
 
 
 def test_ray_settings_are_refused_before_the_factorisation(tiny_demo, tmp_path):
-    # Before any test of this module starts its cluster: a Ray that is up answers every address.
+    # Before any test of this module starts its cluster: a process joined to one refuses other addresses differently.
     workspace = copy_workspace(tiny_demo, tmp_path, attach=True)
     with pytest.raises(SliceScopeError, match=r"^`ray_workers` = 0 — set `ray_workers` to 1 or more$"):
         compute_influence(workspace, ray="local", ray_workers=0)
@@ -79,6 +79,27 @@ def test_ray_passes_equal_the_local_ones_and_are_cached_alike(ray_local, local, 
     for step, total in (("influence: gradients of the training images", 96), ("influence: gradients of the workspace images", len(embeddings))):
         counts = [done for name, done, _ in progress if name == step]
         assert counts[0] == 0 and counts[-1] == total and len(counts) == 1 + -(-total // 32)  # one report per block
+
+
+class Stopped(Exception):
+    """The driver stopped mid-run."""
+
+
+def test_a_ray_run_stopped_after_the_training_pass_keeps_it(ray_local, local, tmp_path):
+    target = with_the_factors_only(local, tmp_path / "ws")
+    training_step = "influence: gradients of the training images"
+
+    def stop_when_training_is_done(step: str, done: int, total: int) -> None:
+        if step == training_step and done == total:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        compute_influence(Workspace(target), progress=stop_when_training_is_done, ray="local")
+    assert any(name.startswith("influence_train") for name in cached_files(Workspace(target)))
+    progress = []
+    compute_influence(Workspace(target), progress=lambda step, done, total: progress.append(step), ray="local")
+    assert training_step not in progress  # only what was missing is computed (the workspace pass, unless it had finished first)
+    assert_same_embeddings(local, Workspace(target))
 
 
 def test_an_unreadable_workspace_image_is_one_line_on_ray_too(ray_local, local, tmp_path):
@@ -104,4 +125,6 @@ def test_cli_influence_on_ray_after_an_interrupted_run(local, tmp_path):
     assert summary.startswith(f"influence embeddings of 96 training and {len(local.images)} workspace images, D = 20: computed in ")
     assert summary.endswith(f" s on Ray (local, 2 workers), in {target / 'derived'}")
     assert "influence: gradients of the workspace images" in result.stderr  # the progress bars
+    for chatter in ("Starting execution", "Running Dataset", "Progress bars disabled", "execution finished"):
+        assert chatter not in result.stderr  # Ray Data's own progress lines would repeat ours
     assert_same_embeddings(local, Workspace(target))

@@ -657,21 +657,24 @@ class _WorkspaceInfluence:
                 loader = _loader(one.files, one.labels, preprocess, _BATCH)
                 return _without_unreadable(*_embed_readable(embedder, loader, len(one.files), report, one.step, check=one.check))
         else:
-            pending = [kind for kind in passes if stored[kind] is None]
-            on_ray = self._embed_on_ray([passes[kind] for kind in pending], embedder, spec, preprocess, projection, report, ray, ray_workers) if pending else []
-            embed = dict(zip(pending, on_ray)).__getitem__
-        # Each pass is cached once computed: here the training images' before the workspace's are embedded; on Ray both come from one map.
+            pending = {kind: passes[kind] for kind in passes if stored[kind] is None}
+            embed = (self._embed_on_ray(pending, embedder, spec, preprocess, projection, report, ray, ray_workers) if pending else {}).__getitem__
+        # Each pass is cached once computed: here the training images' before the workspace's are embedded; on Ray both
+        # come from one map, each cached as soon as its last block arrives.
         training, embeddings = (
             stored[kind] if stored[kind] is not None else self.workspace.cached_array(kind, self.source, partial(embed, kind)) for kind in passes
         )
         return embeddings, training
 
-    def _embed_on_ray(self, passes: list[_EmbeddingPass], embedder: InfluenceEmbedder, spec: ModelSpec, preprocess: Preprocess,
-                      projection: np.ndarray, report: ProgressFn, address: str, workers: int) -> list[np.ndarray]:
-        """The ``passes`` on Ray, all in one map (the workers load the model once), in blocks of :data:`_RAY_BLOCK` images of
-        one pass each, put in order here: each pass's embeddings, as the local pass returns them."""
+    def _embed_on_ray(self, pending: dict[str, _EmbeddingPass], embedder: InfluenceEmbedder, spec: ModelSpec, preprocess: Preprocess,
+                      projection: np.ndarray, report: ProgressFn, address: str, workers: int) -> dict[str, np.ndarray]:
+        """The ``pending`` passes (by cache kind) on Ray, all in one map (the workers load the model once), in blocks of
+        :data:`_RAY_BLOCK` images of one pass each, put in order here; each pass's embeddings, as the local pass returns
+        them, are cached as soon as its last block arrives, so a run stopped later keeps them."""
         from core.distributed import ray_map
 
+        kinds, passes = list(pending), list(pending.values())
+        embedded: dict[str, np.ndarray] = {}
         starts = np.cumsum([0] + [len(one.files) for one in passes]).tolist()  # of each pass, in all the passes' images
         blocks, owners = [], []
         for number, one in enumerate(passes):
@@ -693,6 +696,9 @@ class _WorkspaceInfluence:
             vectors[number][first: first + len(block_readable)] = row["embeddings"]
             readable[number][first: first + len(block_readable)] = block_readable
             done[number] += len(block_readable)
+            if done[number] == len(one.files):
+                embedded[kinds[number]] = self.workspace.cached_array(kinds[number], self.source,
+                                                                      partial(_without_unreadable, vectors[number], readable[number]))
             report(one.step, done[number], len(one.files))
 
         load = partial(_load_ray_blocks, spec, self.params, str(embedder.device), preprocess, blocks)
@@ -700,7 +706,7 @@ class _WorkspaceInfluence:
         every_label = np.concatenate([one.labels for one in passes])
         ray_map(list(range(len(blocks))), load, _embed_ray_blocks, place, address, workers,
                 gpu=embedder.device.type == "cuda", shared=(projection, every_file, every_label))
-        return [_without_unreadable(*pass_result) for pass_result in zip(vectors, readable)]
+        return embedded
 
     def estimate_seconds(self) -> float:
         """About how long :meth:`compute` will take here, from one timed batch (0 when everything is cached)."""

@@ -61,10 +61,31 @@ def test_boxes_keep_their_number_and_terms_through_moves_deletes_and_new_boxes()
     # Box 1 moved: same count, so it keeps its place, number and terms.
     moved = answer.update_from_canvas("a", [_canvas(20, 15, 50, 50), _canvas(100, 100, 40, 40)])
     assert [(box.number, box.entity_type, box.left) for box in moved] == [(1, "stamp", 20.0), (2, "water", 100.0)]
-    # Box 1 deleted, then a new box drawn: the new one is box 3 with empty terms, never box 1's.
+    # Box 1 deleted, then a new box drawn elsewhere: the new one is box 3 with empty terms, never box 1's.
     answer.update_from_canvas("a", [_canvas(100, 100, 40, 40)])
-    redrawn = answer.update_from_canvas("a", [_canvas(100, 100, 40, 40), _canvas(20, 15, 50, 50)])
+    redrawn = answer.update_from_canvas("a", [_canvas(100, 100, 40, 40), _canvas(200, 150, 50, 50)])
     assert [(box.number, box.entity_type) for box in redrawn] == [(2, "water"), (3, "")]
+
+
+def test_a_box_back_at_its_place_is_the_same_box_with_its_terms():
+    answer = Answer(("a",))
+    first, second = answer.update_from_canvas("a", [_canvas(10, 10, 50, 50), _canvas(100, 100, 40, 40)])
+    first.entity_type, first.attributes, second.entity_type = "stamp", "white", "water"
+    # A canvas reloading its drawing reports no boxes for a moment, then all of them again: nothing typed is lost.
+    assert answer.update_from_canvas("a", []) == []
+    back = answer.update_from_canvas("a", [_canvas(10, 10, 50, 50), _canvas(100, 100, 40, 40)])
+    assert [(box.number, box.entity_type, box.attributes) for box in back] == [(1, "stamp", "white"), (2, "water", "")]
+    # A deleted box brought back by the canvas's undo gets its terms back too; a box elsewhere is a new one.
+    answer.update_from_canvas("a", [_canvas(100, 100, 40, 40)])
+    undone = answer.update_from_canvas("a", [_canvas(100, 100, 40, 40), _canvas(10, 10, 50, 50), _canvas(200, 10, 30, 30)])
+    assert [(box.number, box.entity_type) for box in undone] == [(2, "water"), (1, "stamp"), (3, "")]
+    # Only the last few boxes that left are remembered, and they travel with the draft.
+    for step in range(40):
+        answer.update_from_canvas("a", [_canvas(step, 300, 10, 10)])
+        answer.update_from_canvas("a", [])
+    assert len(answer.removed["a"]) == 20
+    restored, _ = Answer.from_draft(("a",), answer.to_draft(0))
+    assert restored.update_from_canvas("a", [_canvas(39, 300, 10, 10)])[0].number == answer.numbers_used["a"]
 
 
 def test_missing_work_is_named_and_complete_answers_become_image_pixels():

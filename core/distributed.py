@@ -47,17 +47,22 @@ _RESTARTS = 3
 
 # Ray Data's loggers that only repeat what the caller's progress bar shows, and the level each is raised to during a map.
 _RAY_DATA_CHATTER = {"ray.data._internal.progress": logging.ERROR, "ray.data._internal.execution.streaming_executor": logging.WARNING}
+# The address this process joined a cluster with, as it was given (Ray reports its head's own address, which can differ).
+_joined_as: str | None = None
 
 
 @contextlib.contextmanager
-def _logger_level(name: str, level: int):
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
+def _ray_data_quiet():
+    """Ray Data's progress chatter off while the block runs (logging has no scoped level of its own)."""
+    loggers = [(logging.getLogger(name), level) for name, level in _RAY_DATA_CHATTER.items()]
+    before = [(logger, logger.level) for logger, _ in loggers]
+    for logger, level in loggers:
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(before)
+        for logger, level in before:
+            logger.setLevel(level)
 
 
 def import_ray():
@@ -83,9 +88,10 @@ def _head_answers(address: str) -> bool:
 
 def connect(ray, address: str, workers: int) -> None:
     """Join the cluster at ``address`` (``auto``: the one this machine belongs to), or start a local one of ``workers`` CPUs."""
+    global _joined_as
     if ray.is_initialized():
         joined = ray.get_runtime_context().gcs_address
-        if address not in (LOCAL, "auto") and not address.startswith("ray://") and address != joined:
+        if address not in (LOCAL, "auto", joined, _joined_as) and not address.startswith("ray://"):
             raise SliceScopeError(f"this process is already connected to the Ray cluster at {joined}, not {address}",
                                   f"set `ray` to {joined}, or run in a new process")
         return
@@ -98,6 +104,7 @@ def connect(ray, address: str, workers: int) -> None:
         raise SliceScopeError(f"no Ray cluster answers at {address}", "start one there (ray start --head), check the address, or set `ray` to local")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+        _joined_as = address
     except (ConnectionError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SliceScopeError(f"could not join the Ray cluster at {address} ({reason})",
@@ -157,11 +164,8 @@ def ray_map(items: list[int], load: Callable[..., object], work: Callable[[objec
     # it on stderr. Its warnings (a cluster too small for the actors, say) still show.
     mapped.context.enable_progress_bars = False
     rows = iter(mapped.iter_rows())
-    quiet = contextlib.ExitStack()
-    for logger, level in _RAY_DATA_CHATTER.items():
-        quiet.enter_context(_logger_level(logger, level))
     try:
-        with quiet:
+        with _ray_data_quiet():
             for row in rows:
                 each(row)
     except ray.exceptions.RayActorError as error:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import core.extract
+from core.distributed import connect
 from core.errors import SliceScopeError
 from core.extract import scan
 from core.workspace import ARRAY_NAMES, MANIFEST, Workspace, workspace_status
@@ -64,6 +65,7 @@ def test_a_process_joined_to_one_cluster_refuses_another_address(ray_local, inpu
     with pytest.raises(SliceScopeError, match=rf"^this process is already connected to the Ray cluster at {joined}, not 127\.0\.0\.1:9 — set `ray` to {joined}"):
         scan(config)
     assert not (tmp_path / "elsewhere" / MANIFEST).exists()
+    connect(ray_local, joined, 2)  # the cluster's own address, like `local` and `auto`, is the connection already made
 
 
 def test_a_ray_scan_equals_the_local_scan_array_by_array(ray_local, inputs, local):

@@ -651,16 +651,16 @@ class _WorkspaceInfluence:
             "influence_embeddings": _EmbeddingPass(image_files, images["label_index"].to_numpy(), _STEP_WORKSPACE, _refuse_unreadable(image_files)),
         }
         stored = {kind: load_cached_array(self.workspace.derived_path(kind, self.source, ".npy")) for kind in passes}
-        if ray is None:
-            def embed(kind: str) -> np.ndarray:
-                one = passes[kind]
-                loader = _loader(one.files, one.labels, preprocess, _BATCH)
-                return _without_unreadable(*_embed_readable(embedder, loader, len(one.files), report, one.step, check=one.check))
-        else:
-            pending = {kind: passes[kind] for kind in passes if stored[kind] is None}
-            embed = (self._embed_on_ray(pending, embedder, spec, preprocess, projection, report, ray, ray_workers) if pending else {}).__getitem__
-        # Each pass is cached once computed: here the training images' before the workspace's are embedded; on Ray both
-        # come from one map, each cached as soon as its last block arrives.
+        pending = {kind: one for kind, one in passes.items() if stored[kind] is None}
+        if ray is not None and pending:
+            # Both passes come from one map, each cached as soon as its last block arrives.
+            stored.update(self._embed_on_ray(pending, embedder, spec, preprocess, projection, report, ray, ray_workers))
+
+        def embed(kind: str) -> np.ndarray:
+            one = passes[kind]
+            loader = _loader(one.files, one.labels, preprocess, _BATCH)
+            return _without_unreadable(*_embed_readable(embedder, loader, len(one.files), report, one.step, check=one.check))
+        # Locally each pass is cached once computed: the training images' before the workspace's are embedded.
         training, embeddings = (
             stored[kind] if stored[kind] is not None else self.workspace.cached_array(kind, self.source, partial(embed, kind)) for kind in passes
         )

@@ -39,8 +39,11 @@ def expect(*args, **kwargs):
 
 
 def wait_until_idle(page) -> None:
-    """Streamlit has finished the script run: its "Running…" status widget is gone."""
+    """Streamlit has finished the script run: its "Running…" status widget is gone and no element of the previous run
+    is left. Until a run ends, an element it has not yet re-sent stays on the page marked stale, beside its new copy
+    when the copy moved (two "Images per model" inputs once failed a CI run), so both are waited for."""
     expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=TIMEOUT_MS)
+    expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=TIMEOUT_MS)
 
 
 def open_slices_page(page, query: str = "") -> None:

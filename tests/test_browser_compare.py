@@ -82,8 +82,8 @@ def test_choose_versions_select_cells_and_trace_lines_compare_and_open_a_tile(pa
     wait_until_idle(page)
     assert_no_errors(page)
     page.get_by_role("button", name="Clear selection").click()
-    wait_until_idle(page)
     expect(page.get_by_text("Click mosaic cells (shift-click for several)")).to_be_visible()
+    wait_until_idle(page)  # after the new run's first element: the run has started, so the wait cannot pass before it
 
     # IMACS: a small comparison (the tiny demo has 64 images), started by the button under its time estimate.
     page.get_by_role("spinbutton", name="Images per model").fill("16")

@@ -15,8 +15,8 @@ from PIL import Image
 
 from core.crowd import CampaignImage, CampaignSettings, CampaignStore
 from tests.helpers import browser_page, running_app
+from tests.test_browser import TIMEOUT_MS, expect, wait_until_idle
 
-TIMEOUT_MS = 60_000
 IMAGE_SIZE = 64  # pictures are 64 px, shown on a 320-px canvas: 5 canvas pixels per image pixel
 CANVAS_PER_IMAGE_PIXEL = 320 / IMAGE_SIZE
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -58,17 +58,6 @@ def page(chromium_executable, chromium_browser, worker_server):
         fresh.dialogs = []
         fresh.on("dialog", lambda dialog: (fresh.dialogs.append(dialog.message), dialog.dismiss()))
         yield fresh
-
-
-def expect(*args, **kwargs):
-    from playwright.sync_api import expect as playwright_expect
-
-    playwright_expect.set_options(timeout=TIMEOUT_MS)
-    return playwright_expect(*args, **kwargs)
-
-
-def wait_until_idle(page) -> None:
-    expect(page.get_by_test_id("stStatusWidget")).to_be_hidden()
 
 
 def drag_box(page, corners: tuple[float, float, float, float], label: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from io import BytesIO
 
 import altair as alt
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
-from plotly.colors import sample_colorscale
+from plotly.colors import get_colorscale, sample_colorscale
 from plotly.subplots import make_subplots
 
 from core.mosaic import CellMosaic, Mosaic
@@ -46,7 +47,12 @@ DIMMED_OPACITY = 0.12
 
 @dataclass(frozen=True)
 class ScatterData:
-    """What a scatter shows, precomputed once per (workspace, slicing, layout)."""
+    """What a scatter shows, precomputed once per (workspace, slicing, layout).
+
+    What no click changes (the confusion cells and their rows, where slice numbers go, the density of all points) is
+    worked out on first use and kept with the data: a page that keeps one ``ScatterData`` between reruns redraws a
+    click without regrouping 100,000 rows (about a third of a click's time at that size).
+    """
 
     layout: np.ndarray  # N × 2
     images: pd.DataFrame
@@ -54,6 +60,27 @@ class ScatterData:
     slice_accuracy: np.ndarray  # per image: its slice's accuracy
     classes: list[str]
     slice_spuriousness: np.ndarray | None = None  # per image: its slice's spuriousness, when annotations give one
+
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        """:func:`core.views.confusion_cells` of all images."""
+        return confusion_cells(self.images)
+
+    @cached_property
+    def cell_rows(self) -> dict[tuple[str, str], np.ndarray]:
+        """Row positions per (label, prediction) cell, in the order of :attr:`cells`."""
+        groups = self.images.groupby(["label", "prediction"]).indices
+        return {(label, prediction): np.asarray(groups[(label, prediction)], dtype=np.int64)
+                for label, prediction in zip(self.cells["label"], self.cells["prediction"])}
+
+    @cached_property
+    def slice_label_positions(self) -> pd.DataFrame:
+        return readable_slice_labels(self.layout, self.slice_ids)
+
+    @cached_property
+    def density(self) -> dict:
+        """The binned density of every point, under a sample of them."""
+        return _binned_density(self.layout, _DENSITY_BINS)
 
 
 # Above this many points the scatter draws a sample over a binned density of all (a browser's WebGL scatter, the
@@ -86,14 +113,14 @@ def _discrete_scale(palette: list[str]) -> list[list]:
     return [[i / last, colour] for i, colour in enumerate(palette)]
 
 
-def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str) -> dict:
+def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, highlighted: np.ndarray | None, label: str, prediction: str) -> dict:
     correct = label == prediction
     marker: dict = {"size": 7 if correct else 9, "symbol": "circle" if correct else "diamond"}
     if options.colour == "classes":
         marker["color"] = CLASS_PALETTE[data.classes.index(label) % len(CLASS_PALETTE)]
         marker["line"] = {"color": CLASS_PALETTE[data.classes.index(prediction) % len(CLASS_PALETTE)], "width": 2}
     elif options.colour == "slice":
-        marker.update(color=data.slice_ids[rows] % len(SLICE_PALETTE), colorscale=_discrete_scale(SLICE_PALETTE), cmin=0, cmax=len(SLICE_PALETTE) - 1)
+        marker.update(color=_typed(data.slice_ids[rows] % len(SLICE_PALETTE)), coloraxis="coloraxis")
     elif options.colour == "correct":
         marker["color"] = CORRECT_COLOURS[int(correct)]
     else:
@@ -102,23 +129,39 @@ def _marker(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label:
             "confidence": lambda: data.images["confidence"].to_numpy()[rows],
             "spuriousness": lambda: data.slice_spuriousness[rows],
         }[options.colour]()
-        marker.update(color=values, coloraxis="coloraxis")
-    if options.highlighted is not None:
-        marker["opacity"] = np.where(np.isin(rows, options.highlighted), 1.0, DIMMED_OPACITY)
-    else:
-        marker["opacity"] = 0.8
+        marker.update(color=_typed(values), coloraxis="coloraxis")
+    marker["opacity"] = 0.8 if highlighted is None else _typed(np.where(highlighted[rows], 1.0, DIMMED_OPACITY).astype(np.float32))
     return marker
 
 
-def _cell_trace(data: ScatterData, rows: np.ndarray, options: ScatterOptions, label: str, prediction: str, count: int, show_legend: bool) -> dict:
-    """One confusion cell's points as a plain trace dict (``count``: the cell's size, of which ``rows`` may be a sample)."""
+def _typed(values: np.ndarray) -> dict | list:
+    """A numeric array as plotly.js's typed-array spec, the form Plotly's ``to_dict`` would give it.
+
+    Written out here because Plotly checks each array on the way (narwhals, a read-only copy: about 0.1 ms each), and a
+    scatter of 10 classes has 500 of them: 50 ms of a click at 100,000 images. plotly.js has no 64-bit integers.
+    """
+    array = np.ascontiguousarray(values)
+    if array.size == 0:
+        return []
+    if array.dtype.kind in "iub":
+        array = array.astype(np.int32 if array.dtype.kind != "b" else np.uint8, copy=False)
+    spec = {"dtype": array.dtype.str[1:], "bdata": base64.b64encode(array.astype(array.dtype.newbyteorder("<"), copy=False)).decode("ascii")}
+    if array.ndim > 1:
+        spec["shape"] = ", ".join(map(str, array.shape))
+    return spec
+
+
+def _cell_trace(data: ScatterData, rows: np.ndarray, options: ScatterOptions, highlighted: np.ndarray | None,
+                label: str, prediction: str, count: int, show_legend: bool) -> dict:
+    """One confusion cell's points as a plain trace dict (``count``: the cell's size, of which ``rows`` may be a sample;
+    ``highlighted``: a mask over all images, or None)."""
     confidence = data.images["confidence"].to_numpy()[rows]
     return {
-        "type": "scattergl", "x": data.layout[rows, 0], "y": data.layout[rows, 1], "mode": "markers",
+        "type": "scattergl", "x": _typed(data.layout[rows, 0]), "y": _typed(data.layout[rows, 1]), "mode": "markers",
         "name": f"{label} → {prediction} ({count:,})", "legendgroup": f"{label}|{prediction}", "showlegend": show_legend,
-        "customdata": np.column_stack([rows, data.slice_ids[rows], confidence]),
+        "customdata": _typed(np.column_stack([rows, data.slice_ids[rows], confidence])),
         "hovertemplate": f"<b>{cell_title(label, prediction)}</b><br>confidence %{{customdata[2]:.0%}}<br>slice %{{customdata[1]}}<extra></extra>",
-        "marker": _marker(data, rows, options, label, prediction),
+        "marker": _marker(data, rows, options, highlighted, label, prediction),
     }
 
 
@@ -144,12 +187,12 @@ def drawn_rows(data: ScatterData, options: ScatterOptions) -> np.ndarray | None:
     cell (of the view's rows) in proportion to its size (at least a few, so a rare cell stays visible) plus every
     highlighted row."""
     in_view = zoomed_rows(data, options)
-    candidates = data.images if in_view is None else data.images.iloc[in_view]
-    if not samples_points(len(candidates), options):
+    candidates = len(data.images) if in_view is None else len(in_view)
+    if not samples_points(candidates, options):
         return in_view
-    groups = candidates.groupby(["label", "prediction"]).indices
+    groups = data.cell_rows if in_view is None else data.images.iloc[in_view].groupby(["label", "prediction"]).indices
     rng = np.random.default_rng(0)  # fixed: the same points on every click, so nothing jumps
-    share = options.max_points / len(candidates)
+    share = options.max_points / candidates
     # The floor for rare cells takes at most a quarter of the budget in all.
     floor = max(1, min(_SAMPLE_PER_CELL_MIN, options.max_points // (4 * len(groups))))
     sample = [rng.permutation(np.asarray(rows))[:max(floor, round(share * len(rows)))] for rows in groups.values()]
@@ -211,11 +254,11 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
     (docs/BENCHMARKS.md). Above ``options.max_points`` the points are a sample (:func:`drawn_rows`) drawn over a
     binned density of all of them, and the title says so.
     """
-    groups = data.images.groupby(["label", "prediction"]).indices
-    cells = confusion_cells(data.images)
+    cells = data.cells
     in_view = zoomed_rows(data, options)
     sampled = drawn_rows(data, options)
-    drawn = np.ones(len(data.images), dtype=bool) if sampled is None else np.isin(np.arange(len(data.images)), sampled)
+    drawn = _mask(len(data.images), sampled, everything=True)
+    highlighted = None if options.highlighted is None else _mask(len(data.images), options.highlighted)
     # A binned density underlies the points wherever some are left out: the whole layout's, or the zoomed view's.
     thinned = sampled is not None and len(sampled) < (len(data.images) if in_view is None else len(in_view))
 
@@ -226,7 +269,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
 
     traces, extras = [], []
     for label, prediction in zip(cells["label"], cells["prediction"]):
-        rows = np.asarray(groups[(label, prediction)], dtype=np.int64)
+        rows = data.cell_rows[(label, prediction)]
         if options.confusion and (label, prediction) not in positions:
             continue
         place = dict(zip(("row", "col"), positions[(label, prediction)])) if options.confusion else {}
@@ -236,7 +279,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
         own_legend = not options.confusion and options.colour == "classes"
         if thinned and options.confusion:
             traces.append(_binned_density(data.layout[rows], _CELL_DENSITY_BINS) | axes)
-        traces.append(_cell_trace(data, rows[drawn[rows]], options, label, prediction, len(rows), show_legend=own_legend) | axes)
+        traces.append(_cell_trace(data, rows[drawn[rows]], options, highlighted, label, prediction, len(rows), show_legend=own_legend) | axes)
         if not options.confusion and not own_legend:
             traces.append(_legend_proxy(label, prediction, len(rows)))
         # Drawn onto the cell's subplot by its axis names: the unvalidated figure below keeps no subplot grid for row/col.
@@ -244,42 +287,52 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
             extras.append(_density(data.layout[rows[drawn[rows]]]).to_plotly_json() | axes)
         if options.hull_slices and options.confusion:
             extras += [hull.to_plotly_json() | axes for hull in slice_hull_traces(data.layout[rows], data.slice_ids[rows], options.hull_slices)]
-    if thinned and not options.confusion:
-        traces.insert(0, _binned_density(data.layout if in_view is None else data.layout[in_view], _DENSITY_BINS))
-    figure = go.Figure(data=traces + extras, layout=grid.layout if grid is not None else None, _validate=False)
-
     if not options.confusion:
+        if thinned:
+            traces.insert(0, dict(data.density) if in_view is None else _binned_density(data.layout[in_view], _DENSITY_BINS))
         if options.density:
-            figure.add_trace(_density(data.layout[drawn]))
+            extras.append(_density(data.layout[drawn]).to_plotly_json())
         if options.hull_slices:
-            for hull in slice_hull_traces(data.layout, data.slice_ids, options.hull_slices):
-                figure.add_trace(hull)
+            extras += [hull.to_plotly_json() for hull in slice_hull_traces(data.layout, data.slice_ids, options.hull_slices)]
         if options.slice_labels:
-            centres = readable_slice_labels(data.layout, data.slice_ids)
-            figure.add_trace(go.Scatter(
-                x=centres["x"], y=centres["y"], mode="text", text=[str(s) for s in centres.index], hoverinfo="skip",
-                textfont={"size": 11, "color": "#222"}, showlegend=False,
-            ))
+            centres = data.slice_label_positions
+            extras.append({"type": "scatter", "x": centres["x"].tolist(), "y": centres["y"].tolist(), "mode": "text",
+                           "text": [str(s) for s in centres.index], "hoverinfo": "skip", "textfont": {"size": 11, "color": "#222"}, "showlegend": False})
+    return go.Figure(data=traces + extras, layout=_scatter_layout(data, options, grid, height, in_view, sampled, thinned), _validate=False)
 
-    if options.colour in CONTINUOUS_SCALES:
-        scale, title = CONTINUOUS_SCALES[options.colour]
-        figure.update_layout(coloraxis={"colorscale": scale, "cmin": 0, "cmax": 1, "colorbar": {"title": title, "tickformat": ".0%", "len": 0.6}})
-    figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False)
-    if not options.confusion:
-        figure.update_yaxes(scaleanchor="x")
+
+def _scatter_layout(data: ScatterData, options: ScatterOptions, grid: go.Figure | None, height: int, in_view: np.ndarray | None,
+                    sampled: np.ndarray | None, thinned: bool) -> dict:
+    """The scatter's layout as one dict (Plotly's ``update_*`` calls cost ~15 ms a click at 100,000 images)."""
+    layout = grid.layout.to_plotly_json() if grid is not None else {"xaxis": {}, "yaxis": {"scaleanchor": "x"}}
+    for name, axis in layout.items():
+        if name.startswith(("xaxis", "yaxis")):
+            axis["visible"] = False
+    for subplot_title in layout.get("annotations", ()):
+        subplot_title["font"] = {"size": 12}
     if in_view is not None:
         (x0, x1), (y0, y1) = sorted(options.view[:2]), sorted(options.view[2:])
-        figure.update_xaxes(range=[x0, x1])
-        figure.update_yaxes(range=[y0, y1])
-    figure.update_annotations(font_size=12)
-    figure.update_layout(
+        layout["xaxis"]["range"], layout["yaxis"]["range"] = [x0, x1], [y0, y1]
+    if options.colour in CONTINUOUS_SCALES:
+        scale, title = CONTINUOUS_SCALES[options.colour]
+        # As colours, not a name: plotly.js knows only its own scale names, and this layout skips Plotly's validation, which translates them.
+        layout["coloraxis"] = {"colorscale": get_colorscale(scale), "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": title}, "tickformat": ".0%", "len": 0.6}}
+    elif options.colour == "slice":  # one shared scale, not a copy in each of ~100 traces
+        layout["coloraxis"] = {"colorscale": _discrete_scale(SLICE_PALETTE), "cmin": 0, "cmax": len(SLICE_PALETTE) - 1, "showscale": False}
+    return layout | {
         # No lasso drag mode: Streamlit turns click-to-select off while one is set; lasso and box stay in the mode bar.
-        height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
-        legend={"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
-        title={"text": "● correct   ◆ misclassified" + _drawn_note(len(data.images), in_view, sampled, thinned), "font": {"size": 12}, "x": 0.01},
-    )
-    return figure
+        "height": height, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "plot_bgcolor": "white",
+        "legend": {"title": {"text": "label → prediction"}, "itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top", "font": {"size": 11}},
+        "title": {"text": "● correct   ◆ misclassified" + _drawn_note(len(data.images), in_view, sampled, thinned), "font": {"size": 12}, "x": 0.01},
+    }
+
+
+def _mask(size: int, rows: np.ndarray | None, everything: bool = False) -> np.ndarray:
+    """A boolean mask of ``rows`` among ``size`` (all True for None when ``everything``): one lookup per cell, not a search."""
+    mask = np.full(size, everything and rows is None)
+    if rows is not None:
+        mask[np.asarray(rows, dtype=np.int64)] = True
+    return mask
 
 
 def _drawn_note(n_points: int, in_view: np.ndarray | None, sampled: np.ndarray | None, thinned: bool) -> str:

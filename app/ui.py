@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.figures import ScatterData
 from core.demo import (
     BUILD_LOG,
     QUICK_PRESET,
@@ -270,6 +271,22 @@ def load_layout(path: str, representation: str) -> np.ndarray:
     workspace = load_workspace(path)
     with st.spinner(f"Laying out the {representation_phrase(representation)} with UMAP (first time only)…"):
         return project(workspace, representation, ProjectionParams())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_scatter_data(path: str, representation: str, slice_on: str, k: int, method: str,
+                      spuriousness: tuple[tuple[int, float], ...] | None = None) -> ScatterData:
+    """The scatter's data, kept between reruns with what no click changes (its cells, slice numbers' places, density).
+
+    ``spuriousness``: (slice, spuriousness) pairs when the scatter is coloured by it. A resource, not a copy per rerun:
+    a ``ScatterData`` is never changed once built.
+    """
+    workspace = load_workspace(path)
+    slice_ids, table = load_slices(path, slice_on, k, method)
+    per_slice = table.set_index("slice")
+    per_image_spuriousness = None if spuriousness is None else pd.Series(dict(spuriousness)).reindex(slice_ids).to_numpy(dtype=float)
+    return ScatterData(load_layout(path, representation), workspace.images, slice_ids, per_slice["accuracy"].reindex(slice_ids).to_numpy(),
+                       workspace.classes, per_image_spuriousness)
 
 
 def available_representations(path: str) -> list[str]:

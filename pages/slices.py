@@ -44,8 +44,8 @@ from app.ui import (
     LAYOUT_LABELS,
     REPRESENTATION_LABELS,
     load_images,
-    load_layout,
     load_mosaic,
+    load_scatter_data,
     load_slices,
     load_thumbnail_uris,
     load_workspace,
@@ -344,6 +344,10 @@ def zoom_controls(layout: np.ndarray, max_points: int) -> None:
         right.button("Whole map", icon=":material/zoom_out:", on_click=_zoom, args=(None,))
 
 
+def _selection_csv(images, rows: np.ndarray, slice_ids: np.ndarray) -> str:
+    return export_frame(images, rows, slice_ids).to_csv(index=False)
+
+
 def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: bool) -> None:
     picked_slices = st.session_state["picked_slices"]
     points = st.session_state["picked_points"]
@@ -375,8 +379,9 @@ def detail_view(workspace_path: str, images, slice_ids: np.ndarray, confusion: b
     # A new order shows other images on every page: start again from the first.
     order = controls[2].selectbox("Sort", list(MEMBER_ORDERS), format_func=MEMBER_ORDERS.get, key="detail_order",
                                   on_change=st.session_state.update, kwargs={"detail_page": 1})
+    # Written when clicked, not on every rerun: a selection of 20,000 images is a few MB of CSV.
     controls[3].download_button(
-        "Export CSV", export_frame(images, rows, slice_ids).to_csv(index=False), file_name="slicescope-selection.csv",
+        "Export CSV", partial(_selection_csv, images, rows, slice_ids), file_name="slicescope-selection.csv",
         mime="text/csv", icon=":material/download:", width="stretch", key="export_selection",
     )
     ordered = order_members(images, rows, order)
@@ -406,7 +411,7 @@ def main() -> None:
     st.title(f"Slices · {workspace.name}")
     try:
         slice_ids, table = load_slices(path, selection.slice_on, selection.k, selection.method)
-        layout = load_layout(path, selection.representation)
+        data = load_scatter_data(path, selection.representation, selection.slice_on, selection.k, selection.method)
     except SliceScopeError as error:
         show_error(error)
         return
@@ -442,9 +447,9 @@ def main() -> None:
         sampled = (" A sample of the points is drawn over the density of all of them; a box selection takes every point inside it."
                    if samples_points(len(images), ScatterOptions()) else "")
         st.caption(f"UMAP layout · {LAYOUT_LABELS[selection.layout].lower()} · coloured by {COLOUR_LABELS[selection.colour].lower()}.{sliced_on}{sampled}")
-        accuracy = table.set_index("slice")["accuracy"].reindex(slice_ids).to_numpy()
-        spuriousness = None if colour != "spuriousness" else table.set_index("slice")["spuriousness"].reindex(slice_ids).to_numpy()
-        data = ScatterData(layout, images, slice_ids, accuracy, workspace.classes, spuriousness)
+        if colour == "spuriousness":
+            spuriousness = tuple(zip(table["slice"].tolist(), table["spuriousness"].astype(float).tolist()))
+            data = load_scatter_data(path, selection.representation, selection.slice_on, selection.k, selection.method, spuriousness)
         views = ["Scatter", "Thumbnails on hover"] + (["Data Slice Mosaic"] if selection.representation == "attribution" else [])
         if st.session_state.get("plot_view") not in views:
             st.session_state["plot_view"] = "Scatter"  # the mosaic exists only for the attribution space

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -126,6 +127,13 @@ def test_clicking_a_table_row_fills_the_detail_view(page):
     assert all("label: " in text and " · prediction: " in text for text in captions), captions
     expect(page.get_by_text("Pick a slice in the Slice Table")).to_have_count(0)
     assert re.search(rf"[?&]slices={first_slice}(&|$)", page.url), page.url
+
+    # The CSV is written when the button is clicked (not on every rerun) and holds the slice's images.
+    with page.expect_download(timeout=TIMEOUT_MS) as download:
+        page.get_by_role("button", name="Export CSV").click()
+    exported = pd.read_csv(download.value.path())
+    assert download.value.suggested_filename == "slicescope-selection.csv"
+    assert len(exported) == n_members and set(exported["slice"]) == {int(first_slice)}
     assert_no_errors(page)
 
 

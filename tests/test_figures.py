@@ -1,7 +1,11 @@
 """The scatter's legend and slice numbers (issue 16, item 4): entries that mean what their title says, numbers that never overlap."""
 
+import base64
+
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+import pytest
 
 from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, rows_in_box, scatter_figure
 from core.mosaic import CellMosaic, Mosaic
@@ -18,6 +22,14 @@ def scatter_data(seed: int = 0) -> ScatterData:
         images=pd.DataFrame({"label": labels, "prediction": predictions, "confidence": rng.random(n)}),
         slice_ids=slice_ids, slice_accuracy=rng.random(n), classes=["circle", "star"],
     )
+
+
+def values(array) -> np.ndarray:
+    """A trace's numbers, from a plain array or from the typed-array spec (dtype, base64 bytes, shape) the scatter hands Plotly."""
+    if not isinstance(array, dict):
+        return np.asarray(array)
+    flat = np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]).newbyteorder("<"))
+    return flat.reshape([int(n) for n in array["shape"].split(",")]) if "shape" in array else flat
 
 
 def legend_entries(figure):
@@ -79,7 +91,7 @@ def test_many_points_are_sampled_per_cell_over_a_density_of_all_and_keep_the_hig
     assert figure.data[0].type == "heatmap"  # the density of every point lies under the sample
     assert np.nansum(np.expm1(np.asarray(figure.data[0].z, dtype=float))) == len(data.images)
     points = [trace for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None]
-    drawn = np.concatenate([np.asarray(trace.customdata)[:, 0] for trace in points]).astype(int)
+    drawn = np.concatenate([values(trace.customdata)[:, 0] for trace in points]).astype(int)
     assert len(drawn) < len(data.images) and set(highlighted) <= set(drawn)
     cells = data.images.groupby(["label", "prediction"]).size()
     assert len(points) == len(cells)  # every cell keeps points, however rare
@@ -92,7 +104,7 @@ def test_many_points_are_sampled_per_cell_over_a_density_of_all_and_keep_the_hig
 
 def drawn_points(figure) -> np.ndarray:
     points = [trace for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None]
-    return np.concatenate([np.asarray(trace.customdata)[:, 0] for trace in points]).astype(int)
+    return np.concatenate([values(trace.customdata)[:, 0] for trace in points]).astype(int)
 
 
 def test_zooming_to_a_box_draws_every_point_in_it_on_its_axes():
@@ -127,7 +139,7 @@ def test_confusion_cells_land_on_their_own_subplot_axes():
     for trace in figure.data:
         if trace.type != "scattergl":
             continue
-        rows = np.asarray(trace.customdata)[:, 0].astype(int)
+        rows = values(trace.customdata)[:, 0].astype(int)
         label, prediction = data.images.iloc[rows[0]][["label", "prediction"]]
         index = 1 if trace.xaxis == "x" else int(trace.xaxis[1:])
         assert trace.yaxis == trace.xaxis.replace("x", "y")
@@ -141,3 +153,33 @@ def test_confusion_cells_carry_their_outlines_and_contours_on_their_own_axes():
     assert {trace.type for trace in extras} == {"histogram2dcontour", "scatter"}
     cell_axes = {trace.xaxis for trace in figure.data if trace.type == "scattergl"}
     assert {trace.xaxis for trace in extras} <= cell_axes and len({trace.xaxis for trace in extras}) > 1
+
+
+@pytest.mark.parametrize("options", [
+    ScatterOptions(colour="slice", max_points=60, highlighted=np.array([1, 2, 3]), hull_slices=(0, 1), density=True),
+    ScatterOptions(colour="accuracy", view=(-1.0, 2.0, -1.0, 2.0)),
+    ScatterOptions(colour="classes", confusion=True, hull_slices=(2,)),
+    ScatterOptions(colour="confidence", confusion=True, max_points=40, highlighted=np.array([7])),
+])
+def test_the_scatter_passes_plotlys_own_validation_and_its_arrays_hold_the_points(options):
+    """The figure is built unvalidated for speed: Plotly's validators must still accept every property of it."""
+    data = scatter_data()
+    figure = scatter_figure(data, options)
+    go.Figure(figure.to_plotly_json())  # raises on an unknown property or a malformed typed array
+    # Nothing left for validation to translate (a colour scale's name, a title as a string): plotly.js gets what it reads.
+    layout = figure.layout.to_plotly_json()
+    assert go.Layout(layout).to_plotly_json() == layout
+    highlighted = set(options.highlighted.tolist()) if options.highlighted is not None else set()
+    for trace in figure.data:
+        if trace.type != "scattergl" or trace.customdata is None:
+            continue
+        rows, slices, confidence = values(trace.customdata).T
+        rows = rows.astype(int)
+        np.testing.assert_allclose(values(trace.x), data.layout[rows, 0])
+        np.testing.assert_allclose(values(trace.y), data.layout[rows, 1])
+        np.testing.assert_array_equal(slices, data.slice_ids[rows])
+        np.testing.assert_allclose(confidence, data.images["confidence"].to_numpy()[rows])
+        if highlighted:
+            np.testing.assert_array_equal(values(trace.marker.opacity) == 1.0, np.isin(rows, list(highlighted)))
+        if options.colour == "accuracy":
+            np.testing.assert_allclose(values(trace.marker.color), data.slice_accuracy[rows])

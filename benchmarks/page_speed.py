@@ -157,11 +157,13 @@ def toggle_heatmaps(app: AppTest) -> None:
     mode.set_value(mode.options[(mode.indices[0] + 1) % len(mode.options)])
 
 
-def next_menu_option(key: str, options: list[str]) -> Callable[[AppTest], None]:
-    # By value: AppTest's select_index passes the displayed label through format_func.
+def next_menu_option(key: str, labels: dict[str, str]) -> Callable[[AppTest], None]:
+    """The menu's next option among those it offers (influence embeddings only once computed), chosen by value:
+    AppTest's select_index passes the displayed label through format_func. ``labels``: value → displayed label."""
     def apply(app: AppTest) -> None:
         menu = app.sidebar.selectbox(key=key)
-        menu.select(options[(options.index(menu.value) + 1) % len(options)])
+        offered = [value for value, label in labels.items() if label in menu.options]
+        menu.select(offered[(offered.index(menu.value) + 1) % len(offered)])
 
     return apply
 
@@ -183,9 +185,9 @@ def interaction_cycles(count: int, slices: list[int]) -> list[list[Click]]:
         ("pick slice", lambda turn: pick_slice(slices[turn % len(slices)])),
         ("detail page", lambda _turn: next_detail_page),
         ("heatmaps toggle", lambda _turn: toggle_heatmaps),
-        ("colour encoding", lambda _turn: next_menu_option("menu_colour", list(COLOUR_LABELS))),
-        ("representation", lambda _turn: next_menu_option("menu_representation", list(REPRESENTATION_LABELS))),
-        ("layout", lambda _turn: next_menu_option("menu_layout", list(LAYOUT_LABELS))),
+        ("colour encoding", lambda _turn: next_menu_option("menu_colour", COLOUR_LABELS)),
+        ("representation", lambda _turn: next_menu_option("menu_representation", REPRESENTATION_LABELS)),
+        ("layout", lambda _turn: next_menu_option("menu_layout", LAYOUT_LABELS)),
     ]
     total = len(kinds) + count
     clicks = [(kinds[i % len(kinds)][0], kinds[i % len(kinds)][1](i // len(kinds))) for i in range(total)]

@@ -342,3 +342,23 @@ def test_a_sampled_scatter_zooms_to_a_boxed_area_and_back(demo_home, monkeypatch
     assert zoomed["layout"]["xaxis"]["range"] == [xs[0], xs[len(xs) // 2]]
     next(button for button in app.button if button.label == "Whole map").click().run()
     assert "zoomed" not in json.loads(app.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+
+
+
+def test_the_page_speed_benchmark_cycles_only_through_what_the_menus_offer(demo_home, monkeypatch):
+    """The benchmark behind the 300 ms click target clicks the System Menu: it must pick only options the page offers
+    (influence embeddings appear once computed; cycling into them stopped the benchmark with a ValueError)."""
+    from app.ui import COLOUR_LABELS, LAYOUT_LABELS, REPRESENTATION_LABELS
+    from benchmarks.page_speed import next_menu_option
+
+    app = open_app(demo_home, monkeypatch)
+    for key, labels in (("menu_representation", REPRESENTATION_LABELS), ("menu_colour", COLOUR_LABELS), ("menu_layout", LAYOUT_LABELS)):
+        offered = app.sidebar.selectbox(key=key).options
+        seen = [app.sidebar.selectbox(key=key).value]
+        for _ in offered:
+            next_menu_option(key, labels)(app)
+            app.run()
+            assert not app.exception, app.exception
+            seen.append(app.sidebar.selectbox(key=key).value)
+        # Every offered option once, then back to the first.
+        assert sorted(labels[value] for value in seen[:-1]) == sorted(offered) and seen[-1] == seen[0]

@@ -294,10 +294,6 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
             extras.append(_density(data.layout[drawn]).to_plotly_json())
         if options.hull_slices:
             extras += [hull.to_plotly_json() for hull in slice_hull_traces(data.layout, data.slice_ids, options.hull_slices)]
-        if options.slice_labels:
-            centres = data.slice_label_positions
-            extras.append({"type": "scatter", "x": centres["x"].tolist(), "y": centres["y"].tolist(), "mode": "text",
-                           "text": [str(s) for s in centres.index], "hoverinfo": "skip", "textfont": {"size": 11, "color": "#222"}, "showlegend": False})
     return go.Figure(data=traces + extras, layout=_scatter_layout(data, options, grid, height, in_view, sampled, thinned), _validate=False)
 
 
@@ -313,6 +309,13 @@ def _scatter_layout(data: ScatterData, options: ScatterOptions, grid: go.Figure 
     if in_view is not None:
         (x0, x1), (y0, y1) = sorted(options.view[:2]), sorted(options.view[2:])
         layout["xaxis"]["range"], layout["yaxis"]["range"] = [x0, x1], [y0, y1]
+    if options.slice_labels and not options.confusion:
+        # Annotations, not a text trace: plotly.js draws WebGL points above every SVG trace, which hid the numbers.
+        layout["annotations"] = [
+            {"x": float(x), "y": float(y), "xref": "x", "yref": "y", "text": str(slice_id), "showarrow": False, "font": {"size": 11, "color": "#222"},
+             "bgcolor": "rgba(255,255,255,0.7)", "borderpad": 1}
+            for slice_id, x, y in zip(data.slice_label_positions.index, data.slice_label_positions["x"], data.slice_label_positions["y"])
+        ]
     if options.colour in CONTINUOUS_SCALES:
         scale, title = CONTINUOUS_SCALES[options.colour]
         # As colours, not a name: plotly.js knows only its own scale names, and this layout skips Plotly's validation, which translates them.

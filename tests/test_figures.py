@@ -65,6 +65,17 @@ def test_slice_numbers_never_overlap_and_the_largest_slice_keeps_its_number():
     assert (gaps[np.triu_indices(len(points), 1)] >= 0.035 * extent).all()
 
 
+def test_slice_numbers_are_annotations_drawn_above_the_webgl_points():
+    """plotly.js draws WebGL traces above every SVG trace: numbers in a text trace sat hidden under the points."""
+    data = scatter_data()
+    figure = scatter_figure(data, ScatterOptions(colour="slice"))
+    placed = readable_slice_labels(data.layout, data.slice_ids)
+    numbers = {int(a.text): (a.x, a.y) for a in figure.layout.annotations}
+    assert numbers == {int(s): (pytest.approx(x), pytest.approx(y)) for s, x, y in zip(placed.index, placed["x"], placed["y"])}
+    assert all(trace.mode != "text" for trace in figure.data if trace.type == "scatter")
+    assert not scatter_figure(data, ScatterOptions(colour="slice", slice_labels=False)).layout.annotations
+
+
 def cell(label: str, prediction: str, offset: float, scale: float) -> CellMosaic:
     square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) * scale + offset
     halves = [square[[0, 1, 2]], square[[0, 2, 3]]]

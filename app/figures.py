@@ -355,7 +355,7 @@ def _legend_proxy(label: str, prediction: str, count: int) -> dict:
 
 
 # A slice number is drawn only this far (a share of the layout's larger side) from every number already drawn.
-LABEL_MIN_GAP = 0.035
+LABEL_MIN_GAP = 0.06
 
 
 def readable_slice_labels(layout: np.ndarray, slice_ids: np.ndarray, min_gap: float = LABEL_MIN_GAP) -> pd.DataFrame:
@@ -381,8 +381,10 @@ def _density(points: np.ndarray) -> go.Histogram2dContour:
     )
 
 
-def slice_hull_traces(layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[int, ...]) -> list[go.Scatter]:
-    return [go.Scatter(
+def slice_hull_traces(layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[int, ...]) -> list[go.Scattergl]:
+    """The picked slices' outlines, WebGL like the points and after them: plotly.js draws every SVG trace under the
+    WebGL ones, where an outline was lost among dense points."""
+    return [go.Scattergl(
         x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
         fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
     ) for slice_id, outline in slice_hulls(layout, slice_ids, slices).items()]

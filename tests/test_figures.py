@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from app.figures import ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, rows_in_box, scatter_figure
+from app.figures import LABEL_MIN_GAP, ScatterData, ScatterOptions, cell_mosaic_figure, readable_slice_labels, rows_in_box, scatter_figure
 from core.mosaic import CellMosaic, Mosaic
 
 
@@ -62,7 +62,7 @@ def test_slice_numbers_never_overlap_and_the_largest_slice_keeps_its_number():
     points = readable_slice_labels(data.layout, data.slice_ids).to_numpy()
     gaps = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
     extent = max(np.ptp(data.layout, axis=0))
-    assert (gaps[np.triu_indices(len(points), 1)] >= 0.035 * extent).all()
+    assert (gaps[np.triu_indices(len(points), 1)] >= LABEL_MIN_GAP * extent).all()
 
 
 def test_slice_numbers_are_annotations_drawn_above_the_webgl_points():
@@ -160,9 +160,12 @@ def test_confusion_cells_land_on_their_own_subplot_axes():
 def test_confusion_cells_carry_their_outlines_and_contours_on_their_own_axes():
     data = scatter_data()
     figure = scatter_figure(data, ScatterOptions(colour="slice", confusion=True, density=True, hull_slices=(0, 1, 2)))
-    extras = [trace for trace in figure.data if trace.type in ("histogram2dcontour", "scatter")]
-    assert {trace.type for trace in extras} == {"histogram2dcontour", "scatter"}
-    cell_axes = {trace.xaxis for trace in figure.data if trace.type == "scattergl"}
+    extras = [trace for trace in figure.data if trace.type == "histogram2dcontour" or (trace.name or "").startswith("slice ")]
+    assert {trace.type for trace in extras} == {"histogram2dcontour", "scattergl"}
+    # The outlines come after every cell's points: WebGL draws them on top.
+    points = [index for index, trace in enumerate(figure.data) if trace.type == "scattergl" and trace.customdata is not None]
+    assert all(index > max(points) for index, trace in enumerate(figure.data) if (trace.name or "").startswith("slice "))
+    cell_axes = {trace.xaxis for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None}
     assert {trace.xaxis for trace in extras} <= cell_axes and len({trace.xaxis for trace in extras}) > 1
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from annotate.example import EXAMPLE_CAPTION, example_png
+from annotate.touch import touch_draws_boxes
 from annotate.worker import (
     Answer,
     DrawnBox,
@@ -150,6 +151,7 @@ def image_step(store: CampaignStore, token: str, answer: Answer, position: int) 
             [{"left": box.left, "top": box.top, "width": box.width, "height": box.height} for box in drawn],
             stroke_color=BOX_COLOUR,
         )
+    touch_draws_boxes()
     left, right = st.columns(2)
     right.markdown("**Where the model looked**: draw your boxes here")
     # A container of its own per image makes each image's canvas a new element, not the last image's canvas reloaded.

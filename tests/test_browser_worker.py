@@ -60,8 +60,29 @@ def page(chromium_executable, chromium_browser, worker_server):
         yield fresh
 
 
-def drag_box(page, corners: tuple[float, float, float, float], label: str) -> None:
-    """Drag from one corner to the other on the canvas (canvas pixels) until the box's fields appear.
+def mouse_drag(page, path: list[tuple[float, float]]) -> None:
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=3)
+    page.mouse.up()
+
+
+def finger_drag(page, path: list[tuple[float, float]]) -> None:
+    """One finger along ``path`` (page pixels), as Chromium's touch screen reports it (DevTools protocol touch events)."""
+    session = page.context.new_cdp_session(page)
+    try:
+        for kind, (x, y) in [("touchStart", path[0]), *(("touchMove", point) for point in path[1:])]:
+            session.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y, "id": 1}]})
+            page.wait_for_timeout(20)
+        session.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    finally:
+        session.detach()
+
+
+def drag_box(page, corners: tuple[float, float, float, float], label: str, drag=mouse_drag) -> None:
+    """Drag (``mouse_drag`` or ``finger_drag``) from one corner to the other on the canvas (canvas pixels) until the
+    box's fields appear.
 
     A canvas just mounted ignores the mouse until its drawing tool is set up (it draws nothing then, so a worker
     simply drags again); the test does what the worker does, a bounded number of times. While the page reruns, the
@@ -80,11 +101,7 @@ def drag_box(page, corners: tuple[float, float, float, float], label: str) -> No
         except PlaywrightError:  # a second canvas came in between
             continue
         x0, y0, x1, y1 = corners
-        page.mouse.move(origin["x"] + x0, origin["y"] + y0)
-        page.mouse.down()
-        page.mouse.move(origin["x"] + (x0 + x1) / 2, origin["y"] + (y0 + y1) / 2, steps=6)
-        page.mouse.move(origin["x"] + x1, origin["y"] + y1, steps=6)
-        page.mouse.up()
+        drag(page, [(origin["x"] + x0 + (x1 - x0) * step / 8, origin["y"] + y0 + (y1 - y0) * step / 8) for step in range(9)])
         try:
             field.wait_for(timeout=5_000)
             return
@@ -210,8 +227,8 @@ def test_a_reload_restores_the_answer_in_progress(page, campaign):
 
 def test_a_worker_on_a_phone_draws_a_box_and_nothing_overflows_the_screen(chromium_browser, worker_server, campaign):
     """Hosted, the worker app is opened on phones: at 390×844 (a touch screen) the page fits the width, the canvas
-    included, and a box drawn on it is counted. The drag is the mouse's: Chromium's synthetic touch events (CDP) drew
-    nothing on the canvas when tried, so this test does not show that a finger draws."""
+    included, and a box a finger draws on it is counted (the canvas's box tool ignores touches: annotate.touch
+    hands them to it as the mouse)."""
     _, created, _, _ = campaign
     context = chromium_browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=3)
     context.set_default_timeout(TIMEOUT_MS)
@@ -221,7 +238,7 @@ def test_a_worker_on_a_phone_draws_a_box_and_nothing_overflows_the_screen(chromi
         page.get_by_role("button", name="Start the task").click()
         expect(page.get_by_text("0 of 2 images have boxes")).to_be_visible()
         page.locator("canvas.upper-canvas").scroll_into_view_if_needed()
-        drag_box(page, (40, 40, 200, 160), "1")
+        drag_box(page, (40, 40, 200, 160), "1", drag=finger_drag)
         expect(page.get_by_text("1 of 2 images have boxes")).to_be_visible()
         # Streamlit's main block clips or scrolls what is too wide instead of widening the page, so the page's width
         # alone proves little: every element is scrolled back to its left edge, and then nothing may reach past 390 px

@@ -387,7 +387,7 @@ def slice_hull_traces(layout: np.ndarray, slice_ids: np.ndarray, slices: tuple[i
     return [go.Scattergl(
         x=outline[:, 0], y=outline[:, 1], mode="lines", line={"color": "#222", "width": 1.5, "dash": "dot"},
         fill="toself", fillcolor="rgba(0,0,0,0.04)", hoverinfo="skip", showlegend=False, name=f"slice {slice_id}",
-    ) for slice_id, outline in slice_hulls(layout, slice_ids, slices).items()]
+    ) for slice_id, islands in slice_hulls(layout, slice_ids, slices).items() for outline in islands]
 
 
 def png_data_uri(rgba: np.ndarray) -> str:

@@ -100,25 +100,44 @@ def caption(label: str, prediction: str, confidence: float) -> str:
     return f"label: {label} · prediction: {prediction} · {confidence:.0%}"
 
 
-def slice_hulls(layout: np.ndarray, slice_ids: np.ndarray, slices: Iterable[int]) -> dict[int, np.ndarray]:
-    """Closed convex-hull outlines (M × 2, first point repeated) of each slice's 2-D points.
+# Points of a slice closer than this (a share of the layout's larger side) lie on one island; islands farther apart
+# are outlined apart.
+HULL_ISLAND_GAP = 0.05
 
-    Slices with fewer than three distinct points, or all on a line, have no
-    area to outline and are left out.
+
+def slice_hulls(layout: np.ndarray, slice_ids: np.ndarray, slices: Iterable[int], island_gap: float = HULL_ISLAND_GAP) -> dict[int, list[np.ndarray]]:
+    """Closed convex-hull outlines (M × 2, first point repeated) of each island of each slice's 2-D points.
+
+    UMAP often draws one slice as several islands; one hull around all of them would cover the empty space and the
+    other slices between. Islands are the connected occupied cells of a grid of side ``island_gap`` × the layout's
+    larger side (8-neighbour): linear in the points, where linkage clustering would need all pairwise distances.
+    Islands with fewer than three distinct points, or all on a line, have no area to outline and are left out, and
+    so are slices left with none.
     """
+    from scipy import ndimage
     from scipy.spatial import ConvexHull, QhullError
 
-    outlines = {}
+    cell = island_gap * max(float(np.ptp(layout[:, 0])), float(np.ptp(layout[:, 1])), 1e-12)
+    outlines: dict[int, list[np.ndarray]] = {}
     for slice_id in slices:
         points = np.unique(np.asarray(layout[slice_ids == slice_id], dtype=np.float64), axis=0)
         if len(points) < 3:
             continue
-        try:
-            hull = ConvexHull(points)
-        except QhullError:
-            continue
-        vertices = points[hull.vertices]
-        outlines[int(slice_id)] = np.vstack([vertices, vertices[:1]])
+        cells = np.floor((points - points.min(axis=0)) / cell).astype(np.int64)
+        occupied = np.zeros(cells.max(axis=0) + 1, dtype=bool)
+        occupied[cells[:, 0], cells[:, 1]] = True
+        islands, _ = ndimage.label(occupied, structure=np.ones((3, 3), dtype=bool))
+        island_of_point = islands[cells[:, 0], cells[:, 1]]
+        for island in np.unique(island_of_point):
+            members = points[island_of_point == island]
+            if len(members) < 3:
+                continue
+            try:
+                hull = ConvexHull(members)
+            except QhullError:
+                continue
+            vertices = members[hull.vertices]
+            outlines.setdefault(int(slice_id), []).append(np.vstack([vertices, vertices[:1]]))
     return outlines
 
 

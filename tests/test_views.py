@@ -108,11 +108,24 @@ def test_hulls_enclose_their_slice_and_skip_degenerate_ones():
     layout = np.vstack([cloud, line, pair])
     slice_ids = np.array([0] * 40 + [1] * 5 + [2] * 2)
     hulls = slice_hulls(layout, slice_ids, [0, 1, 2])
-    assert set(hulls) == {0}
-    outline = hulls[0]
+    assert set(hulls) == {0} and len(hulls[0]) == 1
+    outline = hulls[0][0]
     assert np.array_equal(outline[0], outline[-1])  # closed
     inside = Delaunay(outline[:-1]).find_simplex(cloud) >= 0
     assert inside.all()
+
+
+def test_a_slice_on_two_islands_gets_an_outline_around_each_not_across_the_gap():
+    rng = np.random.default_rng(1)
+    left, right = rng.normal(size=(50, 2)) * 0.3, rng.normal(size=(30, 2)) * 0.3 + [10.0, 0.0]
+    between = rng.normal(size=(20, 2)) * 0.3 + [5.0, 0.0]  # another slice, in the gap
+    layout = np.vstack([left, right, between])
+    slice_ids = np.array([0] * 80 + [1] * 20)
+    outlines = slice_hulls(layout, slice_ids, [0])[0]
+    assert len(outlines) == 2
+    for island in (left, right):
+        assert sum((Delaunay(outline[:-1]).find_simplex(island) >= 0).all() for outline in outlines) == 1
+    assert not any((Delaunay(outline[:-1]).find_simplex(between) >= 0).any() for outline in outlines)
 
 
 def test_export_has_the_promised_columns(images):

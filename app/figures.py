@@ -257,7 +257,7 @@ def scatter_figure(data: ScatterData, options: ScatterOptions) -> go.Figure:
     cells = data.cells
     in_view = zoomed_rows(data, options)
     sampled = drawn_rows(data, options)
-    drawn = _mask(len(data.images), sampled, everything=True)
+    drawn = np.ones(len(data.images), dtype=bool) if sampled is None else _mask(len(data.images), sampled)
     highlighted = None if options.highlighted is None else _mask(len(data.images), options.highlighted)
     # A binned density underlies the points wherever some are left out: the whole layout's, or the zoomed view's.
     thinned = sampled is not None and len(sampled) < (len(data.images) if in_view is None else len(in_view))
@@ -330,11 +330,10 @@ def _scatter_layout(data: ScatterData, options: ScatterOptions, grid: go.Figure 
     }
 
 
-def _mask(size: int, rows: np.ndarray | None, everything: bool = False) -> np.ndarray:
-    """A boolean mask of ``rows`` among ``size`` (all True for None when ``everything``): one lookup per cell, not a search."""
-    mask = np.full(size, everything and rows is None)
-    if rows is not None:
-        mask[np.asarray(rows, dtype=np.int64)] = True
+def _mask(size: int, rows: np.ndarray) -> np.ndarray:
+    """A boolean mask of ``rows`` among ``size``: one lookup per cell afterwards, not a search."""
+    mask = np.zeros(size, dtype=bool)
+    mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
 
 

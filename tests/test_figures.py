@@ -184,9 +184,9 @@ def test_the_scatter_passes_plotlys_own_validation_and_its_arrays_hold_the_point
     layout = figure.layout.to_plotly_json()
     assert go.Layout(layout).to_plotly_json() == layout
     highlighted = set(options.highlighted.tolist()) if options.highlighted is not None else set()
-    for trace in figure.data:
-        if trace.type != "scattergl" or trace.customdata is None:
-            continue
+    point_traces = [trace for trace in figure.data if trace.type == "scattergl" and trace.customdata is not None]
+    assert point_traces
+    for trace in point_traces:
         rows, slices, confidence = values(trace.customdata).T
         rows = rows.astype(int)
         np.testing.assert_allclose(values(trace.x), data.layout[rows, 0])
